@@ -1,0 +1,79 @@
+-- vocker metadata store (SQLite, WAL mode).
+-- Content lives in files (blobs/, pool/); this database holds what names it.
+-- Object IDs are lowercase hex BLAKE3-256. Local facts (times, source paths)
+-- live here only, never in image manifests.
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- One row per blob in blobs/ab/cd/<id> (zstd-compressed).
+CREATE TABLE IF NOT EXISTS blobs (
+    id    TEXT PRIMARY KEY,
+    size  INTEGER NOT NULL,   -- uncompressed bytes
+    csize INTEGER NOT NULL    -- compressed bytes on disk
+) WITHOUT ROWID;
+
+-- Canonical tree bytes, keyed by their hash.
+CREATE TABLE IF NOT EXISTS trees (
+    id   TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+) WITHOUT ROWID;
+
+-- Canonical manifest bytes plus local facts about the image.
+CREATE TABLE IF NOT EXISTS images (
+    id       TEXT PRIMARY KEY,
+    manifest BLOB NOT NULL,
+    created  REAL NOT NULL,   -- local: when it entered this store
+    source   TEXT,            -- local: committed from this path
+    base_exe TEXT,            -- local: base interpreter seen at commit
+    size     INTEGER NOT NULL DEFAULT 0,  -- bytes of file content
+    files    INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS tags (
+    name  TEXT PRIMARY KEY,   -- name:tag
+    image TEXT NOT NULL REFERENCES images(id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_image ON tags(image);
+
+CREATE TABLE IF NOT EXISTS containers (
+    path      TEXT PRIMARY KEY,
+    image     TEXT NOT NULL,
+    created   REAL NOT NULL,
+    link_mode TEXT NOT NULL,
+    python    TEXT            -- base interpreter the container uses
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS containers_image ON containers(image);
+
+-- Stat cache: a file whose stat is unchanged has this normalized blob.
+CREATE TABLE IF NOT EXISTS stat_cache (
+    path     TEXT PRIMARY KEY,
+    dev      INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    blob     TEXT NOT NULL,
+    template INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Pool files by inode: a hardlink of a pool file is known without reading it.
+CREATE TABLE IF NOT EXISTS pool_inodes (
+    dev  INTEGER NOT NULL,
+    ino  INTEGER NOT NULL,
+    blob TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (dev, ino)
+) WITHOUT ROWID;
+
+-- Compiled bytecode: (interpreter cache tag, source blob, optimization) -> pyc
+-- file in pool/ (named by the hash of the pyc bytes).
+CREATE TABLE IF NOT EXISTS pyc_cache (
+    cache_tag TEXT NOT NULL,
+    source    TEXT NOT NULL,
+    opt       INTEGER NOT NULL,
+    pyc       TEXT NOT NULL,
+    PRIMARY KEY (cache_tag, source, opt)
+) WITHOUT ROWID;

@@ -1,0 +1,220 @@
+"""Environment -> image -> container, with real pip and uv venvs."""
+
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+import vocker
+from conftest import (clean_env, make_venv, require_python, run, template_paths,
+                      DEMO_PACKAGES)
+
+
+def test_pip_venvs_at_different_paths_give_one_id(pip_venvs, store):
+    a, b = pip_venvs
+    # the fixture really produced both of pip's header forms
+    assert (a / "bin" / "vockdemo").read_bytes().startswith(b"#!/bin/sh\n'''exec' \"")
+    assert (b / "bin" / "vockdemo").read_bytes().startswith(b"#!/bin/sh\n'''exec' /")
+    ra = vocker.commit(store, a)
+    rb = vocker.commit(store, b)
+    assert ra["id"] == rb["id"]
+    assert ra["warnings"] == [] and rb["warnings"] == []
+
+
+def test_short_path_simple_header_gives_same_id(pip_venvs, store, tmp_path, wheelhouse):
+    c = make_venv(require_python("3.11"), tmp_path / "short", DEMO_PACKAGES,
+                  wheelhouse=wheelhouse)
+    assert (c / "bin" / "vockdemo").read_bytes().startswith(b"#!" + os.fsencode(c))
+    assert vocker.commit(store, c)["id"] == vocker.commit(store, pip_venvs[0])["id"]
+
+
+def test_uv_venvs_at_different_paths_give_one_id(uv_venvs, store):
+    a, b = uv_venvs
+    assert vocker.commit(store, a)["id"] == vocker.commit(store, b)["id"]
+
+
+def test_different_content_gives_different_id(pip_venvs, store, tmp_path, wheelhouse):
+    other = make_venv(require_python("3.11"), tmp_path / "v2",
+                      ("vockdemo==2.0", "vockextra", "vockbig"), wheelhouse=wheelhouse)
+    assert vocker.commit(store, other)["id"] != vocker.commit(store, pip_venvs[0])["id"]
+
+
+def test_image_holds_no_pyc_and_no_absolute_paths(demo_image, shared_store, pip_venvs):
+    home, image_id = demo_image
+    m = shared_store.manifest(image_id)
+    assert m.kind == "venv" and m.python["version"].startswith("3.11")
+    assert "home" not in m.pyvenv and "command" not in m.pyvenv
+    dirs, files, links = vocker._image_plan(shared_store, m)
+    assert not any(r.endswith(".pyc") or "__pycache__" in r for r, _ in files)
+    for rel, e in files:
+        if e.type in vocker.TEMPLATE_TYPES:
+            data = shared_store.read_blob(e.ref)
+            for venv in pip_venvs:
+                assert os.fsencode(venv) not in data, rel
+    record = [e for r, e in files if r.endswith("vockdemo-1.0.dist-info/RECORD")][0]
+    lines = shared_store.read_blob(record.ref).decode().splitlines()
+    assert "../../../bin/vockdemo,," in lines             # templated script: blanked
+    assert any(l.startswith("vockdemo/core.py,sha256=") for l in lines)  # others kept
+    assert all(",sha256=" not in l for l in lines if ".pyc" in l)
+
+
+@pytest.fixture(scope="module")
+def container(demo_image, tmp_path_factory):
+    home, image_id = demo_image
+    target = tmp_path_factory.mktemp("ctr") / "new place" / "web"
+    store = vocker.Store(home)
+    try:
+        r = vocker.create(store, image_id, target)
+    finally:
+        store.close()
+    return target, r
+
+
+def test_round_trip_container_works(container):
+    target, r = container
+    assert r["link_mode"] in ("hardlink", "reflink")
+    py = target / "bin" / "python"
+    out = run([py, "-c", "import vockdemo.core, sys; print(vockdemo.core.hello()); print(sys.prefix)"])
+    assert out.stdout.splitlines()[-1] == str(target)
+    assert "1.0" in out.stdout
+    script = run([target / "bin" / "vockdemo"]).stdout
+    assert f"from {target}/bin/python" in script
+    header = (target / "bin" / "vockdemo").read_bytes().split(b"\n")[:2]
+    assert header[1] == b"'''exec' \"" + os.fsencode(target) + b"/bin/python\" \"$0\" \"$@\""
+    assert run([target / "bin" / "vockextra"]).returncode == 0
+
+
+def test_activate_sets_new_path_and_prompt(container):
+    target, _ = container
+    out = run(["bash", "-c", f'. "{target}/bin/activate" && echo "$VIRTUAL_ENV" && '
+               'command -v python && echo "$VIRTUAL_ENV_PROMPT"'])
+    lines = out.stdout.splitlines()
+    assert lines[0] == str(target)
+    assert lines[1] == f"{target}/bin/python"
+    assert lines[2] == "(web) "
+
+
+def test_pyvenv_cfg_names_this_machines_interpreter(container):
+    target, r = container
+    cfg = vocker.parse_pyvenv_cfg((target / "pyvenv.cfg").read_text())
+    assert cfg["home"] == os.path.dirname(r["python"])
+    assert os.path.realpath(target / "bin" / "python") == os.path.realpath(r["python"])
+    assert str(target) in cfg.get("command", str(target))
+
+
+def test_pyc_files_are_valid_and_used(container):
+    target, r = container
+    assert r["pyc_compiled"] + r["pyc_cached"] > 40
+    site = next((target / "lib").glob("python3.*/site-packages"))
+    pyc = site / "vockbig" / "__pycache__" / "m01.cpython-311.pyc"
+    before = pyc.stat()
+    # Python would rewrite a stale .pyc (new inode); a valid one is only read
+    run([target / "bin" / "python", "-c", "import vockbig.m01"],
+        env=clean_env({"PYTHONDONTWRITEBYTECODE": ""}))
+    after = pyc.stat()
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+def test_pip_list_install_uninstall_work(demo_image, tmp_path, wheelhouse):
+    home, image_id = demo_image
+    store = vocker.Store(home)
+    try:
+        target = tmp_path / "pipwork"
+        vocker.create(store, image_id, target)
+    finally:
+        store.close()
+    py = target / "bin" / "python"
+    env = clean_env({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull})
+    listed = run([py, "-m", "pip", "list", "--format=freeze"], env=env).stdout
+    assert "vockdemo==1.0" in listed and "vockbig==1.0" in listed
+    run([py, "-m", "pip", "install", "-q", "--no-index", "--find-links", wheelhouse,
+         "--upgrade", "vockdemo==2.0"], env=env)
+    assert "vockdemo 2.0" in run([target / "bin" / "vockdemo"]).stdout
+    run([py, "-m", "pip", "uninstall", "-y", "-q", "vockextra"], env=env)
+    assert not (target / "bin" / "vockextra").exists()
+    listed = run([py, "-m", "pip", "list", "--format=freeze"], env=env).stdout
+    assert "vockextra" not in listed and "vockdemo==2.0" in listed
+
+
+def test_recommit_unchanged_container_gives_same_id_without_reading(demo_image, tmp_path):
+    home, image_id = demo_image
+    store = vocker.Store(home)
+    try:
+        target = tmp_path / "again"
+        vocker.create(store, image_id, target)
+        r = vocker.commit(store, target)
+        assert r["id"] == image_id
+        templates = template_paths(store, image_id)
+        records = sum(1 for rel in vocker._image_plan(store, store.manifest(image_id))[1]
+                      if rel[0].endswith(".dist-info/RECORD"))
+        # only RECORD files are read again; templates come from the stat cache and
+        # pool hardlinks from their inode
+        assert r["files_read"] <= records, r
+        assert r["files"] > 10 * (r["files_read"] + 1)
+        assert templates  # the stat cache had something to do
+    finally:
+        store.close()
+
+
+def test_changed_container_gives_child_image(demo_image, tmp_path):
+    home, image_id = demo_image
+    store = vocker.Store(home)
+    try:
+        target = tmp_path / "child"
+        vocker.create(store, image_id, target)
+        site = next((target / "lib").glob("python3.*/site-packages"))
+        (site / "added.py").write_text("X = 1\n")
+        r = vocker.commit(store, target, tags=["demo:child"])
+        assert r["id"] != image_id
+        assert r["parent"] == image_id
+        assert r["files_read"] <= 10
+        # a file edited in place (new content, same size) is seen
+        victim = site / "vockbig" / "m02.py"
+        data = victim.read_bytes()
+        victim.unlink()
+        victim.write_bytes(data.replace(b"def", b"DEF", 1))
+        r2 = vocker.commit(store, target)
+        assert r2["id"] not in (r["id"], image_id)
+    finally:
+        store.close()
+
+
+def test_failed_commit_leaves_no_image(store, tmp_path):
+    env = tmp_path / "plainenv"
+    (env / "sub").mkdir(parents=True)
+    (env / "sub" / "a.txt").write_text("a")
+    os.mkfifo(env / "sub" / "pipe")
+    with pytest.raises(vocker.InvalidInputError, match="pipe"):
+        vocker.commit(store, env, kind="plain", tags=["bad:1"])
+    assert vocker.list_images(store) == []
+    os.unlink(env / "sub" / "pipe")
+    assert vocker.commit(store, env, kind="plain")["files"] == 1
+
+
+def test_plain_and_standalone_kinds(store, tmp_path):
+    plain = tmp_path / "plain"
+    (plain / "d").mkdir(parents=True)
+    (plain / "d" / "x.sh").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(plain / "d" / "x.sh", 0o755)
+    (plain / "empty").mkdir()
+    os.symlink("d/x.sh", plain / "link")
+    r = vocker.commit(store, plain, kind="plain")
+    assert r["kind"] == "plain"
+    out = tmp_path / "plain-copy"
+    vocker.create(store, r["id"], out)
+    assert (out / "empty").is_dir() and os.readlink(out / "link") == "d/x.sh"
+    assert run([out / "link"]).stdout == "hi\n"
+    assert vocker.commit(store, out, kind="plain")["id"] == r["id"]
+
+
+def test_symlink_escaping_environment_is_refused(store, tmp_path):
+    env = tmp_path / "esc"
+    env.mkdir()
+    os.symlink("/etc/passwd", env / "passwd")
+    with pytest.raises(vocker.InvalidInputError, match="outside the environment"):
+        vocker.commit(store, env, kind="plain")
+    os.unlink(env / "passwd")
+    os.symlink("../../outside", env / "rel")
+    with pytest.raises(vocker.InvalidInputError, match="outside the environment"):
+        vocker.commit(store, env, kind="plain")

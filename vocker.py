@@ -1,0 +1,2237 @@
+"""vocker: a Docker-like manager for complete Python environments.
+
+vocker turns a virtual environment (or a standalone Python, or any folder)
+into an *image*: a reproducible, content-addressed snapshot named by one
+BLAKE3 hash of a Merkle tree. It turns images back into working
+environments (*containers*) that share identical files on disk through
+reflinks or hardlinks, with ``.pyc`` files compiled once and shared.
+
+Usage: ``vocker --help``. Formats and rules: README.md.
+"""
+
+__version__ = "0.1.0"
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+try:  # checked in main() so that a missing wheel gives a one-line error
+    import blake3
+    import zstandard
+except ImportError as _exc:  # pragma: no cover - exercised by the zipapp
+    blake3 = zstandard = None
+    _IMPORT_ERROR = _exc
+else:
+    _IMPORT_ERROR = None
+
+
+###############################################################################
+# Constants ###################################################################
+###############################################################################
+
+FORMAT_VERSION = 1
+ID_HEX_LEN = 64
+SHORT_ID_LEN = 12
+ID_RE = re.compile(r"[0-9a-f]{64}")
+PREFIX_RE = re.compile(r"[0-9a-f]{1,64}")
+
+#: mtime of every pool file and every materialized source file; timestamp
+#: ``.pyc`` files compiled against it are valid in every container.
+FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
+ZSTD_LEVEL = 3
+CHUNK = 1 << 20
+#: files up to this size are read whole (templates are always small)
+SMALL_FILE = 8 << 20
+#: largest file that may become a template
+MAX_TEMPLATE = 8 << 20
+
+# Tree entry types
+T_FILE = "f"          # regular file -> blob
+T_EXEC = "x"          # executable file -> blob
+T_TEMPLATE = "t"      # file with placeholders -> blob
+T_TEMPLATE_EXEC = "T"  # executable file with placeholders -> blob
+T_SYMLINK = "l"       # symlink, target is literal (hex of UTF-8)
+T_SYMLINK_TEMPLATE = "L"  # symlink whose target holds placeholders
+T_DIR = "d"           # directory -> tree
+FILE_TYPES = (T_FILE, T_EXEC)
+TEMPLATE_TYPES = (T_TEMPLATE, T_TEMPLATE_EXEC)
+LINK_TYPES = (T_SYMLINK, T_SYMLINK_TEMPLATE)
+ENTRY_TYPES = frozenset(FILE_TYPES + TEMPLATE_TYPES + LINK_TYPES + (T_DIR,))
+
+# Placeholders written into templates in place of machine-specific text.
+PH_MARK = b"@@VOCKER:"
+PH_ENV = b"@@VOCKER:ENV@@"        # the environment's own absolute path
+PH_PYEXE = b"@@VOCKER:PYEXE@@"    # the base interpreter executable
+PH_PYHOME = b"@@VOCKER:PYHOME@@"  # the base interpreter's directory
+PH_PROMPT = b"@@VOCKER:PROMPT@@"  # activate prompt (environment's dir name)
+PLACEHOLDERS = (PH_ENV, PH_PYEXE, PH_PYHOME, PH_PROMPT)
+
+KINDS = ("venv", "standalone", "plain")
+LINK_MODES = ("auto", "reflink", "hardlink", "copy")
+#: distlib writes the ``/bin/sh`` exec form past this shebang length
+SHEBANG_MAX = 512 if sys.platform == "darwin" else 127
+#: pyvenv.cfg keys whose values are paths; not part of the manifest
+PYVENV_PATH_KEYS = ("home", "executable", "command", "base-prefix",
+                    "base-exec-prefix", "base-executable")
+TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
+WINDOWS = os.name == "nt"
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_INVALID = 5
+EXIT_ENVIRONMENT = 6
+EXIT_PYTHON = 7
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success
+  1    unexpected error (a bug: run again with --debug and report it)
+  2    bad command line
+  3    not found (image, container, path)
+  4    conflict (target exists, ambiguous image prefix, tag in use)
+  5    invalid input (not an environment, corrupt or hostile data)
+  6    system problem (read-only or full disk, permissions, link mode)
+  7    no matching Python interpreter
+  130  interrupted
+"""
+
+
+###############################################################################
+# Errors ######################################################################
+###############################################################################
+
+class VockerError(Exception):
+    """Base of every error vocker reports; ``main`` prints one line."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message, hint=None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self):
+        return self.message + (f"; {self.hint}" if self.hint else "")
+
+
+class UsageError(VockerError):
+    exit_code = EXIT_USAGE
+
+
+class NotFoundError(VockerError):
+    exit_code = EXIT_NOT_FOUND
+
+    def __init__(self, what, name, hint=None):
+        super().__init__(f"{what} not found: {name}", hint)
+        self.what = what
+        self.name = name
+
+
+class ConflictError(VockerError):
+    exit_code = EXIT_CONFLICT
+
+
+class AmbiguousError(ConflictError):
+    def __init__(self, prefix, candidates):
+        shown = ", ".join(c[:SHORT_ID_LEN] for c in candidates[:8])
+        super().__init__(f"image prefix '{prefix}' is ambiguous: {shown}",
+                         "give more characters of the ID")
+        self.prefix = prefix
+        self.candidates = list(candidates)
+
+
+class InvalidInputError(VockerError):
+    exit_code = EXIT_INVALID
+
+
+class IntegrityError(InvalidInputError):
+    def __init__(self, what, object_id, detail):
+        super().__init__(f"{what} {object_id[:SHORT_ID_LEN]} failed verification: {detail}",
+                         "the store or the source is corrupt; pull or commit it again")
+        self.what = what
+        self.object_id = object_id
+
+
+class EnvironmentProblem(VockerError):
+    exit_code = EXIT_ENVIRONMENT
+
+
+class LinkModeError(EnvironmentProblem):
+    def __init__(self, mode, target, reason):
+        super().__init__(f"link mode '{mode}' does not work for {target}: {reason}",
+                         "use --link-mode auto to fall back automatically")
+        self.mode = mode
+
+
+class PythonError(VockerError):
+    exit_code = EXIT_PYTHON
+
+
+###############################################################################
+# Hashing and paths ###########################################################
+###############################################################################
+
+def hash_bytes(data):
+    """BLAKE3-256 of ``data`` as lowercase hex."""
+    return blake3.blake3(data).hexdigest()
+
+
+def short_id(object_id):
+    return object_id[:SHORT_ID_LEN]
+
+
+def check_id(object_id, what="object"):
+    if not isinstance(object_id, str) or not ID_RE.fullmatch(object_id):
+        raise InvalidInputError(f"invalid {what} ID: {str(object_id)[:80]!r}")
+    return object_id
+
+
+def digest_to_path(root, object_id, depth=2, suffix=""):
+    """Path of an object in a sharded directory; validates the ID first."""
+    check_id(object_id)
+    parts = [object_id[2 * i:2 * i + 2] for i in range(depth)]
+    return os.path.join(root, *parts, object_id + suffix)
+
+
+WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(1, 10)]
+    + [f"LPT{i}" for i in range(1, 10)])
+
+
+def validate_name(name):
+    """Raise unless ``name`` is a safe single path component."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError("empty file name in tree")
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name \
+            or "\n" in name or "\r" in name:
+        raise InvalidInputError(f"unsafe file name in tree: {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"file name is not valid UTF-8: {name!r}") from None
+    if WINDOWS:
+        check_windows_name(name)
+    return name
+
+
+def check_windows_name(name):
+    """Raise if ``name`` cannot exist on Windows."""
+    stem = name.split(".")[0].upper().rstrip(" ")
+    if stem in WINDOWS_RESERVED:
+        raise InvalidInputError(f"file name is reserved on Windows: {name!r}")
+    if name.endswith((".", " ")):
+        raise InvalidInputError(f"file name ends with a dot or space: {name!r}")
+    if any(c in name for c in '<>:"|?*') or any(ord(c) < 32 for c in name):
+        raise InvalidInputError(f"file name not allowed on Windows: {name!r}")
+
+
+def default_home():
+    env = os.environ.get("VOCKER_HOME")
+    if env:
+        return env
+    if WINDOWS:
+        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser(r"~\AppData\Local")
+    elif sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Application Support")
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "vocker")
+
+
+def human_size(n):
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+
+
+###############################################################################
+# Objects: trees and manifests ################################################
+###############################################################################
+
+class TreeEntry(tuple):
+    """One entry of a tree: (name, type, ref). ``ref`` is the hex ID of a
+    blob or sub-tree, or for a symlink the hex of its UTF-8 target."""
+
+    __slots__ = ()
+
+    def __new__(cls, name, type_, ref):
+        return tuple.__new__(cls, (name, type_, ref))
+
+    name = property(lambda self: self[0])
+    type = property(lambda self: self[1])
+    ref = property(lambda self: self[2])
+
+    @property
+    def target(self):
+        return bytes.fromhex(self[2]).decode("utf-8")
+
+
+class Tree:
+    """A directory: entries sorted by UTF-8 name.
+
+    Canonical bytes: one line per entry, ``<type> <ref> <name>\\n``.
+    """
+
+    def __init__(self, entries):
+        self.entries = sorted(entries, key=lambda e: e.name.encode("utf-8"))
+
+    def serialize(self):
+        return b"".join(f"{e.type} {e.ref} {e.name}\n".encode("utf-8")
+                        for e in self.entries)
+
+    @property
+    def id(self):
+        return hash_bytes(self.serialize())
+
+    @classmethod
+    def parse(cls, data, expected_id=None):
+        """Parse and check canonical tree bytes (from anywhere: untrusted)."""
+        if expected_id is not None and hash_bytes(data) != expected_id:
+            raise IntegrityError("tree", expected_id, "content does not match its ID")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInputError("tree is not UTF-8") from None
+        entries, seen_lower, prev = [], set(), None
+        if text and not text.endswith("\n"):
+            raise InvalidInputError("tree is truncated")
+        for line in text.split("\n")[:-1]:
+            parts = line.split(" ", 2)
+            if len(parts) != 3:
+                raise InvalidInputError(f"malformed tree entry: {line[:80]!r}")
+            type_, ref, name = parts
+            if type_ not in ENTRY_TYPES:
+                raise InvalidInputError(f"unknown tree entry type {type_!r}")
+            validate_name(name)
+            if type_ in LINK_TYPES:
+                try:
+                    target = bytes.fromhex(ref).decode("utf-8")
+                except ValueError:
+                    raise InvalidInputError(f"bad symlink target for {name!r}") from None
+                if not target or "\0" in target or ref != ref.lower():
+                    raise InvalidInputError(f"bad symlink target for {name!r}")
+            else:
+                check_id(ref, "tree entry")
+            key = name.encode("utf-8")
+            if prev is not None and key <= prev:
+                raise InvalidInputError("tree entries are not sorted or not unique")
+            prev = key
+            if name.casefold() in seen_lower and WINDOWS:
+                raise InvalidInputError(f"names collide by case: {name!r}")
+            seen_lower.add(name.casefold())
+            entries.append(TreeEntry(name, type_, ref))
+        tree = cls.__new__(cls)
+        tree.entries = entries
+        return tree
+
+
+class Manifest:
+    """An image: canonical JSON (sorted keys, compact, UTF-8)."""
+
+    FIELDS = ("format", "kind", "root", "python", "pyvenv", "labels", "parent", "recipe")
+
+    def __init__(self, kind, root, python=None, pyvenv=None, labels=None,
+                 parent=None, recipe=None, format=FORMAT_VERSION):
+        self.format = format
+        self.kind = kind
+        self.root = root
+        self.python = python
+        self.pyvenv = dict(pyvenv or {})
+        self.labels = dict(labels or {})
+        self.parent = parent
+        self.recipe = recipe
+
+    def to_dict(self):
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+    def serialize(self):
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+
+    @property
+    def id(self):
+        return hash_bytes(self.serialize())
+
+    @classmethod
+    def parse(cls, data, expected_id=None):
+        if expected_id is not None and hash_bytes(data) != expected_id:
+            raise IntegrityError("image", expected_id, "manifest does not match its ID")
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidInputError(f"image manifest is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict) or set(obj) != set(cls.FIELDS):
+            raise InvalidInputError("image manifest has missing or unknown fields")
+        if obj["format"] != FORMAT_VERSION:
+            raise InvalidInputError(f"image format {obj['format']!r} is not supported",
+                                    f"this vocker reads format {FORMAT_VERSION}; upgrade vocker")
+        if obj["kind"] not in KINDS:
+            raise InvalidInputError(f"unknown image kind {obj['kind']!r}")
+        check_id(obj["root"], "tree")
+        if obj["parent"] is not None:
+            check_id(obj["parent"], "parent image")
+        py = obj["python"]
+        if py is not None:
+            if not isinstance(py, dict) or not all(
+                    isinstance(py.get(k), str) for k in ("implementation", "version",
+                                                         "cache_tag", "platform")):
+                raise InvalidInputError("image manifest has a malformed 'python' field")
+            if not re.fullmatch(r"[a-z0-9_]+-[0-9]+[a-z0-9_]*", py["cache_tag"]):
+                raise InvalidInputError("image manifest has a malformed cache tag")
+        for key in ("pyvenv", "labels"):
+            if not isinstance(obj[key], dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in obj[key].items()):
+                raise InvalidInputError(f"image manifest has a malformed {key!r} field")
+        m = cls(**obj)
+        if m.serialize() != data:
+            raise InvalidInputError("image manifest is not in canonical form")
+        return m
+
+
+###############################################################################
+# SQLite store ################################################################
+###############################################################################
+
+def _load_schema():
+    here = Path(__file__).resolve().parent
+    path = here / "schema.sql"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        raise VockerError(f"schema.sql is missing next to {here}",
+                          "reinstall vocker") from None
+
+
+def _store_problem(home, exc):
+    return EnvironmentProblem(f"cannot write to the store at {home}: {exc}",
+                              "check the disk is writable and not full, or pass --home DIR")
+
+
+class Store:
+    """The local store: ``vocker.db`` plus ``blobs/``, ``pool/``, ``tmp/``."""
+
+    def __init__(self, home):
+        self.home = os.path.abspath(home)
+        self.blobs_dir = os.path.join(self.home, "blobs")
+        self.pool_dir = os.path.join(self.home, "pool")
+        self.tmp_dir = os.path.join(self.home, "tmp")
+        try:
+            for d in (self.home, self.blobs_dir, self.pool_dir, self.tmp_dir):
+                os.makedirs(d, exist_ok=True)
+            self.db = sqlite3.connect(os.path.join(self.home, "vocker.db"),
+                                      timeout=60, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_load_schema())
+            self._check_writable()
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise _store_problem(self.home, exc) from None
+        self._clean_tmp()
+        self._pool_gen = {}
+
+    def _check_writable(self):
+        probe = os.path.join(self.tmp_dir, f".probe-{uuid.uuid4().hex}")
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+
+    def _clean_tmp(self):
+        """Remove staging left by crashed processes (older than an hour)."""
+        cutoff = time.time() - 3600
+        with os.scandir(self.tmp_dir) as it:
+            for entry in it:
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        if entry.is_dir(follow_symlinks=False):
+                            rmtree(entry.path)
+                        else:
+                            os.unlink(entry.path)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+
+    def tmp_path(self, hint="tmp"):
+        return os.path.join(self.tmp_dir, f"{hint}-{uuid.uuid4().hex}")
+
+    # -- blobs ---------------------------------------------------------------
+
+    def blob_path(self, blob_id):
+        return digest_to_path(self.blobs_dir, blob_id, depth=2)
+
+    def write_blob_bytes(self, blob_id, data, cctx=None):
+        """Compress ``data`` into blobs/ unless present; returns compressed size."""
+        path = self.blob_path(blob_id)
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            pass
+        cdata = (cctx or zstandard.ZstdCompressor(level=ZSTD_LEVEL)).compress(data)
+        _atomic_write(path, cdata, self.tmp_dir)
+        return len(cdata)
+
+    def write_blob_file(self, blob_id, src_path, size):
+        """Stream-compress a large file into blobs/ unless present."""
+        path = self.blob_path(blob_id)
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            pass
+        tmp = self.tmp_path("blob")
+        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+        h = blake3.blake3()
+        with open(src_path, "rb") as fin, open(tmp, "wb") as fout:
+            with cctx.stream_writer(fout, size=size, closefd=False) as w:
+                while True:
+                    chunk = fin.read(CHUNK)
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    w.write(chunk)
+        if h.hexdigest() != blob_id:
+            os.unlink(tmp)
+            raise InvalidInputError(f"{src_path} changed while it was being committed",
+                                    "stop programs writing to the environment and retry")
+        _makedirs(os.path.dirname(path))
+        os.replace(tmp, path)
+        return os.stat(path).st_size
+
+    def blob_size(self, blob_id):
+        row = self.db.execute("SELECT size FROM blobs WHERE id=?", (blob_id,)).fetchone()
+        if row is None:
+            raise NotFoundError("blob", blob_id, "the store is incomplete; commit or pull the image again")
+        return row[0]
+
+    def read_blob(self, blob_id):
+        """Return a blob's bytes, verified against its ID."""
+        size = self.blob_size(blob_id)
+        try:
+            with open(self.blob_path(blob_id), "rb") as f:
+                cdata = f.read()
+        except FileNotFoundError:
+            raise NotFoundError("blob", blob_id, "the store is incomplete; commit or pull the image again") from None
+        try:
+            data = zstandard.ZstdDecompressor().decompress(cdata, max_output_size=size)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError("blob", blob_id, f"cannot decompress: {exc}") from None
+        if len(data) != size or hash_bytes(data) != blob_id:
+            raise IntegrityError("blob", blob_id, "content does not match its ID")
+        return data
+
+    def extract_blob(self, blob_id, dest):
+        """Decompress a blob to ``dest`` (streaming), verifying it."""
+        size = self.blob_size(blob_id)
+        h = blake3.blake3()
+        n = 0
+        try:
+            fin = open(self.blob_path(blob_id), "rb")
+        except FileNotFoundError:
+            raise NotFoundError("blob", blob_id, "the store is incomplete; commit or pull the image again") from None
+        with fin, open(dest, "wb") as fout:
+            try:
+                reader = zstandard.ZstdDecompressor().stream_reader(fin)
+                while True:
+                    chunk = reader.read(CHUNK)
+                    if not chunk:
+                        break
+                    n += len(chunk)
+                    if n > size:
+                        raise IntegrityError("blob", blob_id, "expands past its declared size")
+                    h.update(chunk)
+                    fout.write(chunk)
+            except zstandard.ZstdError as exc:
+                raise IntegrityError("blob", blob_id, f"cannot decompress: {exc}") from None
+        if n != size or h.hexdigest() != blob_id:
+            raise IntegrityError("blob", blob_id, "content does not match its ID")
+
+    # -- pool ----------------------------------------------------------------
+
+    def pool_path(self, object_id, executable=False, gen=0):
+        suffix = (".x" if executable else "") + (f".{gen}" if gen else "")
+        return digest_to_path(self.pool_dir, object_id, depth=1, suffix=suffix)
+
+    def current_pool_path(self, blob_id, executable):
+        return self.pool_path(blob_id, executable, self._pool_gen.get((blob_id, executable), 0))
+
+    def materialize_pool(self, blob_id, executable, new_inodes, gen=None):
+        """Make the read-only pool copy of a blob; returns its path."""
+        if gen is None:
+            gen = self._pool_gen.get((blob_id, executable), 0)
+        path = self.pool_path(blob_id, executable, gen)
+        if os.path.exists(path):
+            return path
+        tmp = self.tmp_path("pool")
+        try:
+            if gen:
+                shutil.copyfile(self.pool_path(blob_id, executable, 0), tmp)
+            else:
+                self.extract_blob(blob_id, tmp)
+            os.chmod(tmp, 0o555 if executable else 0o444)
+            os.utime(tmp, (FIXED_MTIME, FIXED_MTIME))
+            _makedirs(os.path.dirname(path))
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        st = os.stat(path)
+        new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size))
+        return path
+
+    def next_pool_generation(self, blob_id, executable, new_inodes):
+        """The pool file hit its link limit: start a fresh copy."""
+        gen = self._pool_gen.get((blob_id, executable), 0)
+        while True:
+            gen += 1
+            path = self.pool_path(blob_id, executable, gen)
+            if not os.path.exists(path):
+                break
+            st = os.stat(path)
+            if st.st_nlink < 1000:
+                break
+        self._pool_gen[(blob_id, executable)] = gen
+        self.materialize_pool(blob_id, executable, new_inodes, gen)
+        return path
+
+    def ingest_pool_file(self, tmp, new_inodes):
+        """Move a finished file (a compiled .pyc) into the pool by its hash."""
+        with open(tmp, "rb") as f:
+            data = f.read()
+        object_id = hash_bytes(data)
+        path = self.pool_path(object_id)
+        if os.path.exists(path):
+            os.unlink(tmp)
+        else:
+            os.chmod(tmp, 0o444)
+            os.utime(tmp, (FIXED_MTIME, FIXED_MTIME))
+            _makedirs(os.path.dirname(path))
+            os.replace(tmp, path)
+            st = os.stat(path)
+            new_inodes.append((st.st_dev, st.st_ino, object_id, st.st_size))
+        return object_id, path
+
+    # -- images and tags -----------------------------------------------------
+
+    def resolve_image(self, ref):
+        """Image ID for a full ID, a unique ID prefix, or a tag."""
+        if not isinstance(ref, str) or not ref:
+            raise UsageError("empty image name")
+        if ":" in ref or not PREFIX_RE.fullmatch(ref):
+            name = normalize_tag(ref)
+            row = self.db.execute("SELECT image FROM tags WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise NotFoundError("image", ref, "run 'vocker images' to list images")
+            return row[0]
+        row = self.db.execute("SELECT image FROM tags WHERE name=?", (ref + ":latest",)).fetchone()
+        if row is not None:
+            return row[0]
+        rows = self.db.execute(
+            "SELECT id FROM images WHERE id >= ? AND id < ? ORDER BY id LIMIT 20",
+            (ref, ref + "g")).fetchall()
+        if not rows:
+            raise NotFoundError("image", ref, "run 'vocker images' to list images")
+        if len(rows) > 1:
+            raise AmbiguousError(ref, [r[0] for r in rows])
+        return rows[0][0]
+
+    def manifest(self, image_id):
+        row = self.db.execute("SELECT manifest FROM images WHERE id=?", (image_id,)).fetchone()
+        if row is None:
+            raise NotFoundError("image", image_id, "run 'vocker images' to list images")
+        return Manifest.parse(bytes(row[0]), image_id)
+
+    def tree(self, tree_id):
+        row = self.db.execute("SELECT data FROM trees WHERE id=?", (tree_id,)).fetchone()
+        if row is None:
+            raise NotFoundError("tree", tree_id, "the store is incomplete; commit or pull the image again")
+        return Tree.parse(bytes(row[0]), tree_id)
+
+    def tags_of(self, image_id):
+        return [r[0] for r in self.db.execute(
+            "SELECT name FROM tags WHERE image=? ORDER BY name", (image_id,))]
+
+
+def normalize_tag(ref):
+    """``name`` -> ``name:latest``; raise on names Docker would refuse."""
+    if not TAG_RE.fullmatch(ref):
+        raise UsageError(f"invalid image name or tag: {ref!r}",
+                         "use NAME[:TAG] with letters, digits, '.', '_', '-', '/'")
+    return ref if ":" in ref else ref + ":latest"
+
+
+_made_dirs = set()
+
+
+def _makedirs(d):
+    if d not in _made_dirs:
+        os.makedirs(d, exist_ok=True)
+        _made_dirs.add(d)
+
+
+def _atomic_write(path, data, tmp_dir=None):
+    d = os.path.dirname(path)
+    _makedirs(d)
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir or d, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def rmtree(path):
+    """Delete a tree, clearing read-only bits where the platform needs it."""
+    def onerror(func, p, exc_info):
+        exc = exc_info[1]
+        if isinstance(exc, FileNotFoundError):
+            return
+        try:
+            os.chmod(p, stat.S_IWRITE | stat.S_IREAD | stat.S_IEXEC)
+            parent = os.path.dirname(p)
+            os.chmod(parent, 0o755)
+            func(p)
+        except FileNotFoundError:
+            pass
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=lambda f, p, e: onerror(f, p, (type(e), e, None)))
+    else:
+        shutil.rmtree(path, onerror=onerror)
+
+
+###############################################################################
+# Linking #####################################################################
+###############################################################################
+
+FICLONE = 0x40049409
+
+
+def reflink_file(src, dst):
+    """Copy-on-write clone of ``src`` at ``dst``; raises OSError if unsupported."""
+    if sys.platform == "darwin":
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.clonefile(os.fsencode(src), os.fsencode(dst), 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return
+    if not sys.platform.startswith("linux"):
+        raise OSError(errno.EOPNOTSUPP, "reflinks are not supported on this platform")
+    import fcntl
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fcntl.ioctl(dfd, FICLONE, sfd)
+        except OSError:
+            os.close(dfd)
+            os.unlink(dst)
+            raise
+        os.close(dfd)
+    finally:
+        os.close(sfd)
+
+
+def copy_file(src, dst):
+    shutil.copyfile(src, dst)
+
+
+class Linker:
+    """Places pool files into a container by the chosen link mode."""
+
+    def __init__(self, store, mode, new_inodes):
+        if mode not in LINK_MODES:
+            raise UsageError(f"unknown link mode {mode!r}", "use auto, reflink, hardlink or copy")
+        self.store = store
+        self.requested = mode
+        self.mode = None if mode == "auto" else mode
+        self.new_inodes = new_inodes
+        self.copies = []  # files that are not pool inodes (for the stat cache)
+        self.decided = False
+
+    def _one(self, mode, src, dst, executable):
+        if mode == "hardlink":
+            os.link(src, dst)
+        elif mode == "reflink":
+            reflink_file(src, dst)
+            os.chmod(dst, 0o755 if executable else 0o644)
+            os.utime(dst, (FIXED_MTIME, FIXED_MTIME))
+        else:
+            copy_file(src, dst)
+            os.chmod(dst, 0o755 if executable else 0o644)
+            os.utime(dst, (FIXED_MTIME, FIXED_MTIME))
+
+    def place(self, blob_id, executable, dst):
+        """Put pool object ``blob_id`` at ``dst`` by the link mode."""
+        src = self.store.current_pool_path(blob_id, executable)
+        if not os.path.exists(src):
+            src = self.store.materialize_pool(blob_id, executable, self.new_inodes)
+        if self.mode is None:
+            self._decide(src, dst, executable)
+        else:
+            try:
+                self._one(self.mode, src, dst, executable)
+            except OSError as exc:
+                if self.mode == "hardlink" and exc.errno == errno.EMLINK:
+                    src = self.store.next_pool_generation(blob_id, executable, self.new_inodes)
+                    os.link(src, dst)
+                elif self.requested != "auto" and not self.decided:
+                    raise LinkModeError(self.mode, os.path.dirname(dst),
+                                        exc.strerror or str(exc)) from None
+                else:
+                    raise
+        self.decided = True
+        if self.mode != "hardlink":
+            self.copies.append(dst)
+
+    def place_file(self, src, dst):
+        """Put an existing pool file (a compiled .pyc) at ``dst``."""
+        if self.mode is None:
+            self._decide(src, dst, False)
+        else:
+            try:
+                self._one(self.mode, src, dst, False)
+            except OSError as exc:
+                if exc.errno != errno.EMLINK:
+                    raise
+                self._one("copy", src, dst, False)
+        self.decided = True
+
+    def _decide(self, src, dst, executable):
+        order = [self.requested] if self.requested != "auto" else ["reflink", "hardlink", "copy"]
+        last = None
+        for mode in order:
+            try:
+                self._one(mode, src, dst, executable)
+            except OSError as exc:
+                last = exc
+                _unlink_quiet(dst)
+                continue
+            self.mode = mode
+            return
+        raise LinkModeError(self.requested, os.path.dirname(dst), last.strerror or str(last))
+
+
+###############################################################################
+# Python interpreters #########################################################
+###############################################################################
+
+_PY_QUERY = (
+    "import sys,sysconfig,json;print(json.dumps({"
+    "'implementation':sys.implementation.name,"
+    "'version':'%d.%d.%d'%sys.version_info[:3],"
+    "'cache_tag':sys.implementation.cache_tag,"
+    "'platform':sysconfig.get_platform(),"
+    "'executable':sys.executable,"
+    "'in_venv':sys.prefix!=sys.base_prefix}))")
+_py_cache = {}
+
+
+def query_python(exe):
+    """Facts about an interpreter (runs it isolated), or None if it fails."""
+    exe = str(exe)
+    if exe in _py_cache:
+        return _py_cache[exe]
+    info = None
+    try:
+        out = subprocess.run([exe, "-I", "-c", _PY_QUERY], capture_output=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+        if out.returncode == 0:
+            info = json.loads(out.stdout.decode("utf-8").strip().splitlines()[-1])
+            info["executable"] = os.path.realpath(info["executable"]) if not WINDOWS \
+                else info["executable"]
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        info = None
+    _py_cache[exe] = info
+    return info
+
+
+def python_matches(info, need):
+    return (info is not None and not info.get("in_venv")
+            and info["implementation"] == need["implementation"]
+            and info["version"].split(".")[:2] == need["version"].split(".")[:2]
+            and info["cache_tag"] == need["cache_tag"]
+            and info["platform"] == need["platform"])
+
+
+def python_candidates(need, hint=None):
+    """Places a matching interpreter is likely to be, best first."""
+    major, minor = need["version"].split(".")[:2]
+    mm = f"{major}.{minor}"
+    out = []
+    if hint:
+        out.append(hint)
+    out.append(sys.executable)
+    names = [f"python{mm}", f"python{major}", "python"]
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            out.append(found)
+    roots = [os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")]
+    for root in roots:
+        vdir = os.path.join(root, "versions")
+        if os.path.isdir(vdir):
+            for v in sorted(os.listdir(vdir), reverse=True):
+                if v.startswith(mm + ".") or v == mm:
+                    out.append(os.path.join(vdir, v, "bin", f"python{mm}"))
+    uvdir = os.path.expanduser("~/.local/share/uv/python")
+    if os.path.isdir(uvdir):
+        for v in sorted(os.listdir(uvdir), reverse=True):
+            if v.startswith(f"cpython-{mm}."):
+                out.append(os.path.join(uvdir, v, "bin", f"python{mm}"))
+    for d in ("/usr/local/bin", "/usr/bin", "/opt/homebrew/bin"):
+        out.append(os.path.join(d, f"python{mm}"))
+    if WINDOWS:
+        local = os.environ.get("LOCALAPPDATA", "")
+        for base in (os.path.join(local, "Programs", "Python"),
+                     os.environ.get("ProgramFiles", r"C:\Program Files")):
+            out.append(os.path.join(base, f"Python{major}{minor}", "python.exe"))
+    seen, result = set(), []
+    for c in out:
+        if c and c not in seen and os.path.exists(c):
+            seen.add(c)
+            result.append(c)
+    return result
+
+
+def find_python(need, explicit=None, hint=None):
+    """Return (executable, info) of an interpreter that fits ``need``."""
+    want = f"{need['implementation']} {'.'.join(need['version'].split('.')[:2])} ({need['platform']})"
+    if explicit:
+        info = query_python(explicit)
+        if info is None:
+            raise PythonError(f"cannot run the interpreter {explicit}",
+                              "pass --python with a working python executable")
+        if info.get("in_venv"):
+            raise PythonError(f"{explicit} belongs to a virtual environment",
+                              "pass its base interpreter with --python")
+        if not python_matches(info, need):
+            raise PythonError(
+                f"{explicit} is {info['implementation']} {info['version']} ({info['platform']}) "
+                f"but the image needs {want}", "pass --python with a matching interpreter")
+        return info["executable"], info
+    for cand in python_candidates(need, hint):
+        info = query_python(cand)
+        if python_matches(info, need):
+            return info["executable"], info
+    raise PythonError(f"no {want} interpreter found on this machine",
+                      "install it, or pass --python PATH")
+
+
+###############################################################################
+# Venv logic: normalization ###################################################
+###############################################################################
+
+_BOUNDARY = rb"(?![A-Za-z0-9_.\-])"
+_EXEC_HEADER = re.compile(
+    rb"\A#!/bin/sh\n'''exec' (\"[^\"\n]*\"|'[^'\n]*'|[^\s'\"]+)([^\n]*?) \"\$0\" \"\$@\"\n' '''\n")
+_SIMPLE_HEADER = re.compile(rb"\A#!(@@VOCKER:ENV@@[^\s]*)([^\n]*)\n")
+_ACTIVATE_RE = re.compile(r"(?i)^activate(\..*)?$|^activate_this\.py$")
+
+
+def parse_pyvenv_cfg(text):
+    cfg = {}
+    for line in text.splitlines():
+        if "=" in line:
+            key, _, value = line.partition("=")
+            cfg[key.strip().lower()] = value.strip()
+    return cfg
+
+
+def detect_kind(root):
+    if os.path.isfile(os.path.join(root, "pyvenv.cfg")):
+        return "venv"
+    for name in ("bin/python3", "bin/python", "python.exe", "python"):
+        if os.path.isfile(os.path.join(root, name)):
+            return "standalone"
+    return None
+
+
+class Normalizer:
+    """Turns machine-specific text into templates, and back.
+
+    ``spellings`` maps each placeholder to the strings it replaces; the
+    longest strings are replaced first.
+    """
+
+    def __init__(self, env_paths, pyexe_paths=(), pyhome_paths=(), prompt=None):
+        pairs = []
+        for ph, paths in ((PH_ENV, env_paths), (PH_PYEXE, pyexe_paths),
+                          (PH_PYHOME, pyhome_paths)):
+            for p in paths:
+                if p:
+                    pairs.append((os.fsencode(p), ph))
+        # longest first so that /a/b/python wins over /a/b
+        pairs.sort(key=lambda p: -len(p[0]))
+        seen, self.pairs = set(), []
+        for raw, ph in pairs:
+            if raw not in seen:
+                seen.add(raw)
+                self.pairs.append((raw, re.compile(re.escape(raw) + _BOUNDARY), ph))
+        self.env_needles = [raw for raw, _, ph in self.pairs if ph == PH_ENV]
+        self.prompt = prompt.encode("utf-8") if prompt else None
+
+    def find(self, data):
+        """Which placeholders' strings occur in ``data``."""
+        return [raw for raw, rx, ph in self.pairs if raw in data and rx.search(data)]
+
+    def normalize(self, data, filename):
+        """Template bytes for ``data``, or None if nothing machine-specific is in it."""
+        if not self.find(data):
+            return None
+        if PH_MARK in data:
+            raise InvalidInputError(f"{filename} already holds vocker placeholders",
+                                    "remove the '@@VOCKER:' text from it")
+        for raw, rx, ph in self.pairs:
+            data = rx.sub(ph.replace(b"\\", b"\\\\"), data)
+        data = canonical_header(data)
+        if self.prompt and _ACTIVATE_RE.match(filename):
+            p = re.escape(self.prompt)
+            data = re.sub(rb"\(" + p + rb"\) ", b"(" + PH_PROMPT + b") ", data)
+            data = re.sub(rb'"' + p + rb'"', b'"' + PH_PROMPT + b'"', data)
+        return data
+
+
+def canonical_header(data):
+    """Fold distlib's two script header forms into ``#!<exe><args>\\n``."""
+    m = _EXEC_HEADER.match(data)
+    if m:
+        exe = m.group(1)
+        if exe[:1] in (b'"', b"'"):
+            exe = exe[1:-1]
+        if exe.startswith(PH_ENV):
+            return b"#!" + exe + m.group(2) + b"\n" + data[m.end():]
+    return data
+
+
+def render_template(data, values):
+    """Substitute placeholders; write the script header the target needs."""
+    header = _SIMPLE_HEADER.match(data)
+    for ph in PLACEHOLDERS:
+        if ph in data:
+            if ph not in values:
+                raise InvalidInputError(f"template needs {ph.decode()} which this image kind lacks")
+            data = data.replace(ph, values[ph])
+    if header:
+        line_end = data.index(b"\n")
+        rest = data[line_end + 1:]
+        exe_len = len(header.group(1)) - len(PH_ENV) + len(values[PH_ENV])
+        exe, post = data[2:2 + exe_len], data[2 + exe_len:line_end]
+        if not WINDOWS and (b" " in exe or line_end + 1 > SHEBANG_MAX):
+            quoted = b'"' + exe + b'"' if b" " in exe else exe
+            data = (b"#!/bin/sh\n'''exec' " + quoted + post + b' "$0" "$@"\n'
+                    + b"' '''\n" + rest)
+    return data
+
+
+def path_spellings(path):
+    """The spellings of an absolute path that files may contain."""
+    out = {path}
+    real = os.path.realpath(path)
+    out.add(real)
+    return sorted(out)
+
+
+###############################################################################
+# Commit: environment -> image ################################################
+###############################################################################
+
+EMPTY_ID = None  # set after imports are checked (hash of b"")
+
+
+def _empty_id():
+    global EMPTY_ID
+    if EMPTY_ID is None:
+        EMPTY_ID = hash_bytes(b"")
+    return EMPTY_ID
+
+
+class Progress:
+    """A one-line counter on stderr, shown only on a terminal."""
+
+    def __init__(self, label, total=0, enabled=None):
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self.enabled = enabled
+        self.label = label
+        self.total = total
+        self.done = 0
+        self._last = 0.0
+
+    def update(self, n=1, label=None):
+        self.done += n
+        if label:
+            self.label = label
+        if self.enabled:
+            now = time.monotonic()
+            if now - self._last > 0.1 or self.done >= self.total:
+                self._last = now
+                total = f"/{self.total}" if self.total else ""
+                sys.stderr.write(f"\r{self.label}: {self.done}{total}   ")
+                sys.stderr.flush()
+
+    def close(self):
+        if self.enabled and self.done:
+            sys.stderr.write("\r" + " " * (len(self.label) + 30) + "\r")
+            sys.stderr.flush()
+
+
+class _FileJob:
+    __slots__ = ("rel", "path", "st", "entry", "blob", "size", "csize", "template", "read")
+
+    def __init__(self, rel, path, st, entry):
+        self.rel, self.path, self.st, self.entry = rel, path, st, entry
+        self.blob = None
+        self.size = st.st_size
+        self.csize = None
+        self.template = False
+        self.read = False
+
+
+def _is_record(rel):
+    parts = rel.rsplit("/", 2)
+    return len(parts) >= 2 and parts[-1] == "RECORD" and parts[-2].endswith(".dist-info")
+
+
+class Committer:
+    """Turns one directory into trees, blobs and a manifest."""
+
+    def __init__(self, store, root, kind=None, python=None, labels=None, progress=None):
+        self.store = store
+        self.root = os.path.abspath(root)
+        self.kind = kind
+        self.python_arg = python
+        self.labels = dict(labels or {})
+        self.progress = progress or Progress("committing", enabled=False)
+        self.warnings = []
+        self.base_exe = None
+        self.python = None
+        self.pyvenv = {}
+
+    # -- set-up -------------------------------------------------------------
+
+    def prepare(self):
+        root = self.root
+        if not os.path.exists(root):
+            raise NotFoundError("path", root, "check the path of the environment")
+        if not os.path.isdir(root):
+            raise InvalidInputError(f"{root} is not a directory", "give the environment's folder")
+        kind = self.kind or detect_kind(root)
+        if kind is None:
+            raise InvalidInputError(
+                f"{root} is not a Python environment (no pyvenv.cfg, no python executable)",
+                "pass --kind plain to commit it as a plain folder")
+        if kind not in KINDS:
+            raise UsageError(f"unknown kind {kind!r}", "use venv, standalone or plain")
+        self.kind = kind
+        env_paths = path_spellings(root)
+        exe_paths, home_paths, prompt = [], [], None
+        if kind == "venv":
+            cfg_path = os.path.join(root, "pyvenv.cfg")
+            try:
+                with open(cfg_path, encoding="utf-8") as f:
+                    cfg = parse_pyvenv_cfg(f.read())
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InvalidInputError(f"cannot read {cfg_path}: {exc}") from None
+            home = cfg.get("home")
+            if not home:
+                raise InvalidInputError(f"{cfg_path} has no 'home' line", "recreate the venv")
+            candidates = []
+            if self.python_arg:
+                candidates.append(self.python_arg)
+            if cfg.get("executable"):
+                candidates.append(cfg["executable"])
+            bindir = os.path.join(root, "Scripts" if WINDOWS else "bin")
+            links = []
+            if os.path.isdir(bindir):
+                for name in sorted(os.listdir(bindir)):
+                    p = os.path.join(bindir, name)
+                    if os.path.islink(p):
+                        t = os.readlink(p)
+                        if os.path.isabs(t):
+                            links.append(t)
+            candidates += links
+            ver = cfg.get("version") or cfg.get("version_info") or ""
+            mm = ".".join(ver.split(".")[:2])
+            for name in (f"python{mm}", "python3", "python", "python.exe"):
+                candidates.append(os.path.join(home, name))
+            info = None
+            for c in candidates:
+                if os.path.exists(c):
+                    info = query_python(c)
+                    if info is not None:
+                        self.base_exe = c
+                        break
+            if info is None:
+                raise PythonError(f"the base interpreter of {root} (home = {home}) does not run",
+                                  "pass --python with the interpreter that made the venv")
+            self.python = {k: info[k] for k in ("implementation", "version", "cache_tag", "platform")}
+            exe_paths = sorted({c for c in candidates[:2] + links if c}
+                               | {info["executable"], self.base_exe})
+            exe_paths = sorted(set(exe_paths) | {os.path.realpath(p) for p in exe_paths})
+            home_paths = sorted({home, os.path.realpath(home), os.path.dirname(info["executable"])})
+            self.pyvenv = {k: v for k, v in cfg.items() if k not in PYVENV_PATH_KEYS}
+            if "prompt" not in cfg:
+                prompt = os.path.basename(root)
+        elif kind == "standalone":
+            for name in ("bin/python3", "bin/python", "python.exe", "python"):
+                p = os.path.join(root, name)
+                if os.path.isfile(p):
+                    info = query_python(p)
+                    if info is not None:
+                        self.python = {k: info[k] for k in
+                                       ("implementation", "version", "cache_tag", "platform")}
+                        break
+            if self.python is None:
+                raise InvalidInputError(f"the python in {root} does not run",
+                                        "pass --kind plain to commit it as a plain folder")
+        self.env_norm = Normalizer(env_paths, prompt=prompt)
+        self.cfg_norm = Normalizer(env_paths, exe_paths, home_paths)
+
+    # -- walking ------------------------------------------------------------
+
+    def _walk(self, rel, dirs, files, links):
+        entries = []
+        dirs[rel] = entries
+        path = os.path.join(self.root, rel) if rel else self.root
+        try:
+            with os.scandir(path) as it:
+                items = sorted(it, key=lambda e: os.fsencode(e.name))
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from None
+        for e in items:
+            name = e.name
+            st = e.stat(follow_symlinks=False)
+            mode = st.st_mode
+            if name == "__pycache__" and stat.S_ISDIR(mode):
+                continue
+            if name.endswith((".pyc", ".pyo")) and stat.S_ISREG(mode):
+                continue
+            try:
+                validate_name(name)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"cannot commit {e.path}: {exc.message}",
+                                        "rename the file") from None
+            child = f"{rel}/{name}" if rel else name
+            if stat.S_ISDIR(mode):
+                entry = [name, T_DIR, child]
+                entries.append(entry)
+                self._walk(child, dirs, files, links)
+            elif stat.S_ISLNK(mode):
+                entry = [name, T_SYMLINK, os.readlink(e.path)]
+                entries.append(entry)
+                links.append((child, entry))
+            elif stat.S_ISREG(mode):
+                entry = [name, T_EXEC if mode & 0o111 else T_FILE, None]
+                entries.append(entry)
+                files.append(_FileJob(child, e.path, st, entry))
+            else:
+                raise InvalidInputError(f"{e.path} is a socket, pipe or device file",
+                                        "remove it from the environment")
+
+    def _symlink(self, rel, entry):
+        target = entry[2]
+        raw = os.fsencode(target)
+        if os.path.isabs(target) or (WINDOWS and re.match(r"[A-Za-z]:", target)):
+            tpl = self.cfg_norm.normalize(raw, entry[0])
+            if tpl is None or not tpl.startswith((PH_ENV, PH_PYEXE, PH_PYHOME)):
+                raise InvalidInputError(
+                    f"symlink {rel} points outside the environment to {target}",
+                    "make it relative or replace it with the file")
+            entry[1], entry[2] = T_SYMLINK_TEMPLATE, tpl.hex()
+        else:
+            check_link_target(rel, target)
+            entry[2] = raw.hex()
+
+    # -- file content -------------------------------------------------------
+
+    def _lookup_known(self, files):
+        """Fill blob IDs from the stat cache and from pool inodes."""
+        db = self.store.db
+        sep = os.sep
+        lo, hi = self.root + sep, self.root + chr(ord(sep) + 1)
+        cache = {}
+        for row in db.execute("SELECT path, dev, ino, size, mtime_ns, ctime_ns, blob, template "
+                              "FROM stat_cache WHERE path >= ? AND path < ?", (lo, hi)):
+            cache[row[0]] = row[1:]
+        pool_q = {}
+        empty = _empty_id()
+        for job in files:
+            st = job.st
+            if st.st_size == 0:
+                job.blob = empty
+                continue
+            if _is_record(job.rel):
+                continue
+            hit = cache.get(job.path)
+            if hit and hit[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                job.blob, job.template = hit[5], bool(hit[6])
+                continue
+            if st.st_mtime_ns == FIXED_MTIME * 10**9 and not st.st_mode & 0o222:
+                pool_q.setdefault(st.st_dev, {}).setdefault(st.st_ino, []).append(job)
+        for dev, by_ino in pool_q.items():
+            inos = list(by_ino)
+            for i in range(0, len(inos), 500):
+                chunk = inos[i:i + 500]
+                q = ",".join("?" * len(chunk))
+                for ino, blob, size in db.execute(
+                        f"SELECT ino, blob, size FROM pool_inodes WHERE dev=? AND ino IN ({q})",
+                        [dev] + chunk):
+                    for job in by_ino[ino]:
+                        if job.st.st_size == size:
+                            job.blob = blob
+        # every blob named by a cache must still be in the store
+        known = {j.blob for j in files if j.blob}
+        present = set()
+        ids = list(known)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            q = ",".join("?" * len(chunk))
+            present.update(r[0] for r in db.execute(f"SELECT id FROM blobs WHERE id IN ({q})", chunk))
+        for job in files:
+            if job.blob and job.blob not in present:
+                if job.blob == empty:
+                    job.csize = self.store.write_blob_bytes(empty, b"")
+                    job.read = True
+                    continue
+                job.blob, job.template = None, False
+
+    def _content(self, job, data):
+        """Normalize, hash and store bytes of one file."""
+        name = job.entry[0]
+        norm = self.cfg_norm if job.rel == "pyvenv.cfg" else self.env_norm
+        if norm.find(data):
+            if b"\0" in data:
+                self.warnings.append(
+                    f"{job.rel}: holds the environment's path inside binary data; "
+                    "it will point to the original location")
+            else:
+                tpl = norm.normalize(data, name)
+                if tpl is not None:
+                    data = tpl
+                    job.template = True
+        job.blob = hash_bytes(data)
+        job.size = len(data)
+        job.csize = self.store.write_blob_bytes(job.blob, data, _cctx())
+        job.read = True
+
+    def _read_job(self, job):
+        size = job.st.st_size
+        if size <= SMALL_FILE:
+            with open(job.path, "rb") as f:
+                data = f.read()
+            self._content(job, data)
+            return job
+        # large file: stream; look for the environment path across chunks
+        h = blake3.blake3()
+        needles = self.env_norm.env_needles
+        keep = max(len(n) for n in needles) if needles else 0
+        tail, found, n = b"", False, 0
+        with open(job.path, "rb") as f:
+            while True:
+                chunk = f.read(CHUNK)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+                if not found and needles:
+                    window = tail + chunk
+                    found = any(x in window for x in needles)
+                    tail = window[-keep:]
+        if found:
+            self.warnings.append(f"{job.rel}: holds the environment's path in a large file; "
+                                 "it will point to the original location")
+        job.blob = h.hexdigest()
+        job.size = n
+        job.csize = self.store.write_blob_file(job.blob, job.path, n)
+        job.read = True
+        return job
+
+    def _read_record(self, job, templated):
+        with open(job.path, "rb") as f:
+            data = f.read()
+        data = normalize_record(data, job.rel, templated)
+        self._content(job, data)
+
+    # -- the whole commit -----------------------------------------------------
+
+    def run(self):
+        self.prepare()
+        dirs, files, links = {}, [], []
+        self._walk("", dirs, files, links)
+        for rel, entry in links:
+            self._symlink(rel, entry)
+        self.progress.total = len(files)
+        self._lookup_known(files)
+        records = [j for j in files if _is_record(j.rel) and not j.blob]
+        misses = [j for j in files if not j.blob and not _is_record(j.rel)]
+        self.progress.update(len(files) - len(misses) - len(records))
+        if misses:
+            workers = min(len(misses), os.cpu_count() or 1, 4)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(self._read_job, misses, chunksize=16):
+                    self.progress.update()
+        templated = {j.rel for j in files if j.template}
+        for job in records:
+            self._read_record(job, templated)
+            self.progress.update()
+        self.progress.close()
+        # trees, bottom-up
+        trees = {}
+        for job in files:
+            job.entry[1] = ((T_TEMPLATE_EXEC if job.entry[1] == T_EXEC else T_TEMPLATE)
+                            if job.template else job.entry[1])
+            job.entry[2] = job.blob
+        order = sorted(dirs, key=lambda r: (r.count("/") + 1) if r else 0, reverse=True)
+        tree_ids = {}
+        for rel in order:
+            entries = []
+            for name, type_, ref in dirs[rel]:
+                if type_ == T_DIR:
+                    ref = tree_ids[ref]
+                entries.append(TreeEntry(name, type_, ref))
+            tree = Tree(entries)
+            data = tree.serialize()
+            tid = hash_bytes(data)
+            trees[tid] = data
+            tree_ids[rel] = tid
+        manifest = Manifest(self.kind, tree_ids[""], python=self.python, pyvenv=self.pyvenv,
+                            labels=self.labels)
+        row = self.store.db.execute("SELECT image FROM containers WHERE path=?",
+                                    (self.root,)).fetchone()
+        if row:
+            # a container: unchanged gives its image back; changed names it as parent
+            try:
+                origin = self.store.manifest(row[0])
+            except NotFoundError:
+                origin = None
+            if origin is not None:
+                manifest.labels = {**origin.labels, **self.labels}
+                if dict(origin.to_dict(), parent=None) == manifest.to_dict():
+                    manifest = origin
+                else:
+                    manifest.parent = row[0]
+        self.files = files
+        self.trees = trees
+        return manifest
+
+
+def check_link_target(rel, target):
+    """Raise unless a relative symlink at ``rel`` stays inside the environment."""
+    t = target.replace("\\", "/")
+    if t.startswith("/") or re.match(r"[A-Za-z]:", t) or "\0" in t:
+        raise InvalidInputError(f"symlink {rel} points outside the environment to {target}")
+    parts = rel.split("/")[:-1]
+    for comp in t.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                raise InvalidInputError(f"symlink {rel} points outside the environment to {target}",
+                                        "make it point inside the environment")
+            parts.pop()
+        else:
+            parts.append(comp)
+
+
+def normalize_record(data, record_rel, templated):
+    """Blank hash and size in RECORD for templated files and .pyc files."""
+    import csv
+    base = record_rel.rsplit("/", 2)[0] if record_rel.count("/") >= 2 else ""
+    out = []
+    for line in data.split(b"\n"):
+        stripped = line.rstrip(b"\r")
+        if not stripped:
+            out.append(line)
+            continue
+        try:
+            row = next(csv.reader([stripped.decode("utf-8")]))
+        except (UnicodeDecodeError, StopIteration, csv.Error):
+            out.append(line)
+            continue
+        if len(row) < 3 or not row[1]:
+            out.append(line)
+            continue
+        rel = _record_rel(base, row[0])
+        if row[0].endswith(".pyc") or "/__pycache__/" in "/" + row[0].replace("\\", "/") \
+                or rel in templated:
+            ending = line[len(stripped):]
+            field = row[0]
+            if any(c in field for c in ',"\n'):
+                field = '"' + field.replace('"', '""') + '"'
+            out.append(f"{field},,".encode("utf-8") + ending)
+        else:
+            out.append(line)
+    return b"\n".join(out)
+
+
+def _record_rel(base, path):
+    parts = base.split("/") if base else []
+    for comp in path.replace("\\", "/").split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if parts:
+                parts.pop()
+        else:
+            parts.append(comp)
+    return "/".join(parts)
+
+
+_tls = __import__("threading").local()
+
+
+def _cctx():
+    c = getattr(_tls, "cctx", None)
+    if c is None:
+        c = _tls.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return c
+
+
+def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=None):
+    """Commit the environment at ``path``; returns a dict describing the image."""
+    t0 = time.monotonic()
+    tags = [normalize_tag(t) for t in tags]
+    c = Committer(store, path, kind=kind, python=python, labels=labels, progress=progress)
+    manifest = c.run()
+    data = manifest.serialize()
+    image_id = hash_bytes(data)
+    files = c.files
+    size = sum(j.size for j in files)
+    now = time.time()
+    blob_rows = [(j.blob, j.size, j.csize) for j in files if j.read]
+    stat_rows = []
+    for j in files:
+        if j.read and j.st.st_size:
+            st = j.st
+            stat_rows.append((j.path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                              st.st_ctime_ns, j.blob, int(j.template)))
+    try:
+        with store.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO blobs(id, size, csize) VALUES (?,?,?)", blob_rows)
+            db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)",
+                           list(c.trees.items()))
+            db.execute("INSERT OR IGNORE INTO images(id, manifest, created, source, base_exe, size, files)"
+                       " VALUES (?,?,?,?,?,?,?)",
+                       (image_id, data, now, c.root, c.base_exe, size, len(files)))
+            if c.base_exe:
+                db.execute("UPDATE images SET base_exe=? WHERE id=?", (c.base_exe, image_id))
+            for t in tags:
+                db.execute("INSERT OR REPLACE INTO tags(name, image) VALUES (?,?)", (t, image_id))
+            db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?,?)", stat_rows)
+    except sqlite3.OperationalError as exc:
+        raise _store_problem(store.home, exc) from None
+    return {"id": image_id, "short_id": short_id(image_id), "tags": tags, "kind": manifest.kind,
+            "python": manifest.python, "parent": manifest.parent, "files": len(files),
+            "size": size, "files_read": sum(1 for j in files if j.read),
+            "bytes_read": sum(j.st.st_size for j in files if j.read),
+            "seconds": round(time.monotonic() - t0, 3), "warnings": c.warnings}
+
+
+###############################################################################
+# Create: image -> container ##################################################
+###############################################################################
+
+_COMPILE_WORKER = r"""
+import sys, json, py_compile
+jobs = json.loads(sys.stdin.read())
+mode = py_compile.PycInvalidationMode.TIMESTAMP
+out = sys.stdout
+for idx, src, cfile, dfile in jobs:
+    try:
+        py_compile.compile(src, cfile=cfile, dfile=dfile, doraise=True,
+                           invalidation_mode=mode)
+        ok = 1
+    except Exception:
+        ok = 0
+    out.write("%d %d\n" % (idx, ok))
+    out.flush()
+"""
+
+
+def _image_plan(store, manifest):
+    """Walk an image's trees: (dirs, files, links) with validated relative paths."""
+    dirs, files, links = [], [], []
+    stack = [("", manifest.root)]
+    seen_trees = 0
+    while stack:
+        rel, tree_id = stack.pop()
+        tree = store.tree(tree_id)
+        seen_trees += 1
+        if seen_trees > 1_000_000:
+            raise InvalidInputError("image has too many directories")
+        folded = set()
+        for e in tree.entries:
+            key = e.name.casefold()
+            if key in folded:
+                raise InvalidInputError(f"names collide by case in {rel or '.'}: {e.name!r}",
+                                        "this image cannot be created on a case-insensitive disk")
+            folded.add(key)
+            child = f"{rel}/{e.name}" if rel else e.name
+            if e.type == T_DIR:
+                dirs.append(child)
+                stack.append((child, e.ref))
+            elif e.type in LINK_TYPES:
+                links.append((child, e))
+            else:
+                files.append((child, e))
+    dirs.sort(key=lambda r: r.count("/"))
+    return dirs, files, links
+
+
+def _pid_alive(pid):
+    if WINDOWS:
+        return True  # cannot tell cheaply; leave it for a later run
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _remove_stale_stages(parent, name):
+    """Remove staging folders that killed vocker processes left beside ``name``."""
+    prefix = f".{name}.vocker-"
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.startswith(prefix):
+            pid = entry[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    rmtree(os.path.join(parent, entry))
+
+
+def _is_compilable(rel, kind):
+    if not rel.endswith(".py"):
+        return False
+    top = rel.split("/", 1)[0]
+    if kind == "venv" and top in ("bin", "Scripts"):
+        return False
+    return "/" in rel or kind != "venv"
+
+
+class Creator:
+    """Materializes one image at one path."""
+
+    def __init__(self, store, image_id, target, link_mode="auto", python=None,
+                 compile=True, progress=None):
+        self.store = store
+        self.image_id = image_id
+        self.manifest = store.manifest(image_id)
+        self.target = os.path.abspath(target)
+        self.python_arg = python
+        self.compile = compile
+        self.progress = progress or Progress("creating", enabled=False)
+        self.new_inodes = []
+        self.linker = Linker(store, link_mode, self.new_inodes)
+        self.templates = []  # final paths of templated files, with their blob
+        self.exe = None
+        self.info = None
+        self.pyc_compiled = 0
+        self.pyc_cached = 0
+        self.pyc_rows = []
+
+    def resolve_python(self):
+        m = self.manifest
+        if m.kind == "venv":
+            if m.python is None:
+                raise InvalidInputError("venv image has no python requirement")
+            row = self.store.db.execute("SELECT base_exe FROM images WHERE id=?",
+                                        (self.image_id,)).fetchone()
+            self.exe, self.info = find_python(m.python, self.python_arg, row[0] if row else None)
+
+    def values(self):
+        v = {PH_ENV: os.fsencode(self.target),
+             PH_PROMPT: os.path.basename(self.target).encode("utf-8")}
+        if self.exe:
+            v[PH_PYEXE] = os.fsencode(self.exe)
+            v[PH_PYHOME] = os.fsencode(os.path.dirname(self.exe))
+        return v
+
+    def _link_target(self, rel, entry, values):
+        if entry.type == T_SYMLINK:
+            target = entry.target
+            check_link_target(rel, target)
+            return target
+        tpl = bytes.fromhex(entry.ref)
+        if not tpl.startswith((PH_ENV, PH_PYEXE, PH_PYHOME)):
+            raise InvalidInputError(f"symlink template {rel} does not start with a placeholder")
+        target = os.fsdecode(render_template(tpl, values))
+        if tpl.startswith(PH_ENV):
+            inner = os.path.relpath(target, self.target)
+            if os.path.isabs(inner) or inner == ".." or inner.startswith(".." + os.sep):
+                raise InvalidInputError(f"symlink {rel} points outside the environment")
+        return target
+
+    def run(self):
+        store, m = self.store, self.manifest
+        target = self.target
+        if os.path.lexists(target):
+            raise ConflictError(f"{target} already exists",
+                                "choose a new path, or remove it first (vocker rm PATH)")
+        self.resolve_python()
+        dirs, files, links = _image_plan(store, m)
+        values = self.values()
+        self.progress.total = len(files)
+        parent = os.path.dirname(target)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            _remove_stale_stages(parent, os.path.basename(target))
+            stage = os.path.join(parent, f".{os.path.basename(target)}.vocker-"
+                                         f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.mkdir(stage)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
+                                     "check the folder is writable") from None
+        try:
+            self._materialize(stage, dirs, files, links, values)
+            if os.path.lexists(target):
+                raise ConflictError(f"{target} appeared while it was being created")
+            os.rename(stage, target)
+        except BaseException:
+            rmtree(stage)
+            raise
+        finally:
+            self.progress.close()
+        return self._record()
+
+    def _materialize(self, stage, dirs, files, links, values):
+        join = os.path.join
+        for rel in dirs:
+            os.mkdir(join(stage, rel))
+        empty = _empty_id()
+        py_files = []
+        place = self.linker.place
+        for rel, e in files:
+            dst = join(stage, rel)
+            if e.type in FILE_TYPES:
+                executable = e.type == T_EXEC
+                if e.ref == empty:
+                    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                 0o755 if executable else 0o644)
+                    os.close(fd)
+                    os.utime(dst, (FIXED_MTIME, FIXED_MTIME))
+                else:
+                    place(e.ref, executable, dst)
+                if self.compile and _is_compilable(rel, self.manifest.kind):
+                    py_files.append((rel, e.ref, executable))
+            else:
+                data = render_template(self.store.read_blob(e.ref), values)
+                fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o755 if e.type == T_TEMPLATE_EXEC else 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                self.templates.append((rel, e.ref))
+            self.progress.update()
+        for rel, e in links:
+            os.symlink(self._link_target(rel, e, values), join(stage, rel))
+        if py_files and self.manifest.kind != "plain":
+            self._pycs(stage, py_files)
+        # stat cache rows: files that are not pool inodes
+        self.stat_rows = []
+        for rel, blob in self.templates:
+            st = os.lstat(join(stage, rel))
+            self.stat_rows.append((join(self.target, rel), st, blob, 1))
+        if self.linker.mode != "hardlink":
+            blob_of = {join(stage, rel): e.ref for rel, e in files if e.type in FILE_TYPES}
+            for path in self.linker.copies:
+                if path in blob_of:
+                    st = os.lstat(path)
+                    rel = os.path.relpath(path, stage)
+                    self.stat_rows.append((join(self.target, rel), st, blob_of[path], 0))
+
+    def _pyc_interpreter(self, stage):
+        if self.exe:
+            return self.exe, self.info["cache_tag"]
+        if self.manifest.kind == "standalone":
+            for name in ("bin/python3", "bin/python", "python.exe"):
+                p = os.path.join(stage, name)
+                if os.path.isfile(p):
+                    info = query_python(p)
+                    if info:
+                        return p, info["cache_tag"]
+        return None, None
+
+    def _pycs(self, stage, py_files):
+        store, db = self.store, self.store.db
+        exe, tag = self._pyc_interpreter(stage)
+        if not exe:
+            return
+        blobs = sorted({b for _, b, _ in py_files})
+        known = {}
+        for i in range(0, len(blobs), 500):
+            chunk = blobs[i:i + 500]
+            q = ",".join("?" * len(chunk))
+            for src, pyc in db.execute(
+                    f"SELECT source, pyc FROM pyc_cache WHERE cache_tag=? AND opt=0 AND source IN ({q})",
+                    [tag] + chunk):
+                known[src] = pyc
+        for b in list(known):
+            if known[b] and not os.path.exists(store.pool_path(known[b])):
+                del known[b]
+        todo, first = [], {}
+        for rel, blob, executable in py_files:
+            if blob not in known and blob not in first:
+                first[blob] = (rel, executable)
+        if first:
+            self.progress.label = "compiling"
+            self.progress.total = len(first)
+            self.progress.done = 0
+            for idx, (blob, (rel, executable)) in enumerate(first.items()):
+                src = store.current_pool_path(blob, executable)
+                if not os.path.exists(src):
+                    src = store.materialize_pool(blob, executable, self.new_inodes)
+                todo.append([idx, src, store.tmp_path("pyc"), rel])
+            results = self._run_compilers(exe, todo)
+            for (idx, src, cfile, rel), blob in zip(todo, first):
+                if results.get(idx):
+                    pyc, _ = store.ingest_pool_file(cfile, self.new_inodes)
+                    known[blob] = pyc
+                    self.pyc_compiled += 1
+                else:
+                    _unlink_quiet(cfile)
+                    known[blob] = ""
+                self.pyc_rows.append((tag, blob, 0, known[blob]))
+        made_dirs = set()
+        for rel, blob, _ in py_files:
+            pyc = known.get(blob)
+            if not pyc:
+                continue
+            d, _, name = rel.rpartition("/")
+            cache_dir = os.path.join(stage, d, "__pycache__")
+            if cache_dir not in made_dirs:
+                os.makedirs(cache_dir, exist_ok=True)
+                made_dirs.add(cache_dir)
+            dst = os.path.join(cache_dir, f"{name[:-3]}.{tag}.pyc")
+            self.linker.place_file(store.pool_path(pyc), dst)
+            if blob not in first:
+                self.pyc_cached += 1
+
+    def _run_compilers(self, exe, todo):
+        """Compile in parallel worker processes of the target interpreter."""
+        n = max(1, min(os.cpu_count() or 1, (len(todo) + 49) // 50))
+        by_size = sorted(todo, key=lambda j: -os.path.getsize(j[1]))
+        parts = [by_size[i::n] for i in range(n)]
+        results = {}
+        env = dict(os.environ)
+        for k in [k for k in env if k.startswith("PYTHON")]:
+            del env[k]
+
+        def one(jobs):
+            proc = subprocess.Popen([exe, "-I", "-c", _COMPILE_WORKER], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            proc.stdin.write(json.dumps(jobs).encode("utf-8"))
+            proc.stdin.close()
+            for line in proc.stdout:
+                idx, ok = line.split()
+                results[int(idx)] = ok == b"1"
+                self.progress.update()
+            proc.wait()
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            list(pool.map(one, parts))
+        return results
+
+    def _record(self):
+        store = self.store
+        now = time.time()
+        rows = [(p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob, tpl)
+                for p, st, blob, tpl in self.stat_rows]
+        try:
+            with store.transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO pool_inodes(dev, ino, blob, size) VALUES (?,?,?,?)",
+                               self.new_inodes)
+                db.executemany("INSERT OR REPLACE INTO pyc_cache VALUES (?,?,?,?)", self.pyc_rows)
+                db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?,?)", rows)
+                db.execute("INSERT OR REPLACE INTO containers(path, image, created, link_mode, python)"
+                           " VALUES (?,?,?,?,?)",
+                           (self.target, self.image_id, now, self.linker.mode or "none", self.exe))
+        except sqlite3.OperationalError as exc:
+            raise _store_problem(store.home, exc) from None
+        return {"path": self.target, "image": self.image_id, "short_id": short_id(self.image_id),
+                "link_mode": self.linker.mode or "none", "python": self.exe,
+                "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached}
+
+
+def create(store, image, path, link_mode="auto", python=None, compile=True, progress=None):
+    """Create a container of ``image`` at ``path``; returns a dict describing it."""
+    t0 = time.monotonic()
+    if link_mode not in LINK_MODES:
+        raise UsageError(f"unknown link mode {link_mode!r}", "use auto, reflink, hardlink or copy")
+    image_id = store.resolve_image(image)
+    c = Creator(store, image_id, path, link_mode, python, compile, progress)
+    result = c.run()
+    result["seconds"] = round(time.monotonic() - t0, 3)
+    return result
+
+
+###############################################################################
+# Images and containers #######################################################
+###############################################################################
+
+def list_images(store):
+    rows = store.db.execute("SELECT id, manifest, created, size, files, source FROM images "
+                            "ORDER BY created DESC").fetchall()
+    out = []
+    for image_id, manifest, created, size, files, source in rows:
+        m = json.loads(bytes(manifest))
+        py = m.get("python") or {}
+        out.append({"id": image_id, "short_id": short_id(image_id),
+                    "tags": store.tags_of(image_id), "kind": m["kind"],
+                    "python": py.get("version"), "size": size, "files": files,
+                    "created": created, "parent": m.get("parent")})
+    return out
+
+
+def list_containers(store):
+    rows = store.db.execute("SELECT path, image, created, link_mode, python FROM containers "
+                            "ORDER BY created DESC").fetchall()
+    return [{"path": p, "image": i, "short_id": short_id(i), "tags": store.tags_of(i),
+             "created": c, "link_mode": lm, "python": py, "exists": os.path.isdir(p)}
+            for p, i, c, lm, py in rows]
+
+
+def tag_image(store, image, name):
+    image_id = store.resolve_image(image)
+    name = normalize_tag(name)
+    with store.transaction() as db:
+        db.execute("INSERT OR REPLACE INTO tags(name, image) VALUES (?,?)", (name, image_id))
+    return {"id": image_id, "tag": name}
+
+
+def remove_image(store, image, force=False):
+    """Untag (when ``image`` is a tag of an image with other tags) or delete."""
+    image_id = store.resolve_image(image)
+    tags = store.tags_of(image_id)
+    is_tag = ":" in image or (image + ":latest") in tags
+    if is_tag and len(tags) > 1:
+        name = normalize_tag(image)
+        with store.transaction() as db:
+            db.execute("DELETE FROM tags WHERE name=?", (name,))
+        return {"untagged": [name], "deleted": None}
+    if len(tags) > 1 and not force:
+        raise ConflictError(f"image {short_id(image_id)} has several tags ({', '.join(tags)})",
+                            "remove a tag by name, or pass --force")
+    with store.transaction() as db:
+        db.execute("DELETE FROM tags WHERE image=?", (image_id,))
+        db.execute("DELETE FROM images WHERE id=?", (image_id,))
+    return {"untagged": tags, "deleted": image_id}
+
+
+def find_container(store, path):
+    target = os.path.abspath(path)
+    row = store.db.execute("SELECT path, image, created, link_mode, python FROM containers "
+                           "WHERE path=?", (target,)).fetchone()
+    if row is None:
+        raise NotFoundError("container", target, "run 'vocker ps' to list containers")
+    p, i, c, lm, py = row
+    return {"path": p, "image": i, "short_id": short_id(i), "tags": store.tags_of(i),
+            "created": c, "link_mode": lm, "python": py, "exists": os.path.isdir(p)}
+
+
+def remove_container(store, path):
+    """Delete a container's directory and its record."""
+    info = find_container(store, path)
+    target = info["path"]
+    if os.path.lexists(target):
+        if not os.path.isdir(target) or os.path.islink(target):
+            raise InvalidInputError(f"{target} is not a directory", "remove it by hand")
+        try:
+            rmtree(target)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot delete {target}: {exc.strerror}",
+                                     "close programs using it and retry") from None
+    lo, hi = target + os.sep, target + chr(ord(os.sep) + 1)
+    with store.transaction() as db:
+        db.execute("DELETE FROM containers WHERE path=?", (target,))
+        db.execute("DELETE FROM stat_cache WHERE path >= ? AND path < ?", (lo, hi))
+    return {"path": target, "removed": True}
+
+
+def inspect(store, name):
+    """Describe an image (by ID, prefix or tag) or a container (by path)."""
+    if os.sep in name or (os.altsep and os.altsep in name) or os.path.isdir(name):
+        with contextlib.suppress(NotFoundError):
+            return {"type": "container", **find_container(store, name)}
+    image_id = store.resolve_image(name)
+    m = store.manifest(image_id)
+    created, source, size, files = store.db.execute(
+        "SELECT created, source, size, files FROM images WHERE id=?", (image_id,)).fetchone()
+    containers = [r[0] for r in store.db.execute(
+        "SELECT path FROM containers WHERE image=? ORDER BY path", (image_id,))]
+    return {"type": "image", "id": image_id, "short_id": short_id(image_id),
+            "tags": store.tags_of(image_id), "manifest": m.to_dict(),
+            "created": created, "source": source, "size": size, "files": files,
+            "containers": containers}
+
+
+###############################################################################
+# Commands ####################################################################
+###############################################################################
+
+def _emit(args, data, text):
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+    elif not args.quiet and text:
+        print(text)
+
+
+def _when(ts):
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _progress(args, label):
+    return Progress(label, enabled=sys.stderr.isatty() and not args.quiet and not args.json)
+
+
+def cmd_commit(store, args):
+    labels = {}
+    for item in args.label or ():
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UsageError(f"bad label {item!r}", "use --label KEY=VALUE")
+        labels[k] = v
+    r = commit(store, args.path, tags=args.tag or (), kind=args.kind, python=args.python,
+               labels=labels, progress=_progress(args, "committing"))
+    for w in r["warnings"]:
+        if not args.quiet:
+            print(f"vocker: warning: {w}", file=sys.stderr)
+    _emit(args, r, r["id"])
+    return EXIT_OK
+
+
+def cmd_create(store, args):
+    r = create(store, args.image, args.path, link_mode=args.link_mode, python=args.python,
+               compile=not args.no_compile, progress=_progress(args, "creating"))
+    text = (f"created {r['path']} from {r['short_id']} "
+            f"({r['link_mode']}, {r['pyc_compiled']} compiled, {r['pyc_cached']} cached .pyc)")
+    _emit(args, r, text)
+    return EXIT_OK
+
+
+def cmd_images(store, args):
+    rows = list_images(store)
+    if args.json or args.quiet:
+        _emit(args, rows, "\n".join(r["short_id"] for r in rows))
+        return EXIT_OK
+    lines = [f"{'NAME:TAG':<30} {'IMAGE ID':<12}  {'KIND':<10} {'PYTHON':<8} {'SIZE':>9}  CREATED"]
+    for r in rows:
+        for t in r["tags"] or ["<none>"]:
+            lines.append(f"{t:<30} {r['short_id']:<12}  {r['kind']:<10} {r['python'] or '-':<8} "
+                         f"{human_size(r['size']):>9}  {_when(r['created'])}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_ps(store, args):
+    rows = list_containers(store)
+    if args.json or args.quiet:
+        _emit(args, rows, "\n".join(r["path"] for r in rows))
+        return EXIT_OK
+    lines = [f"{'IMAGE ID':<12}  {'LINK':<8} {'STATUS':<8} {'CREATED':<16}  PATH"]
+    for r in rows:
+        lines.append(f"{r['short_id']:<12}  {r['link_mode']:<8} "
+                     f"{'ok' if r['exists'] else 'missing':<8} {_when(r['created']):<16}  {r['path']}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_tag(store, args):
+    r = tag_image(store, args.image, args.name)
+    _emit(args, r, None)
+    return EXIT_OK
+
+
+def cmd_rmi(store, args):
+    results = [remove_image(store, ref, force=args.force) for ref in args.images]
+    text = "\n".join([f"untagged: {t}" for r in results for t in r["untagged"]]
+                     + [f"deleted: {r['deleted']}" for r in results if r["deleted"]])
+    _emit(args, results, text)
+    return EXIT_OK
+
+
+def cmd_rm(store, args):
+    results = [remove_container(store, p) for p in args.paths]
+    _emit(args, results, "\n".join(r["path"] for r in results))
+    return EXIT_OK
+
+
+def cmd_inspect(store, args):
+    r = inspect(store, args.name)
+    print(json.dumps(r, indent=2, sort_keys=True, ensure_ascii=False))
+    return EXIT_OK
+
+
+###############################################################################
+# Argument parser #############################################################
+###############################################################################
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}", f"see '{self.prog} --help'")
+
+
+def build_parser():
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="vocker", formatter_class=fmt,
+                description="Docker-like images and containers for Python environments.",
+                epilog="examples:\n"
+                       "  vocker commit ./venv -t web:1.0     # environment -> image\n"
+                       "  vocker create web:1.0 ./web2        # image -> new environment\n"
+                       "  vocker images                       # list images\n"
+                       "  vocker ps                           # list containers\n\n"
+                       + EXIT_CODES_HELP)
+    p.add_argument("--version", action="version", version=f"vocker {__version__}")
+    p.add_argument("--home", metavar="DIR", help="store folder (default: $VOCKER_HOME, "
+                   "else the user data dir)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common.add_argument("-q", "--quiet", action="store_true", help="print only IDs or nothing")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, func, help_, examples):
+        sp = sub.add_parser(name, help=help_, description=help_, parents=[common],
+                            formatter_class=fmt, epilog="examples:\n" + examples)
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("commit", cmd_commit, "turn an environment into an image; prints its ID",
+             "  vocker commit ./venv\n  vocker commit ./venv -t web:1.0 --label team=data\n"
+             "  vocker commit C:\\envs\\py311 --kind venv --json\n")
+    sp.add_argument("path", help="the environment's folder")
+    sp.add_argument("-t", "--tag", action="append", metavar="NAME[:TAG]", help="tag the image")
+    sp.add_argument("--kind", choices=KINDS, help="venv, standalone or plain (default: detect)")
+    sp.add_argument("--python", metavar="EXE", help="the venv's base interpreter, if it moved")
+    sp.add_argument("--label", action="append", metavar="KEY=VALUE", help="add a label")
+
+    sp = add("create", cmd_create, "make a new environment (container) from an image",
+             "  vocker create web:1.0 ./web\n  vocker create 3f2a9c ./web --link-mode copy\n"
+             "  vocker create web:1.0 ./web --python /usr/bin/python3.11 --no-compile\n")
+    sp.add_argument("image", help="image ID, unique ID prefix, or NAME[:TAG]")
+    sp.add_argument("path", help="folder to create (must not exist)")
+    sp.add_argument("--link-mode", choices=LINK_MODES, default="auto",
+                    help="how files are shared with the store (default: auto = reflink, "
+                         "else hardlink, else copy)")
+    sp.add_argument("--python", metavar="EXE", help="base interpreter to use")
+    sp.add_argument("--no-compile", action="store_true", help="do not create .pyc files")
+
+    add("images", cmd_images, "list images", "  vocker images\n  vocker images --json\n")
+    add("ps", cmd_ps, "list containers", "  vocker ps\n  vocker ps --json\n")
+    sp = add("tag", cmd_tag, "give an image a name", "  vocker tag 3f2a9c web:1.0\n")
+    sp.add_argument("image")
+    sp.add_argument("name", metavar="NAME[:TAG]")
+    sp = add("rmi", cmd_rmi, "remove images (or one tag of an image)",
+             "  vocker rmi web:1.0\n  vocker rmi 3f2a9c --force\n")
+    sp.add_argument("images", nargs="+", metavar="IMAGE")
+    sp.add_argument("-f", "--force", action="store_true", help="remove an image with several tags")
+    sp = add("rm", cmd_rm, "delete containers (their folders and records)",
+             "  vocker rm ./web\n")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp = add("inspect", cmd_inspect, "show an image or a container as JSON",
+             "  vocker inspect web:1.0\n  vocker inspect ./web\n")
+    sp.add_argument("name", metavar="IMAGE|CONTAINER")
+    return p
+
+
+###############################################################################
+# main ########################################################################
+###############################################################################
+
+def main(argv=None):
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    store = None
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help and --version
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
+        if _IMPORT_ERROR is not None:
+            raise EnvironmentProblem(
+                f"vocker needs the blake3 and zstandard modules ({_IMPORT_ERROR}) for "
+                f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform}",
+                "install them (pip install blake3 zstandard) or use a vocker.pyz built "
+                "for this Python")
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
+        store = Store(args.home or default_home())
+        return args.func(store, args)
+    except VockerError as exc:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        print(f"vocker: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:  # output piped into head & co.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("vocker: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"vocker: error: {exc.strerror or exc}{where}; check the path, free space "
+              "and permissions", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except Exception as exc:  # a bug
+        import traceback
+        if debug:
+            traceback.print_exc()
+        print(f"vocker: internal error: {type(exc).__name__}: {exc}; run again with --debug "
+              "and report it", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        if store is not None:
+            store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
