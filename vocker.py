@@ -2010,10 +2010,14 @@ def inspect(store, name):
 # Commands ####################################################################
 ###############################################################################
 
-def _emit(args, data, text):
+def _emit(args, data, text, quiet_text=None):
+    """Print ``data`` as JSON, or ``text``; with --quiet only ``quiet_text``."""
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
-    elif not args.quiet and text:
+    elif args.quiet:
+        if quiet_text:
+            print(quiet_text)
+    elif text:
         print(text)
 
 
@@ -2037,7 +2041,7 @@ def cmd_commit(store, args):
     for w in r["warnings"]:
         if not args.quiet:
             print(f"vocker: warning: {w}", file=sys.stderr)
-    _emit(args, r, r["id"])
+    _emit(args, r, r["id"], r["id"])
     return EXIT_OK
 
 

@@ -662,24 +662,27 @@ def render(meta: dict, R: Results, ratios: list[dict]) -> str:
              f"({c['pyc_all']['pyc']:,} .pyc)  ")
     L.append(f"- timing: wall clock, best of {meta['repeat']}; warm page cache (one untimed read "
              f"of the sources first, caches cannot be dropped here); `sync` before each timed "
-             f"command; MB = 10^6 bytes of file content excluding `__pycache__`")
+             f"command; spread = (slowest - best) / best; MB = 10^6 bytes of file content "
+             f"excluding `__pycache__`")
     L.append("")
     L.append("## Times")
     L.append("")
-    L.append("| step | best s | all runs (s) | notes |")
-    L.append("| --- | ---: | --- | --- |")
+    L.append("| step | best s | all runs (s) | spread | notes |")
+    L.append("| --- | ---: | --- | ---: | --- |")
     for s in R.steps.values():
         if s.ok:
             runs = ", ".join(f"{t:.3f}" for t in s.times)
+            spread = (f"{(max(s.times) - s.best) / s.best * 100:.0f}%"
+                      if len(s.times) > 1 and s.best > 0 else "—")
             note = s.note
             if s.key == "v_commit":
                 note = (note + "; " if note else "") + f"{s.extra['mb_per_s']:.0f} MB/s"
             if s.error:  # partial
                 note += f"; later run FAILED: {s.error}"
-            L.append(f"| {s.label} | {s.best:.3f} | {runs} | {note} |")
+            L.append(f"| {s.label} | {s.best:.3f} | {runs} | {spread} | {note} |")
         else:
             err = (s.error or "not run").replace("|", "\\|")
-            L.append(f"| {s.label} | FAILED | — | {err} |")
+            L.append(f"| {s.label} | FAILED | — | — | {err} |")
     L.append("")
     L.append("## Ratios and targets")
     L.append("")

@@ -1,0 +1,184 @@
+"""The real `vocker` entry point: exit codes, one-line errors, --json, atomicity."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import vocker
+from conftest import clean_env, cli, cli_json, vocker_cmd
+
+
+@pytest.fixture(scope="module")
+def plain_home(tmp_path_factory):
+    """A store holding 17 small plain images (so some share a 1-char ID prefix)."""
+    base = tmp_path_factory.mktemp("cli")
+    home = base / "home"
+    store = vocker.Store(home)
+    ids = []
+    for i in range(17):
+        d = base / f"src{i}"
+        d.mkdir()
+        (d / "file.txt").write_text(f"image {i}\n")
+        ids.append(vocker.commit(store, d, kind="plain", tags=[f"plain:{i}"])["id"])
+    store.close()
+    return home, ids, base
+
+
+def _one_line_error(p, code):
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("vocker: error: ")
+    assert "Traceback" not in p.stderr
+
+
+def test_help_and_version(tmp_path):
+    p = cli("--help", home=tmp_path)
+    assert p.returncode == 0 and "exit codes:" in p.stdout
+    for command in ("commit", "create", "images", "ps", "tag", "rmi", "rm", "inspect"):
+        assert command in p.stdout
+        sub = cli(command, "--help", home=tmp_path)
+        assert sub.returncode == 0 and "examples:" in sub.stdout and "vocker " + command in sub.stdout
+    v = cli("--version", home=tmp_path)
+    assert v.returncode == 0 and v.stdout.strip() == f"vocker {vocker.__version__}"
+
+
+def test_bad_inputs_give_one_line_errors(plain_home, tmp_path):
+    home, ids, base = plain_home
+    first = {}
+    for i in ids:
+        first.setdefault(i[0], []).append(i)
+    shared = next(p for p, group in first.items() if len(group) > 1)
+    notenv = tmp_path / "notenv"
+    notenv.mkdir()
+    (notenv / "readme.txt").write_text("hi")
+    exists = tmp_path / "exists"
+    exists.mkdir()
+    cases = [
+        (["commit", str(tmp_path / "missing")], vocker.EXIT_NOT_FOUND, "not found"),
+        (["commit", str(notenv)], vocker.EXIT_INVALID, "not a Python environment"),
+        (["commit", str(notenv / "readme.txt")], vocker.EXIT_INVALID, "not a directory"),
+        (["commit", str(notenv), "--kind", "plain", "-t", "Bad Tag!"], vocker.EXIT_USAGE, "invalid"),
+        (["create", "plain:0", str(exists)], vocker.EXIT_CONFLICT, "already exists"),
+        (["create", "nosuch:1", str(tmp_path / "x")], vocker.EXIT_NOT_FOUND, "image not found"),
+        (["create", "abcdef0123", str(tmp_path / "x")], vocker.EXIT_NOT_FOUND, "image not found"),
+        (["create", shared, str(tmp_path / "x")], vocker.EXIT_CONFLICT, "ambiguous"),
+        (["create", "plain:0", str(tmp_path / "x"), "--link-mode", "magic"], vocker.EXIT_USAGE, "invalid choice"),
+        (["frobnicate"], vocker.EXIT_USAGE, "invalid choice"),
+        (["inspect", "nosuch"], vocker.EXIT_NOT_FOUND, "not found"),
+        (["rm", str(tmp_path / "never-created")], vocker.EXIT_NOT_FOUND, "container not found"),
+        (["tag", "nosuch", "x:1"], vocker.EXIT_NOT_FOUND, "not found"),
+    ]
+    for args, code, fragment in cases:
+        p = cli(*args, home=home)
+        _one_line_error(p, code)
+        assert fragment in p.stderr, (args, p.stderr)
+    assert not (tmp_path / "x").exists()
+
+
+def test_json_outputs_and_lifecycle(plain_home, tmp_path):
+    home, ids, base = plain_home
+    r = cli_json("commit", str(base / "src0"), "--kind", "plain", "-t", "again:1", home=home)
+    assert r["id"] == ids[0] and r["tags"] == ["again:1"]
+    images = cli_json("images", home=home)
+    assert {i["id"] for i in images} == set(ids)
+    c = cli_json("create", ids[0][:12], str(tmp_path / "ctr"), home=home)
+    assert c["image"] == ids[0] and (tmp_path / "ctr" / "file.txt").read_text() == "image 0\n"
+    ps = cli_json("ps", home=home)
+    assert [x["path"] for x in ps] == [str(tmp_path / "ctr")] and ps[0]["exists"]
+    info = json.loads(cli("inspect", "again:1", home=home, check=True).stdout)
+    assert info["id"] == ids[0] and sorted(info["tags"]) == ["again:1", "plain:0"]
+    assert info["containers"] == [str(tmp_path / "ctr")]
+    assert cli("tag", "again:1", "other:2", home=home).returncode == 0
+    # rmi of one tag of a multi-tag image only untags
+    r = cli_json("rmi", "other:2", home=home)
+    assert r[0]["untagged"] == ["other:2"] and r[0]["deleted"] is None
+    _one_line_error(cli("rmi", ids[0], home=home), vocker.EXIT_CONFLICT)
+    assert cli_json("rm", str(tmp_path / "ctr"), home=home)[0]["removed"]
+    assert not (tmp_path / "ctr").exists() and cli_json("ps", home=home) == []
+    r = cli_json("rmi", "--force", ids[0], home=home)
+    assert r[0]["deleted"] == ids[0]
+    _one_line_error(cli("inspect", ids[0], home=home), vocker.EXIT_NOT_FOUND)
+
+
+def test_quiet_prints_only_the_id(plain_home):
+    home, ids, base = plain_home
+    p = cli("commit", str(base / "src3"), "--kind", "plain", "-q", home=home, check=True)
+    assert p.stdout.strip() == ids[3]
+
+
+def test_corrupt_store_fails_create_without_leaving_anything(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha\n" * 100)
+    (src / "b.txt").write_text("beta\n" * 100)
+    home = tmp_path / "home"
+    image = cli_json("commit", str(src), "--kind", "plain", home=home)["id"]
+    store = vocker.Store(home)
+    blob = vocker.hash_bytes(b"beta\n" * 100)
+    path = store.blob_path(blob)
+    store.close()
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.truncate(10)
+    parent = tmp_path / "out"
+    parent.mkdir()
+    p = cli("create", image, str(parent / "c"), home=home)
+    _one_line_error(p, vocker.EXIT_INVALID)
+    assert "failed verification" in p.stderr
+    assert os.listdir(parent) == []
+
+
+def _wait_for_stage(parent, name, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(n.startswith(f".{name}.vocker-") for n in os.listdir(parent)):
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.002)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_interrupted_create_leaves_no_partial_directory(sig, demo_image, tmp_path):
+    home, image = demo_image
+    parent = tmp_path / "p"
+    parent.mkdir()
+    target = parent / "env"
+    cmd = [*vocker_cmd(), "--home", str(home), "create", image, str(target), "--link-mode", "copy"]
+    proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert _wait_for_stage(parent, "env", proc), "create finished before it could be interrupted"
+    time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert not target.exists()
+    if sig == signal.SIGINT:
+        assert proc.returncode == vocker.EXIT_INTERRUPTED, err
+        assert os.listdir(parent) == []
+    # a re-run succeeds and removes what a killed run left behind
+    p = cli("create", image, str(target), home=home)
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(parent) == ["env"]
+
+
+def test_read_only_store_is_a_clear_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    home = tmp_path / "home"
+    cli_json("commit", str(src), "--kind", "plain", home=home)
+    r = subprocess.run(["mount", "--bind", str(home), str(home)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot bind-mount here to make a read-only disk: {r.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(home)], check=True)
+        p = cli("commit", str(src), "--kind", "plain", home=home)
+        _one_line_error(p, vocker.EXIT_ENVIRONMENT)
+        assert "store" in p.stderr and "writable" in p.stderr
+    finally:
+        subprocess.run(["umount", str(home)], check=True)

@@ -1,0 +1,68 @@
+"""Round trips for venvs of several CPython versions; interpreter matching."""
+
+import os
+
+import pytest
+
+import vocker
+from conftest import PYTHONS, cli, make_venv, require_python, run
+
+VERSIONS = ["3.9", "3.11", "3.13"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("pyhome")
+
+
+@pytest.mark.parametrize("minor", VERSIONS)
+def test_round_trip_per_python(minor, home, tmp_path, wheelhouse):
+    py = require_python(minor)
+    src = make_venv(py, tmp_path / f"src {minor}", ("vockdemo==1.0",), wheelhouse=wheelhouse)
+    store = vocker.Store(home)
+    try:
+        r = vocker.commit(store, src, tags=[f"py:{minor}"])
+        assert r["python"]["version"].startswith(minor + ".")
+        assert r["python"]["cache_tag"] == "cpython-" + minor.replace(".", "")
+        target = tmp_path / "dst"
+        c = vocker.create(store, f"py:{minor}", target)
+        assert os.path.realpath(c["python"]) == os.path.realpath(py)
+        out = run([target / "bin" / "vockdemo"]).stdout
+        assert out.startswith("vockdemo 1.0 from ") and str(target) in out
+        tag = "cpython-" + minor.replace(".", "")
+        site = next((target / "lib").glob("python3.*/site-packages"))
+        assert (site / "vockdemo" / "__pycache__" / f"core.{tag}.pyc").exists()
+        assert vocker.commit(store, target)["id"] == r["id"]
+    finally:
+        store.close()
+
+
+def test_mismatched_python_is_refused(home, tmp_path, wheelhouse):
+    py311, py39 = require_python("3.11"), require_python("3.9")
+    src = make_venv(py311, tmp_path / "src", (), wheelhouse=wheelhouse)
+    store = vocker.Store(home)
+    try:
+        image = vocker.commit(store, src)["id"]
+    finally:
+        store.close()
+    p = cli("create", image, tmp_path / "dst", "--python", py39, home=home)
+    assert p.returncode == vocker.EXIT_PYTHON
+    assert "3.9" in p.stderr and "3.11" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "dst").exists()
+    p = cli("create", image, tmp_path / "dst", "--python", "/nonexistent/python", home=home)
+    assert p.returncode == vocker.EXIT_PYTHON
+    # the right one, named explicitly, works
+    p = cli("create", image, tmp_path / "dst", "--python", py311, home=home)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "dst" / "bin" / "python").exists()
+
+
+def test_find_python_searches_the_machine():
+    py = require_python("3.13")
+    info = vocker.query_python(py)
+    need = {k: info[k] for k in ("implementation", "version", "cache_tag", "platform")}
+    exe, found = vocker.find_python(need)
+    assert found["version"].split(".")[:2] == ["3", "13"]
+    with pytest.raises(vocker.PythonError, match="no cpython 3.99"):
+        vocker.find_python(dict(need, version="3.99.0", cache_tag="cpython-399"))
