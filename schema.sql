@@ -65,8 +65,10 @@ CREATE TABLE IF NOT EXISTS pool_inodes (
     ino  INTEGER NOT NULL,
     blob TEXT NOT NULL,
     size INTEGER NOT NULL,
+    exec INTEGER NOT NULL,    -- 1: the pool/ab/<id>.x copy
     PRIMARY KEY (dev, ino)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pool_inodes_blob ON pool_inodes(blob);
 
 -- Compiled bytecode: (interpreter cache tag, source blob, optimization) -> pyc
 -- file in pool/ (named by the hash of the pyc bytes).

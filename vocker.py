@@ -211,8 +211,9 @@ def digest_to_path(root, object_id, depth=2, suffix=""):
 
 
 WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(1, 10)]
-    + [f"LPT{i}" for i in range(1, 10)])
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"COM{i}" for i in "123456789\u00b9\u00b2\u00b3"]
+    + [f"LPT{i}" for i in "123456789\u00b9\u00b2\u00b3"])
 
 
 def validate_name(name):
@@ -284,6 +285,9 @@ class TreeEntry(tuple):
         return bytes.fromhex(self[2]).decode("utf-8")
 
 
+_HEX_RE = re.compile(r"(?:[0-9a-f]{2})+")
+
+
 class Tree:
     """A directory: entries sorted by UTF-8 name.
 
@@ -322,6 +326,8 @@ class Tree:
                 raise InvalidInputError(f"unknown tree entry type {type_!r}")
             validate_name(name)
             if type_ in LINK_TYPES:
+                if not _HEX_RE.fullmatch(ref):
+                    raise InvalidInputError(f"bad symlink target for {name!r}")
                 try:
                     target = bytes.fromhex(ref).decode("utf-8")
                 except ValueError:
@@ -380,10 +386,10 @@ class Manifest:
             raise InvalidInputError(f"image manifest is not valid JSON: {exc}") from None
         if not isinstance(obj, dict) or set(obj) != set(cls.FIELDS):
             raise InvalidInputError("image manifest has missing or unknown fields")
-        if obj["format"] != FORMAT_VERSION:
+        if type(obj["format"]) is not int or obj["format"] != FORMAT_VERSION:
             raise InvalidInputError(f"image format {obj['format']!r} is not supported",
                                     f"this vocker reads format {FORMAT_VERSION}; upgrade vocker")
-        if obj["kind"] not in KINDS:
+        if not isinstance(obj["kind"], str) or obj["kind"] not in KINDS:
             raise InvalidInputError(f"unknown image kind {obj['kind']!r}")
         check_id(obj["root"], "tree")
         if obj["parent"] is not None:
@@ -588,7 +594,12 @@ class Store:
         if gen is None:
             gen = self._pool_gen.get((blob_id, executable), 0)
         path = self.pool_path(blob_id, executable, gen)
-        if os.path.exists(path):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            pass
+        else:  # left by an interrupted run: complete (renamed into place), not recorded
+            new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
             return path
         tmp = self.tmp_path("pool")
         try:
@@ -604,8 +615,19 @@ class Store:
             _unlink_quiet(tmp)
             raise
         st = os.stat(path)
-        new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size))
+        new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
         return path
+
+    def pooled(self, blob_ids):
+        """{(blob, executable)} that have a recorded pool copy."""
+        out = set()
+        ids = list(blob_ids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            q = ",".join("?" * len(chunk))
+            out.update((b, bool(x)) for b, x in self.db.execute(
+                f"SELECT blob, exec FROM pool_inodes WHERE blob IN ({q})", chunk))
+        return out
 
     def next_pool_generation(self, blob_id, executable, new_inodes):
         """The pool file hit its link limit: start a fresh copy."""
@@ -636,7 +658,7 @@ class Store:
             _makedirs(os.path.dirname(path))
             os.replace(tmp, path)
             st = os.stat(path)
-            new_inodes.append((st.st_dev, st.st_ino, object_id, st.st_size))
+            new_inodes.append((st.st_dev, st.st_ino, object_id, st.st_size, 0))
         return object_id, path
 
     # -- images and tags -----------------------------------------------------
@@ -785,6 +807,7 @@ class Linker:
         self.new_inodes = new_inodes
         self.copies = []  # files that are not pool inodes (for the stat cache)
         self.decided = False
+        self.pooled = set()  # (blob, executable) known to have a pool copy
 
     def _one(self, mode, src, dst, executable):
         if mode == "hardlink":
@@ -800,14 +823,32 @@ class Linker:
 
     def place(self, blob_id, executable, dst):
         """Put pool object ``blob_id`` at ``dst`` by the link mode."""
-        src = self.store.current_pool_path(blob_id, executable)
-        if not os.path.exists(src):
+        if (blob_id, executable) in self.pooled:
+            src = self.store.current_pool_path(blob_id, executable)
+        else:
             src = self.store.materialize_pool(blob_id, executable, self.new_inodes)
+            self.pooled.add((blob_id, executable))
+        try:
+            self._place(blob_id, executable, src, dst)
+        except FileNotFoundError:
+            if os.path.exists(src):
+                raise
+            # the pool copy was removed behind our back: make it again
+            src = self.store.materialize_pool(blob_id, executable, self.new_inodes)
+            self._place(blob_id, executable, src, dst)
+        if self.mode != "hardlink":
+            self.copies.append(dst)
+
+    def _place(self, blob_id, executable, src, dst):
         if self.mode is None:
+            if not os.path.exists(src):
+                raise FileNotFoundError(errno.ENOENT, "missing pool file", src)
             self._decide(src, dst, executable)
         else:
             try:
                 self._one(self.mode, src, dst, executable)
+            except FileNotFoundError:
+                raise
             except OSError as exc:
                 if self.mode == "hardlink" and exc.errno == errno.EMLINK:
                     src = self.store.next_pool_generation(blob_id, executable, self.new_inodes)
@@ -818,8 +859,6 @@ class Linker:
                 else:
                     raise
         self.decided = True
-        if self.mode != "hardlink":
-            self.copies.append(dst)
 
     def place_file(self, src, dst):
         """Put an existing pool file (a compiled .pyc) at ``dst``."""
@@ -959,7 +998,9 @@ def find_python(need, explicit=None, hint=None):
 # Venv logic: normalization ###################################################
 ###############################################################################
 
-_BOUNDARY = rb"(?![A-Za-z0-9_.\-])"
+#: a match must not continue a longer name on either side
+_BOUNDARY = rb"(?![A-Za-z0-9_.\-~+@\x80-\xff])"
+_BOUNDARY_BEFORE = rb"(?<![A-Za-z0-9_.\-~+@\x80-\xff])"
 _EXEC_HEADER = re.compile(
     rb"\A#!/bin/sh\n'''exec' (\"[^\"\n]*\"|'[^'\n]*'|[^\s'\"]+)([^\n]*?) \"\$0\" \"\$@\"\n' '''\n")
 _SIMPLE_HEADER = re.compile(rb"\A#!(@@VOCKER:ENV@@[^\s]*)([^\n]*)\n")
@@ -1004,7 +1045,7 @@ class Normalizer:
         for raw, ph in pairs:
             if raw not in seen:
                 seen.add(raw)
-                self.pairs.append((raw, re.compile(re.escape(raw) + _BOUNDARY), ph))
+                self.pairs.append((raw, re.compile(_BOUNDARY_BEFORE + re.escape(raw) + _BOUNDARY), ph))
         self.env_needles = [raw for raw, _, ph in self.pairs if ph == PH_ENV]
         self.prompt = prompt.encode("utf-8") if prompt else None
 
@@ -1336,6 +1377,8 @@ class Committer:
     def _content(self, job, data):
         """Normalize, hash and store bytes of one file."""
         name = job.entry[0]
+        if name == "uv_cache.json" and job.rel.rsplit("/", 2)[-2].endswith(".dist-info"):
+            data = normalize_uv_cache(data)
         norm = self.cfg_norm if job.rel == "pyvenv.cfg" else self.env_norm
         if norm.find(data):
             if b"\0" in data:
@@ -1454,21 +1497,28 @@ class Committer:
 
 
 def check_link_target(rel, target):
-    """Raise unless a relative symlink at ``rel`` stays inside the environment."""
+    """Raise unless a relative symlink at ``rel`` stays inside the environment.
+
+    A target may climb with leading ``..`` no higher than the link's folder's
+    depth, then name components only: ``..`` after a name is refused, since
+    that name may itself be a symlink and a chain of such links could escape.
+    """
     t = target.replace("\\", "/")
-    if t.startswith("/") or re.match(r"[A-Za-z]:", t) or "\0" in t:
-        raise InvalidInputError(f"symlink {rel} points outside the environment to {target}")
-    parts = rel.split("/")[:-1]
+    bad = InvalidInputError(f"symlink {rel} points outside the environment to {target}",
+                            "make it point inside the environment")
+    if not t or t.startswith("/") or re.match(r"[A-Za-z]:", t) or "\0" in t:
+        raise bad
+    depth = rel.count("/")
+    named = False
     for comp in t.split("/"):
         if comp in ("", "."):
             continue
         if comp == "..":
-            if not parts:
-                raise InvalidInputError(f"symlink {rel} points outside the environment to {target}",
-                                        "make it point inside the environment")
-            parts.pop()
+            if named or depth == 0:
+                raise bad
+            depth -= 1
         else:
-            parts.append(comp)
+            named = True
 
 
 def normalize_record(data, record_rel, templated):
@@ -1491,7 +1541,7 @@ def normalize_record(data, record_rel, templated):
             continue
         rel = _record_rel(base, row[0])
         if row[0].endswith(".pyc") or "/__pycache__/" in "/" + row[0].replace("\\", "/") \
-                or rel in templated:
+                or rel in templated or _LOCAL_FACTS_RE.search(rel):
             ending = line[len(stripped):]
             field = row[0]
             if any(c in field for c in ',"\n'):
@@ -1500,6 +1550,16 @@ def normalize_record(data, record_rel, templated):
         else:
             out.append(line)
     return b"\n".join(out)
+
+
+#: files whose content records a local fact (the install time of a local wheel)
+_LOCAL_FACTS_RE = re.compile(r"\.dist-info/uv_cache\.json$")
+_UV_TIMESTAMP_RE = re.compile(rb'"timestamp":\{[^{}]*\}')
+
+
+def normalize_uv_cache(data):
+    """uv's ``uv_cache.json`` holds the source wheel's mtime: zero it."""
+    return _UV_TIMESTAMP_RE.sub(b'"timestamp":{"secs_since_epoch":0,"nanos_since_epoch":0}', data)
 
 
 def _record_rel(base, path):
@@ -1700,8 +1760,8 @@ class Creator:
             raise InvalidInputError(f"symlink template {rel} does not start with a placeholder")
         target = os.fsdecode(render_template(tpl, values))
         if tpl.startswith(PH_ENV):
-            inner = os.path.relpath(target, self.target)
-            if os.path.isabs(inner) or inner == ".." or inner.startswith(".." + os.sep):
+            rest = tpl[len(PH_ENV):].replace(b"\\", b"/")
+            if b".." in rest.split(b"/") or PH_MARK in rest:
                 raise InvalidInputError(f"symlink {rel} points outside the environment")
         return target
 
@@ -1744,6 +1804,7 @@ class Creator:
         empty = _empty_id()
         py_files = []
         place = self.linker.place
+        self.linker.pooled = self.store.pooled({e.ref for _, e in files if e.type in FILE_TYPES})
         for rel, e in files:
             dst = join(stage, rel)
             if e.type in FILE_TYPES:
@@ -1880,7 +1941,8 @@ class Creator:
                 for p, st, blob, tpl in self.stat_rows]
         try:
             with store.transaction() as db:
-                db.executemany("INSERT OR REPLACE INTO pool_inodes(dev, ino, blob, size) VALUES (?,?,?,?)",
+                db.executemany("INSERT OR REPLACE INTO pool_inodes(dev, ino, blob, size, exec) "
+                               "VALUES (?,?,?,?,?)",
                                self.new_inodes)
                 db.executemany("INSERT OR REPLACE INTO pyc_cache VALUES (?,?,?,?)", self.pyc_rows)
                 db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?,?)", rows)

@@ -363,6 +363,20 @@ def bench_copy(R: Results, key, label, src: Path, dest: Path, flags: str, repeat
     rmtree(dest)
 
 
+def bench_startup(R: Results, python: str, repeat: int):
+    """Interpreter start-up: a floor under every step that runs Python (vocker too)."""
+    s = R.step("py_startup", "python3 -c pass (interpreter start-up)", "baseline",
+               "best of 5 per run; part of every vocker figure")
+    s.cmd = f"{python} -c pass"
+    for _ in range(repeat):
+        try:
+            dt = min(run([python, "-c", "pass"], sync=False)[0] for _ in range(5))
+        except StepFailed as e:
+            s.fail(str(e))
+            return
+        s.times.append(dt)
+
+
 def bench_compileall(R: Results, py: Path, venv: Path, dest: Path, repeat: int):
     s = R.step("compileall", "compileall -q -j0 (fresh cp -a of no-pyc venv)", "baseline",
                "only compileall is timed; the copy before it is not")
@@ -633,6 +647,7 @@ def build_ratios(R: Results, corpus_mb: float) -> list[dict]:
         ratio("v_create_warm", "uv_install_c_total"), "x")
     add("create(warm) / cp -a (with pyc)", ratio("v_create_warm", "cp_a_pyc"), "x")
     add("create(--no-compile) / cp -al (no pyc)", ratio("v_create_nc", "cp_al_nopyc"), "x")
+    add("commit (empty store) / cp -a (no pyc)", ratio("v_commit", "cp_a_nopyc"), "x")
     add("create(cold) / uv venv+install --compile-bytecode",
         ratio("v_create_cold", "uv_install_c_total"), "x")
     add("commit of unchanged C2", b("v_commit_c2"), "s", "<=", 0.3,
@@ -746,7 +761,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=HERE / ".cache",
                     help="wheel + uv cache, kept between runs (default bench/.cache)")
     ap.add_argument("--vocker", default=None,
-                    help="vocker command line (default: 'python3 <repo>/vocker.py')")
+                    help="vocker command line (default: '<this python3> <repo>/vocker.py')")
     ap.add_argument("--repeat", type=int, default=None,
                     help="timed runs per step, best is reported (default 3; 1 with --quick)")
     ap.add_argument("--quick", action="store_true",
@@ -767,8 +782,10 @@ def main(argv=None) -> int:
     work = args.work.resolve()
     cache = args.cache.resolve()
     py = args.python
+    # default: the interpreter running this script (``python3``), resolved, so a
+    # pyenv shim's start-up is not charged to vocker
     vocker = (shlex.split(args.vocker) if args.vocker
-              else ["python3", str(REPO / "vocker.py")])
+              else [sys.executable, str(REPO / "vocker.py")])
     uv = shutil.which("uv")
 
     prepare_work(work)
@@ -815,8 +832,11 @@ def main(argv=None) -> int:
             run(["cp", "-a", src, dest], sync=False)
             rmtree(dest)
 
+        bench_startup(R, vocker[0] if not args.vocker else sys.executable, repeat)
         dest = work / "dest"
         bench_copy(R, "cp_a_pyc", "cp -a VENV DEST (with pyc)", venv_pyc, dest, "-a", repeat)
+        bench_copy(R, "cp_a_nopyc", "cp -a VENV DEST (no pyc)", venv, dest, "-a", repeat,
+                   "what any commit into an empty store must at least write")
         bench_copy(R, "cp_al_pyc", "cp -al VENV DEST (with pyc)", venv_pyc, dest, "-al", repeat)
         bench_copy(R, "cp_al_nopyc", "cp -al VENV DEST (no pyc)", venv, dest, "-al", repeat)
         bench_compileall(R, py, venv, dest, repeat)

@@ -409,7 +409,14 @@ def uv_venvs(tmp_path_factory, wheelhouse, uv_bin):
     py = require_python("3.11")
     base = tmp_path_factory.mktemp("uvvenvs")
     a = make_venv(py, base / "uv one", DEMO_PACKAGES, installer="uv", wheelhouse=wheelhouse)
-    b = make_venv(py, long_path(base), DEMO_PACKAGES, installer="uv", wheelhouse=wheelhouse)
+    # "another day": the same wheels with other mtimes (uv records them in uv_cache.json)
+    day2 = base / "wheelhouse-day2"
+    shutil.copytree(wheelhouse, day2)
+    for w in day2.iterdir():
+        st = w.stat()
+        os.utime(w, (st.st_atime + 86400, st.st_mtime + 86400))
+    b = make_venv(py, long_path(base), DEMO_PACKAGES, installer="uv", wheelhouse=day2,
+                  extra_env={"UV_CACHE_DIR": os.fspath(base / "uv-cache-day2")})
     return a, b
 
 

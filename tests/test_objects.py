@@ -208,14 +208,10 @@ def test_ordinary_names_are_accepted_everywhere(name, monkeypatch):
     pytest.param("a\tb", id="tab"),
     # Windows also reserves the superscript-digit ports and the console
     # devices (see CPython's ntpath._reserved_names, Python 3.13)
-    pytest.param("COM\u00b9", id="COM-superscript-1", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: WINDOWS_RESERVED lacks COM\u00b9/\u00b2/\u00b3")),
-    pytest.param("LPT\u00b3.txt", id="LPT-superscript-3", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: WINDOWS_RESERVED lacks LPT\u00b9/\u00b2/\u00b3")),
-    pytest.param("CONIN$", id="CONIN$", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: WINDOWS_RESERVED lacks CONIN$")),
-    pytest.param("conout$.log", id="conout$.log", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: WINDOWS_RESERVED lacks CONOUT$")),
+    pytest.param("COM\u00b9", id="COM-superscript-1"),
+    pytest.param("LPT\u00b3.txt", id="LPT-superscript-3"),
+    pytest.param("CONIN$", id="CONIN$"),
+    pytest.param("conout$.log", id="conout$.log"),
 ])
 def test_check_windows_name_refuses(name):
     with pytest.raises(InvalidInputError):
@@ -340,9 +336,7 @@ BAD_TREES = [
     pytest.param(b"f  " + H + b" a\n", id="double-space"),
     pytest.param(b"f\t" + H + b"\ta\n", id="tab-separated"),
     pytest.param(b"f " + H + b" a\r\n", id="crlf"),
-    pytest.param(b"l 61\t62 python\n", id="link-target-hex-with-tab", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: bytes.fromhex skips ASCII whitespace, so Tree.parse "
-                            "accepts non-canonical symlink hex '61\\t62'")),
+    pytest.param(b"l 61\t62 python\n", id="link-target-hex-with-tab"),
 ]
 
 
@@ -487,12 +481,8 @@ BAD_MANIFESTS = [
                  id="duplicate-key"),
     # True == 1 and 1.0 == 1 in Python, so these slip past "!= FORMAT_VERSION"
     # and then re-serialize to themselves, passing the canonical check
-    pytest.param(MANIFEST_BYTES.replace(b'"format":1', b'"format":true'), id="format-true",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG: Manifest.parse accepts "
-                                         "\"format\":true (True == 1)")),
-    pytest.param(MANIFEST_BYTES.replace(b'"format":1', b'"format":1.0'), id="format-1.0",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG: Manifest.parse accepts "
-                                         "\"format\":1.0 (1.0 == 1), a second ID for one image")),
+    pytest.param(MANIFEST_BYTES.replace(b'"format":1', b'"format":true'), id="format-true"),
+    pytest.param(MANIFEST_BYTES.replace(b'"format":1', b'"format":1.0'), id="format-1.0"),
 ]
 
 
