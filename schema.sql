@@ -8,11 +8,14 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 
--- One row per blob in blobs/ab/cd/<id> (zstd-compressed).
+-- One row per blob: a zstd frame inside packs/<pack>.pack at offset, or
+-- (pack NULL) a loose file blobs/ab/<id> for large files.
 CREATE TABLE IF NOT EXISTS blobs (
-    id    TEXT PRIMARY KEY,
-    size  INTEGER NOT NULL,   -- uncompressed bytes
-    csize INTEGER NOT NULL    -- compressed bytes on disk
+    id     TEXT PRIMARY KEY,
+    size   INTEGER NOT NULL,  -- uncompressed bytes
+    csize  INTEGER NOT NULL,  -- compressed bytes on disk
+    pack   TEXT,              -- pack ID (hash of the pack file), NULL: loose
+    offset INTEGER            -- start of the frame inside the pack
 ) WITHOUT ROWID;
 
 -- Canonical tree bytes, keyed by their hash.

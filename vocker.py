@@ -23,6 +23,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,9 @@ ZSTD_LEVEL = 3
 CHUNK = 1 << 20
 #: files up to this size are read whole (templates are always small)
 SMALL_FILE = 8 << 20
+#: threads that read, hash, compress and write files during commit; file
+#: creation waits on the disk's journal, so more threads than cores pay off
+COMMIT_THREADS = 8
 #: largest file that may become a template
 MAX_TEMPLATE = 8 << 20
 
@@ -203,7 +207,7 @@ def check_id(object_id, what="object"):
     return object_id
 
 
-def digest_to_path(root, object_id, depth=2, suffix=""):
+def digest_to_path(root, object_id, depth=1, suffix=""):
     """Path of an object in a sharded directory; validates the ID first."""
     check_id(object_id)
     parts = [object_id[2 * i:2 * i + 2] for i in range(depth)]
@@ -431,6 +435,77 @@ def _store_problem(home, exc):
                               "check the disk is writable and not full, or pass --home DIR")
 
 
+class _Window:
+    """Read at most ``n`` bytes of a shared file object (a frame in a pack)."""
+
+    def __init__(self, f, n):
+        self.f, self.left = f, n
+
+    def read(self, size=-1):
+        if size < 0 or size > self.left:
+            size = self.left
+        data = self.f.read(size)
+        self.left -= len(data)
+        return data
+
+    def readinto(self, b):
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class PackWriter:
+    """Appends zstd frames to one new pack file; thread-safe.
+
+    Writing one pack instead of one file per blob is what makes commit fast:
+    creating thousands of small files costs more than compressing them.
+    """
+
+    def __init__(self, store):
+        self.store = store
+        self.lock = threading.Lock()
+        self.tmp = store.tmp_path("pack")
+        self.f = open(self.tmp, "wb")
+        self.h = blake3.blake3()
+        self.offset = 0
+        self.id = None
+
+    def append(self, cdata):
+        with self.lock:
+            offset = self.offset
+            self.f.write(cdata)
+            self.h.update(cdata)
+            self.offset += len(cdata)
+            return offset
+
+    def finish(self):
+        """fsync and move into packs/; returns the pack ID (None if empty)."""
+        self.f.flush()
+        if self.offset == 0:
+            self.abort()
+            return None
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.chmod(self.tmp, 0o444)
+        self.id = self.h.hexdigest()
+        os.replace(self.tmp, self.store.pack_path(self.id))
+        return self.id
+
+    def abort(self):
+        with contextlib.suppress(OSError):
+            self.f.close()
+        _unlink_quiet(self.tmp)
+
+
 class Store:
     """The local store: ``vocker.db`` plus ``blobs/``, ``pool/``, ``tmp/``."""
 
@@ -439,9 +514,16 @@ class Store:
         self.blobs_dir = os.path.join(self.home, "blobs")
         self.pool_dir = os.path.join(self.home, "pool")
         self.tmp_dir = os.path.join(self.home, "tmp")
+        self.packs_dir = os.path.join(self.home, "packs")
+        self._packs = {}
         try:
-            for d in (self.home, self.blobs_dir, self.pool_dir, self.tmp_dir):
+            for d in (self.home, self.blobs_dir, self.pool_dir, self.tmp_dir, self.packs_dir):
                 os.makedirs(d, exist_ok=True)
+            for d in (self.blobs_dir, self.pool_dir):
+                if not os.path.isdir(os.path.join(d, "ff")):
+                    for i in range(256):
+                        os.makedirs(os.path.join(d, f"{i:02x}"), exist_ok=True)
+                _made_dirs.update(os.path.join(d, f"{i:02x}") for i in range(256))
             self.db = sqlite3.connect(os.path.join(self.home, "vocker.db"),
                                       timeout=60, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -474,6 +556,9 @@ class Store:
                     pass
 
     def close(self):
+        for f in self._packs.values():
+            f.close()
+        self._packs.clear()
         self.db.close()
 
     @contextlib.contextmanager
@@ -493,18 +578,7 @@ class Store:
     # -- blobs ---------------------------------------------------------------
 
     def blob_path(self, blob_id):
-        return digest_to_path(self.blobs_dir, blob_id, depth=2)
-
-    def write_blob_bytes(self, blob_id, data, cctx=None):
-        """Compress ``data`` into blobs/ unless present; returns compressed size."""
-        path = self.blob_path(blob_id)
-        try:
-            return os.stat(path).st_size
-        except FileNotFoundError:
-            pass
-        cdata = (cctx or zstandard.ZstdCompressor(level=ZSTD_LEVEL)).compress(data)
-        _atomic_write(path, cdata, self.tmp_dir)
-        return len(cdata)
+        return digest_to_path(self.blobs_dir, blob_id)
 
     def write_blob_file(self, blob_id, src_path, size):
         """Stream-compress a large file into blobs/ unless present."""
@@ -532,22 +606,41 @@ class Store:
         os.replace(tmp, path)
         return os.stat(path).st_size
 
-    def blob_size(self, blob_id):
-        row = self.db.execute("SELECT size FROM blobs WHERE id=?", (blob_id,)).fetchone()
+    def pack_path(self, pack_id):
+        return os.path.join(self.packs_dir, check_id(pack_id, "pack") + ".pack")
+
+    def _blob_row(self, blob_id):
+        row = self.db.execute("SELECT size, csize, pack, offset FROM blobs WHERE id=?",
+                              (blob_id,)).fetchone()
         if row is None:
-            raise NotFoundError("blob", blob_id, "the store is incomplete; commit or pull the image again")
-        return row[0]
+            raise NotFoundError("blob", blob_id,
+                                "the store is incomplete; commit or pull the image again")
+        return row
+
+    def _open_blob(self, blob_id):
+        """(size, compressed stream) of a blob, wherever it lives."""
+        size, csize, pack, offset = self._blob_row(blob_id)
+        try:
+            if pack is None:
+                return size, open(self.blob_path(blob_id), "rb"), csize
+            f = self._packs.get(pack)
+            if f is None:
+                f = self._packs[pack] = open(self.pack_path(pack), "rb")
+        except FileNotFoundError:
+            raise NotFoundError("blob", blob_id, "the store is incomplete; "
+                                "commit or pull the image again") from None
+        f.seek(offset)
+        return size, _Window(f, csize), csize
 
     def read_blob(self, blob_id):
         """Return a blob's bytes, verified against its ID."""
-        size = self.blob_size(blob_id)
+        size, f, csize = self._open_blob(blob_id)
+        with f:
+            cdata = f.read()
+        if len(cdata) != csize:
+            raise IntegrityError("blob", blob_id, "is truncated")
         try:
-            with open(self.blob_path(blob_id), "rb") as f:
-                cdata = f.read()
-        except FileNotFoundError:
-            raise NotFoundError("blob", blob_id, "the store is incomplete; commit or pull the image again") from None
-        try:
-            data = zstandard.ZstdDecompressor().decompress(cdata, max_output_size=size)
+            data = zstandard.ZstdDecompressor().decompress(cdata, max_output_size=max(size, 1))
         except zstandard.ZstdError as exc:
             raise IntegrityError("blob", blob_id, f"cannot decompress: {exc}") from None
         if len(data) != size or hash_bytes(data) != blob_id:
@@ -556,16 +649,12 @@ class Store:
 
     def extract_blob(self, blob_id, dest):
         """Decompress a blob to ``dest`` (streaming), verifying it."""
-        size = self.blob_size(blob_id)
+        size, fin, csize = self._open_blob(blob_id)
         h = blake3.blake3()
         n = 0
-        try:
-            fin = open(self.blob_path(blob_id), "rb")
-        except FileNotFoundError:
-            raise NotFoundError("blob", blob_id, "the store is incomplete; commit or pull the image again") from None
         with fin, open(dest, "wb") as fout:
             try:
-                reader = zstandard.ZstdDecompressor().stream_reader(fin)
+                reader = zstandard.ZstdDecompressor().stream_reader(fin, closefd=False)
                 while True:
                     chunk = reader.read(CHUNK)
                     if not chunk:
@@ -1155,7 +1244,8 @@ class Progress:
 
 
 class _FileJob:
-    __slots__ = ("rel", "path", "st", "entry", "blob", "size", "csize", "template", "read")
+    __slots__ = ("rel", "path", "st", "entry", "blob", "size", "csize", "template", "read",
+                 "new", "offset")
 
     def __init__(self, rel, path, st, entry):
         self.rel, self.path, self.st, self.entry = rel, path, st, entry
@@ -1163,7 +1253,9 @@ class _FileJob:
         self.size = st.st_size
         self.csize = None
         self.template = False
-        self.read = False
+        self.read = False   # content was read (no cache hit)
+        self.new = False    # this commit added the blob: "pack" or "loose"
+        self.offset = None
 
 
 def _is_record(rel):
@@ -1182,6 +1274,10 @@ class Committer:
         self.labels = dict(labels or {})
         self.progress = progress or Progress("committing", enabled=False)
         self.warnings = []
+        self.claim_lock = threading.Lock()
+        self.claimed = set()
+        self.reader_dbs = []
+        self.pack = None
         self.base_exe = None
         self.python = None
         self.pyvenv = {}
@@ -1369,7 +1465,7 @@ class Committer:
         for job in files:
             if job.blob and job.blob not in present:
                 if job.blob == empty:
-                    job.csize = self.store.write_blob_bytes(empty, b"")
+                    self._store_bytes(job, b"")
                     job.read = True
                     continue
                 job.blob, job.template = None, False
@@ -1392,8 +1488,29 @@ class Committer:
                     job.template = True
         job.blob = hash_bytes(data)
         job.size = len(data)
-        job.csize = self.store.write_blob_bytes(job.blob, data, _cctx())
+        self._store_bytes(job, data)
         job.read = True
+
+    def _claim(self, blob_id):
+        """True if this thread should store ``blob_id`` (new to the store)."""
+        with self.claim_lock:
+            if blob_id in self.claimed:
+                return False
+            self.claimed.add(blob_id)
+        if getattr(_tls, "db_for", None) is not self:
+            _tls.db = sqlite3.connect(os.path.join(self.store.home, "vocker.db"), timeout=60,
+                                      check_same_thread=False)
+            _tls.db_for = self
+            self.reader_dbs.append(_tls.db)
+        db = _tls.db
+        return db.execute("SELECT 1 FROM blobs WHERE id=?", (blob_id,)).fetchone() is None
+
+    def _store_bytes(self, job, data):
+        if self._claim(job.blob):
+            cdata = _cctx().compress(data)
+            job.offset = self.pack.append(cdata)
+            job.csize = len(cdata)
+            job.new = "pack"
 
     def _read_job(self, job):
         size = job.st.st_size
@@ -1423,7 +1540,9 @@ class Committer:
                                  "it will point to the original location")
         job.blob = h.hexdigest()
         job.size = n
-        job.csize = self.store.write_blob_file(job.blob, job.path, n)
+        if self._claim(job.blob):
+            job.csize = self.store.write_blob_file(job.blob, job.path, n)
+            job.new = "loose"
         job.read = True
         return job
 
@@ -1436,7 +1555,9 @@ class Committer:
     # -- the whole commit -----------------------------------------------------
 
     def run(self):
+        """Build the image; the caller must finish() or abort() the pack."""
         self.prepare()
+        self.pack = PackWriter(self.store)
         dirs, files, links = {}, [], []
         self._walk("", dirs, files, links)
         for rel, entry in links:
@@ -1447,7 +1568,7 @@ class Committer:
         misses = [j for j in files if not j.blob and not _is_record(j.rel)]
         self.progress.update(len(files) - len(misses) - len(records))
         if misses:
-            workers = min(len(misses), os.cpu_count() or 1, 4)
+            workers = min(len(misses), COMMIT_THREADS)
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for _ in pool.map(self._read_job, misses, chunksize=16):
                     self.progress.update()
@@ -1575,7 +1696,7 @@ def _record_rel(base, path):
     return "/".join(parts)
 
 
-_tls = __import__("threading").local()
+_tls = threading.local()
 
 
 def _cctx():
@@ -1590,13 +1711,23 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
     t0 = time.monotonic()
     tags = [normalize_tag(t) for t in tags]
     c = Committer(store, path, kind=kind, python=python, labels=labels, progress=progress)
-    manifest = c.run()
+    try:
+        manifest = c.run()
+        pack_id = c.pack.finish()
+    except BaseException:
+        if c.pack is not None:
+            c.pack.abort()
+        raise
+    finally:
+        for db in c.reader_dbs:
+            db.close()
     data = manifest.serialize()
     image_id = hash_bytes(data)
     files = c.files
     size = sum(j.size for j in files)
     now = time.time()
-    blob_rows = [(j.blob, j.size, j.csize) for j in files if j.read]
+    blob_rows = [(j.blob, j.size, j.csize, pack_id if j.new == "pack" else None, j.offset)
+                 for j in files if j.new]
     stat_rows = []
     for j in files:
         if j.read and j.st.st_size:
@@ -1605,7 +1736,8 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
                               st.st_ctime_ns, j.blob, int(j.template)))
     try:
         with store.transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO blobs(id, size, csize) VALUES (?,?,?)", blob_rows)
+            db.executemany("INSERT OR IGNORE INTO blobs(id, size, csize, pack, offset) "
+                           "VALUES (?,?,?,?,?)", blob_rows)
             db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)",
                            list(c.trees.items()))
             db.execute("INSERT OR IGNORE INTO images(id, manifest, created, source, base_exe, size, files)"

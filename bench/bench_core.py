@@ -675,9 +675,9 @@ def render(meta: dict, R: Results, ratios: list[dict]) -> str:
              f"{c['nopyc']['dirs']:,} dirs; no pyc; pip + setuptools from `python -m venv` included); "
              f"with pyc: {c['pyc_all']['mb']:.1f} MB in {c['pyc_all']['files']:,} files "
              f"({c['pyc_all']['pyc']:,} .pyc)  ")
-    L.append(f"- timing: wall clock, best of {meta['repeat']}; warm page cache (one untimed read "
-             f"of the sources first, caches cannot be dropped here); `sync` before each timed "
-             f"command; spread = (slowest - best) / best; MB = 10^6 bytes of file content "
+    L.append(f"- timing: wall clock, best of {meta['repeat']}; warm page cache (the trees a timed "
+             f"command reads are read, untimed, just before it: caches cannot be dropped here); "
+             f"`sync` before each timed command; spread = (slowest - best) / best; MB = 10^6 bytes of file content "
              f"excluding `__pycache__`")
     L.append("")
     L.append("## Times")
@@ -832,7 +832,7 @@ def main(argv=None) -> int:
             run(["cp", "-a", src, dest], sync=False)
             rmtree(dest)
 
-        bench_startup(R, vocker[0] if not args.vocker else sys.executable, repeat)
+        bench_startup(R, sys.executable, repeat)
         dest = work / "dest"
         bench_copy(R, "cp_a_pyc", "cp -a VENV DEST (with pyc)", venv_pyc, dest, "-a", repeat)
         bench_copy(R, "cp_a_nopyc", "cp -a VENV DEST (no pyc)", venv, dest, "-a", repeat,

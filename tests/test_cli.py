@@ -120,11 +120,13 @@ def test_corrupt_store_fails_create_without_leaving_anything(tmp_path):
     image = cli_json("commit", str(src), "--kind", "plain", home=home)["id"]
     store = vocker.Store(home)
     blob = vocker.hash_bytes(b"beta\n" * 100)
-    path = store.blob_path(blob)
+    size, csize, pack, offset = store._blob_row(blob)
+    path = store.pack_path(pack)
     store.close()
     os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.truncate(10)
+    with open(path, "r+b") as f:  # damage the middle of the blob's frame
+        f.seek(offset + csize // 2)
+        f.write(b"\xff\xff")
     parent = tmp_path / "out"
     parent.mkdir()
     p = cli("create", image, str(parent / "c"), home=home)

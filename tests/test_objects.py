@@ -131,9 +131,11 @@ def test_check_id_rejects(bad):
         vocker.check_id(bad)
 
 
-def test_digest_to_path_shards_blobs_two_levels_deep():
+def test_digest_to_path_shards_blobs_one_level_deep():
     root = os.path.join("store", "blobs")
     assert vocker.digest_to_path(root, VOCKER_NL_HASH) == os.path.join(
+        root, "1b", VOCKER_NL_HASH)
+    assert vocker.digest_to_path(root, VOCKER_NL_HASH, depth=2) == os.path.join(
         root, "1b", "45", VOCKER_NL_HASH)
 
 
