@@ -742,10 +742,7 @@ class Store:
         else:
             os.chmod(tmp, 0o444)
             os.utime(tmp, (FIXED_MTIME, FIXED_MTIME))
-            _makedirs(os.path.dirname(path))
             os.replace(tmp, path)
-            st = os.stat(path)
-            new_inodes.append((st.st_dev, st.st_ino, object_id, st.st_size, 0))
         return object_id, path
 
     # -- images and tags -----------------------------------------------------
@@ -1760,14 +1757,18 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
 ###############################################################################
 
 _COMPILE_WORKER = r"""
-import sys, json, py_compile
+import sys, os, json, marshal
+from importlib._bootstrap_external import _code_to_timestamp_pyc
 jobs = json.loads(sys.stdin.read())
-mode = py_compile.PycInvalidationMode.TIMESTAMP
 out = sys.stdout
 for idx, src, cfile, dfile in jobs:
     try:
-        py_compile.compile(src, cfile=cfile, dfile=dfile, doraise=True,
-                           invalidation_mode=mode)
+        with open(src, "rb") as f:
+            source = f.read()
+        st = os.stat(src)
+        code = compile(source, dfile, "exec", dont_inherit=True)
+        with open(cfile, "wb") as f:
+            f.write(_code_to_timestamp_pyc(code, st.st_mtime, st.st_size))
         ok = 1
     except Exception:
         ok = 0
