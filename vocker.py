@@ -99,6 +99,7 @@ EXIT_CONFLICT = 4
 EXIT_INVALID = 5
 EXIT_ENVIRONMENT = 6
 EXIT_PYTHON = 7
+EXIT_NETWORK = 8
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """\
@@ -111,6 +112,7 @@ exit codes:
   5    invalid input (not an environment, corrupt or hostile data)
   6    system problem (read-only or full disk, permissions, link mode)
   7    no matching Python interpreter
+  8    repository unreachable (network, HTTP error, access denied)
   130  interrupted
 """
 
@@ -433,6 +435,27 @@ def _store_problem(home, exc):
                               "check the disk is writable and not full, or pass --home DIR")
 
 
+def decompress_blob(blob_id, cdata, size):
+    """Decompress one zstd frame of declared ``size`` and verify it; never
+    produces more than ``size + 1`` bytes, whatever the frame claims."""
+    import io
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(cdata)) as r:
+            data = r.read(size + 1)
+            while len(data) < size + 1:
+                more = r.read(size + 1 - len(data))
+                if not more:
+                    break
+                data += more
+    except zstandard.ZstdError as exc:
+        raise IntegrityError("blob", blob_id, f"cannot decompress: {exc}") from None
+    if len(data) > size:
+        raise IntegrityError("blob", blob_id, "expands past its declared size")
+    if len(data) != size or hash_bytes(data) != blob_id:
+        raise IntegrityError("blob", blob_id, "content does not match its ID")
+    return data
+
+
 class _Window:
     """Read at most ``n`` bytes of a shared file object (a frame in a pack)."""
 
@@ -637,13 +660,7 @@ class Store:
             cdata = f.read()
         if len(cdata) != csize:
             raise IntegrityError("blob", blob_id, "is truncated")
-        try:
-            data = zstandard.ZstdDecompressor().decompress(cdata, max_output_size=max(size, 1))
-        except zstandard.ZstdError as exc:
-            raise IntegrityError("blob", blob_id, f"cannot decompress: {exc}") from None
-        if len(data) != size or hash_bytes(data) != blob_id:
-            raise IntegrityError("blob", blob_id, "content does not match its ID")
-        return data
+        return decompress_blob(blob_id, cdata, size)
 
     def extract_blob(self, blob_id, dest):
         """Decompress a blob to ``dest`` (streaming), verifying it."""
@@ -2200,6 +2217,725 @@ def inspect(store, name):
 
 
 ###############################################################################
+# Transport: repositories and archives ########################################
+###############################################################################
+
+# A repository is a folder of immutable objects plus one small mutable index,
+# laid out so that any static HTTP server or file share can serve it:
+#
+#   vocker-repo.json         {"format": 1, "kind": "vocker-repository"}
+#   index.json               {"format": 1, "images": {id: summary}, "tags": {name: id}}
+#   images/<id>.json         the manifest (its hash is the image ID)
+#   images/<id>.trees        every tree of the image: "<id> <length>\n<bytes>" records
+#   images/<id>.blobs        "<blob> <size> <pack> <offset> <csize>\n" per blob, sorted
+#   packs/<id>.pack          zstd frames, one per blob; <id> = hash of the pack file
+#
+# Writers put packs first, then image files (manifest last), then index.json;
+# a reader never sees an image whose objects are missing.
+
+REPO_MARKER = "vocker-repo.json"
+REPO_MARKER_DATA = b'{"format":1,"kind":"vocker-repository"}\n'
+MAX_META = 256 << 20          # largest .trees/.blobs/index file accepted
+MAX_MANIFEST = 1 << 20
+RANGE_GAP = 256 << 10         # coalesce reads of blobs closer than this
+RANGE_MAX = 16 << 20          # largest single read
+HTTP_THREADS = 4
+
+
+class NetworkError(VockerError):
+    exit_code = EXIT_NETWORK
+
+    def __init__(self, url, detail, hint="check the address and the connection, then retry"):
+        super().__init__(f"cannot fetch {url}: {detail}", hint)
+        self.url = url
+
+
+class FolderSource:
+    """A repository in a local folder, a share or a ``file://`` URL."""
+
+    def __init__(self, root):
+        self.root = root
+        self.bytes = 0
+        self.requests = 0
+
+    def _path(self, rel):
+        return os.path.join(self.root, *rel.split("/"))
+
+    def get(self, rel, limit=MAX_META):
+        self.requests += 1
+        try:
+            with open(self._path(rel), "rb") as f:
+                data = f.read(limit + 1)
+        except FileNotFoundError:
+            raise NotFoundError("repository file", f"{self.root}/{rel}") from None
+        except OSError as exc:
+            raise NetworkError(f"{self.root}/{rel}", exc.strerror or str(exc)) from None
+        if len(data) > limit:
+            raise InvalidInputError(f"{rel} in the repository is too large")
+        self.bytes += len(data)
+        return data
+
+    def get_range(self, rel, offset, length):
+        self.requests += 1
+        try:
+            with open(self._path(rel), "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+        except FileNotFoundError:
+            raise NotFoundError("repository file", f"{self.root}/{rel}") from None
+        if len(data) != length:
+            raise InvalidInputError(f"{rel} in the repository is truncated")
+        self.bytes += len(data)
+        return data
+
+    def close(self):
+        pass
+
+
+class TarSource(FolderSource):
+    """A saved archive (a tar of a repository), read in place."""
+
+    def __init__(self, path):
+        import tarfile
+        super().__init__(path)
+        try:
+            self.tar = tarfile.open(path, "r:")
+        except (OSError, tarfile.TarError) as exc:
+            raise InvalidInputError(f"{path} is not a vocker archive: {exc}") from None
+        self.members = {}
+        for m in self.tar.getmembers():
+            if m.isfile():
+                self.members[m.name] = m
+        self.f = open(path, "rb")
+
+    def _member(self, rel):
+        m = self.members.get(rel)
+        if m is None:
+            raise NotFoundError("archive member", f"{self.root}:{rel}")
+        return m
+
+    def get(self, rel, limit=MAX_META):
+        m = self._member(rel)
+        if m.size > limit:
+            raise InvalidInputError(f"{rel} in the archive is too large")
+        return self.get_range(rel, 0, m.size)
+
+    def get_range(self, rel, offset, length):
+        m = self._member(rel)
+        if offset + length > m.size:
+            raise InvalidInputError(f"{rel} in the archive is truncated")
+        self.requests += 1
+        self.f.seek(m.offset_data + offset)
+        data = self.f.read(length)
+        if len(data) != length:
+            raise InvalidInputError(f"{rel} in the archive is truncated")
+        self.bytes += len(data)
+        return data
+
+    def close(self):
+        self.f.close()
+        self.tar.close()
+
+
+class HttpSource:
+    """A repository on any static HTTP(S) server: persistent connections (one
+    per thread), retries with backoff, resumed ranges, optional auth header."""
+
+    def __init__(self, url, headers=None, timeout=30, retries=4):
+        import urllib.parse
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"bad repository URL {url!r}")
+        self.url = url.rstrip("/")
+        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
+        self.base = parts.path.rstrip("/")
+        self.headers = {"User-Agent": f"vocker/{__version__}", "Accept-Encoding": "identity"}
+        self.headers.update(headers or {})
+        if "Authorization" not in self.headers:
+            self._netrc_auth()
+        self.timeout, self.retries = timeout, retries
+        self.local = threading.local()
+        self.lock = threading.RLock()
+        self.bytes = 0
+        self.requests = 0
+        self.no_range = set()   # files whose server ignored Range: fetched whole
+        self.whole = {}         # rel -> local copy of a whole file
+        self.tmp_dir = None
+
+    def _netrc_auth(self):
+        import base64
+        import netrc
+        try:
+            auth = netrc.netrc().authenticators(self.host)
+        except (OSError, netrc.NetrcParseError):
+            return
+        if auth:
+            token = base64.b64encode(f"{auth[0]}:{auth[2]}".encode()).decode()
+            self.headers["Authorization"] = f"Basic {token}"
+
+    def _conn(self, fresh=False):
+        import http.client
+        conn = getattr(self.local, "conn", None)
+        if conn is None or fresh:
+            if conn is not None:
+                conn.close()
+            cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+            conn = self.local.conn = cls(self.host, self.port, timeout=self.timeout)
+        return conn
+
+    def _fetch(self, rel, start=None, end=None, sink=None, limit=MAX_META):
+        """GET ``rel`` (bytes start..end-1 if given); resumes after a cut."""
+        import http.client
+        url = f"{self.url}/{rel}"
+        got = bytearray() if sink is None else None
+        received = 0
+        attempt = 0
+        while True:
+            headers = dict(self.headers)
+            if start is not None:
+                headers["Range"] = f"bytes={start + received}-{end - 1}"
+            elif received:
+                headers["Range"] = f"bytes={received}-"
+            try:
+                conn = self._conn(fresh=attempt > 0)
+                conn.request("GET", f"{self.base}/{rel}", headers=headers)
+                resp = conn.getresponse()
+                status = resp.status
+                if status in (200, 206):
+                    if status == 200 and received:
+                        received = 0  # server restarted from the beginning
+                        if got is not None:
+                            got.clear()
+                        else:
+                            sink.seek(0)
+                            sink.truncate()
+                    if status == 200 and start is not None:
+                        resp.read()
+                        return None  # Range ignored: caller fetches the whole file
+                    with self.lock:
+                        self.requests += 1
+                    while True:
+                        chunk = resp.read(CHUNK)
+                        if not chunk:
+                            break
+                        received += len(chunk)
+                        with self.lock:
+                            self.bytes += len(chunk)
+                        if start is None and received > limit:
+                            raise InvalidInputError(f"{url} is too large")
+                        if got is not None:
+                            got += chunk
+                        else:
+                            sink.write(chunk)
+                    if start is not None and received != end - start:
+                        raise http.client.IncompleteRead(b"", end - start - received)
+                    return bytes(got) if got is not None else received
+                resp.read()
+                if status == 404:
+                    raise NotFoundError("repository file", url)
+                if status in (401, 403):
+                    raise NetworkError(url, f"access denied (HTTP {status})",
+                                       "set the Authorization header with --header or ~/.netrc")
+                if status == 416:
+                    raise InvalidInputError(f"{url} is shorter than its index says")
+                if status < 500 and status != 429:
+                    raise NetworkError(url, f"HTTP {status} {resp.reason}")
+                detail = f"HTTP {status} {resp.reason}"
+            except (OSError, http.client.HTTPException) as exc:
+                detail = str(exc) or type(exc).__name__
+            attempt += 1
+            if attempt > self.retries:
+                raise NetworkError(url, detail)
+            time.sleep(min(0.2 * 2 ** attempt, 5))
+
+    def get(self, rel, limit=MAX_META):
+        return self._fetch(rel, limit=limit)
+
+    def get_range(self, rel, offset, length):
+        if rel not in self.no_range:
+            data = self._fetch(rel, offset, offset + length)
+            if data is not None:
+                return data
+            with self.lock:
+                self.no_range.add(rel)
+        path = self._whole(rel)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+        if len(data) != length:
+            raise InvalidInputError(f"{self.url}/{rel} is truncated")
+        return data
+
+    def _whole(self, rel):
+        with self.lock:
+            path = self.whole.get(rel)
+            if path is None:
+                path = self.whole[rel] = os.path.join(self.tmp_dir or tempfile.gettempdir(),
+                                                      f"http-{uuid.uuid4().hex}")
+                with open(path, "wb") as f:
+                    self._fetch(rel, sink=f, limit=1 << 50)
+        return path
+
+    def close(self):
+        for p in self.whole.values():
+            _unlink_quiet(p)
+
+
+def open_source(location, headers=None):
+    """A reader for a repository folder, ``file://`` or ``http(s)://`` URL, or archive."""
+    if re.match(r"(?i)https?://", location):
+        return HttpSource(location, headers)
+    if location.lower().startswith("file://"):
+        import urllib.parse
+        import urllib.request
+        location = urllib.request.url2pathname(urllib.parse.urlsplit(location).path)
+    if os.path.isfile(location):
+        return TarSource(location)
+    if not os.path.isdir(location):
+        raise NotFoundError("repository", location, "check the path, or run 'vocker repo init DIR'")
+    if not os.path.isfile(os.path.join(location, REPO_MARKER)):
+        raise InvalidInputError(f"{location} is not a vocker repository",
+                                "run 'vocker repo init DIR' to make one")
+    return FolderSource(location)
+
+
+def parse_index(data, where):
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidInputError(f"{where}: index.json is not valid JSON",
+                                "the server may have answered with an error page") from None
+    if not isinstance(obj, dict) or obj.get("format") != 1 or \
+            not isinstance(obj.get("images"), dict) or not isinstance(obj.get("tags"), dict):
+        raise InvalidInputError(f"{where}: index.json is not a vocker index")
+    for name, image_id in obj["tags"].items():
+        if not isinstance(name, str) or not TAG_RE.fullmatch(name):
+            raise InvalidInputError(f"{where}: bad tag name in index: {str(name)[:60]!r}")
+        check_id(image_id, "image")
+    for image_id in obj["images"]:
+        check_id(image_id, "image")
+    return obj
+
+
+def parse_trees_file(data, image_id):
+    """Records ``<id> <len>\\n<bytes>`` -> {tree id: Tree} (each verified)."""
+    trees, pos = {}, 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos, pos + 100)
+        if nl < 0:
+            raise InvalidInputError(f"image {short_id(image_id)}: malformed tree bundle")
+        try:
+            tid, length = data[pos:nl].decode("ascii").split(" ")
+            length = int(length)
+        except ValueError:
+            raise InvalidInputError(f"image {short_id(image_id)}: malformed tree bundle") from None
+        check_id(tid, "tree")
+        body = data[nl + 1:nl + 1 + length]
+        if len(body) != length or length < 0:
+            raise InvalidInputError(f"image {short_id(image_id)}: tree bundle is truncated")
+        trees[tid] = Tree.parse(body, tid)
+        pos = nl + 1 + length
+    return trees
+
+
+def parse_blobs_file(data, image_id):
+    """Lines ``<blob> <size> <pack> <offset> <csize>`` -> {blob: (size, pack, off, csize)}."""
+    out = {}
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"image {short_id(image_id)}: malformed blob index") from None
+    for line in text.splitlines():
+        parts = line.split(" ")
+        if len(parts) != 5 or not all(p.isdigit() for p in parts[1:2] + parts[3:]):
+            raise InvalidInputError(f"image {short_id(image_id)}: malformed blob index line")
+        blob, size, pack, offset, csize = parts
+        check_id(blob, "blob")
+        check_id(pack, "pack")
+        size, offset, csize = int(size), int(offset), int(csize)
+        if size > 1 << 40 or csize > (1 << 40) or csize > size + (size >> 7) + 1024:
+            raise InvalidInputError(f"blob {short_id(blob)}: implausible sizes in blob index")
+        out[blob] = (size, pack, offset, csize)
+    return out
+
+
+def check_image_trees(trees, root, local_windows=None):
+    """Walk the trees from ``root``: all present, names and links safe.
+    Returns the set of blob IDs the image needs."""
+    if local_windows is None:
+        local_windows = WINDOWS
+    need, stack, seen = set(), [("", root)], set()
+    while stack:
+        rel, tid = stack.pop()
+        tree = trees.get(tid)
+        if tree is None:
+            raise InvalidInputError(f"tree {short_id(tid)} is missing from the image")
+        folded = set()
+        for e in tree.entries:
+            if local_windows:
+                check_windows_name(e.name)
+            key = e.name.casefold()
+            if key in folded:
+                raise InvalidInputError(f"names collide by case in {rel or '.'}: {e.name!r}")
+            folded.add(key)
+            child = f"{rel}/{e.name}" if rel else e.name
+            if e.type == T_DIR:
+                if child.count("/") > 256 or len(seen) > 1_000_000:
+                    raise InvalidInputError("image tree is too deep or too large")
+                seen.add(e.ref)
+                stack.append((child, e.ref))
+            elif e.type == T_SYMLINK:
+                check_link_target(child, e.target)
+            elif e.type == T_SYMLINK_TEMPLATE:
+                tpl = bytes.fromhex(e.ref)
+                rest = tpl.replace(b"\\", b"/")
+                if not tpl.startswith((PH_ENV, PH_PYEXE, PH_PYHOME)) or \
+                        b".." in rest.split(b"/") or tpl.count(PH_MARK) != 1:
+                    raise InvalidInputError(f"symlink {child} points outside the environment")
+            else:
+                need.add(e.ref)
+    return need
+
+
+def _image_objects(store, image_id):
+    """(manifest bytes, {tree id: bytes}, sorted blob IDs) of a local image."""
+    row = store.db.execute("SELECT manifest FROM images WHERE id=?", (image_id,)).fetchone()
+    m = Manifest.parse(bytes(row[0]), image_id)
+    trees, blobs, stack = {}, set(), [m.root]
+    while stack:
+        tid = stack.pop()
+        if tid in trees:
+            continue
+        t = store.tree(tid)
+        trees[tid] = t.serialize()
+        for e in t.entries:
+            if e.type == T_DIR:
+                stack.append(e.ref)
+            elif e.type not in LINK_TYPES:
+                blobs.add(e.ref)
+    return bytes(row[0]), trees, sorted(blobs)
+
+
+def _write_file(root, rel, data):
+    path = os.path.join(root, *rel.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(root, "tmp", f"{uuid.uuid4().hex}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def repo_init(path):
+    """Make an empty repository folder (idempotent)."""
+    os.makedirs(os.path.join(path, "tmp"), exist_ok=True)
+    for d in ("images", "packs"):
+        os.makedirs(os.path.join(path, d), exist_ok=True)
+    if not os.path.exists(os.path.join(path, REPO_MARKER)):
+        _write_file(path, REPO_MARKER, REPO_MARKER_DATA)
+    if not os.path.exists(os.path.join(path, "index.json")):
+        _write_file(path, "index.json", _index_bytes({"format": 1, "images": {}, "tags": {}}))
+    return {"path": os.path.abspath(path)}
+
+
+def _index_bytes(index):
+    return json.dumps(index, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+@contextlib.contextmanager
+def _repo_lock(root, timeout=120):
+    """Exclusive lock for updating index.json (a lock file; stale after 10 min)."""
+    path = os.path.join(root, ".lock")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.close(fd)
+            break
+        except FileExistsError:
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(path).st_mtime > 600:
+                    os.unlink(path)
+                    continue
+            if time.monotonic() > deadline:
+                raise ConflictError(f"the repository {root} is locked by another push",
+                                    f"retry later, or delete {path} if no push is running")
+            time.sleep(0.1)
+    try:
+        yield
+    finally:
+        _unlink_quiet(path)
+
+
+def _repo_blobs(root):
+    """{blob: (size, pack, offset, csize)} for everything a folder repo holds."""
+    out = {}
+    images = os.path.join(root, "images")
+    for name in sorted(os.listdir(images)):
+        if name.endswith(".blobs"):
+            with open(os.path.join(images, name), "rb") as f:
+                out.update(parse_blobs_file(f.read(), name[:-6]))
+    return out
+
+
+def push(store, refs, repo, progress=None):
+    """Copy images (and the tags named) into a repository folder."""
+    if re.match(r"(?i)https?://", repo):
+        raise UsageError("push goes to a folder or a share, not to an HTTP URL",
+                         "push to the folder your web server serves")
+    root = os.path.abspath(repo)
+    if not os.path.isfile(os.path.join(root, REPO_MARKER)):
+        if os.path.exists(root) and os.listdir(root):
+            raise InvalidInputError(f"{root} is not a vocker repository",
+                                    "push to an empty folder or one made by 'vocker repo init'")
+        repo_init(root)
+    os.makedirs(os.path.join(root, "tmp"), exist_ok=True)
+    wanted = []
+    for ref in refs:
+        image_id = store.resolve_image(ref)
+        tag = normalize_tag(ref) if (":" in ref or not PREFIX_RE.fullmatch(ref)) else None
+        wanted.append((image_id, tag))
+    have = _repo_blobs(root)
+    pushed, sent = [], 0
+    for image_id, tag in wanted:
+        manifest, trees, blobs = _image_objects(store, image_id)
+        missing = [b for b in blobs if b not in have]
+        if missing:
+            tmp = os.path.join(root, "tmp", f"pack-{uuid.uuid4().hex}")
+            h, offset, entries = blake3.blake3(), 0, []
+            with open(tmp, "wb") as f:
+                for b in missing:
+                    size, csize, pack, off = store._blob_row(b)
+                    _, src, _ = store._open_blob(b)
+                    with src:
+                        cdata = src.read()
+                    if len(cdata) != csize:
+                        raise IntegrityError("blob", b, "is truncated in the local store")
+                    f.write(cdata)
+                    h.update(cdata)
+                    entries.append((b, size, offset, csize))
+                    offset += csize
+                    sent += csize
+                f.flush()
+                os.fsync(f.fileno())
+            pack_id = h.hexdigest()
+            os.replace(tmp, os.path.join(root, "packs", pack_id + ".pack"))
+            for b, size, off, csize in entries:
+                have[b] = (size, pack_id, off, csize)
+        lines = [f"{b} {have[b][0]} {have[b][1]} {have[b][2]} {have[b][3]}\n" for b in blobs]
+        bundle = b"".join(f"{tid} {len(data)}\n".encode() + data
+                          for tid, data in sorted(trees.items()))
+        _write_file(root, f"images/{image_id}.trees", bundle)
+        _write_file(root, f"images/{image_id}.blobs", "".join(lines).encode("ascii"))
+        _write_file(root, f"images/{image_id}.json", manifest)
+        pushed.append({"id": image_id, "tag": tag, "blobs": len(blobs),
+                       "new_blobs": len(missing)})
+    with _repo_lock(root):
+        index = parse_index(open(os.path.join(root, "index.json"), "rb").read(), root)
+        for image_id, tag in wanted:
+            m = json.loads(store.manifest(image_id).serialize())
+            index["images"][image_id] = {"kind": m["kind"],
+                                         "python": (m["python"] or {}).get("version")}
+            if tag:
+                index["tags"][tag] = image_id
+        _write_file(root, "index.json", _index_bytes(index))
+    return {"repository": root, "images": pushed, "bytes": sent}
+
+
+def _resolve_remote(src, ref, index):
+    if ":" in ref or not PREFIX_RE.fullmatch(ref):
+        name = normalize_tag(ref)
+        image_id = index["tags"].get(name)
+        if image_id is None:
+            raise NotFoundError("tag in repository", name, "run 'vocker repo ls REPO'")
+        return image_id, name
+    if len(ref) == ID_HEX_LEN:
+        return ref, None
+    hits = sorted(i for i in index["images"] if i.startswith(ref))
+    if not hits:
+        raise NotFoundError("image in repository", ref, "run 'vocker repo ls REPO'")
+    if len(hits) > 1:
+        raise AmbiguousError(ref, hits)
+    return hits[0], None
+
+
+def pull(store, location, refs, headers=None, progress=None):
+    """Fetch images from a repository or archive, verifying every object."""
+    src = open_source(location, headers)
+    if isinstance(src, HttpSource):
+        src.tmp_dir = store.tmp_dir
+    try:
+        index = parse_index(src.get("index.json"), location)
+        results = []
+        for ref in refs:
+            image_id, tag = _resolve_remote(src, ref, index)
+            results.append(_pull_one(store, src, image_id, tag, progress))
+        return {"source": location, "images": results, "bytes": src.bytes,
+                "requests": src.requests}
+    finally:
+        src.close()
+
+
+def _pull_one(store, src, image_id, tag, progress):
+    manifest_bytes = src.get(f"images/{image_id}.json", limit=MAX_MANIFEST)
+    m = Manifest.parse(manifest_bytes, image_id)
+    present = store.db.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone()
+    fetched = 0
+    if not present:
+        trees = parse_trees_file(src.get(f"images/{image_id}.trees"), image_id)
+        need = check_image_trees(trees, m.root)
+        index = parse_blobs_file(src.get(f"images/{image_id}.blobs"), image_id)
+        lacking = need - set(index)
+        if lacking:
+            raise InvalidInputError(f"image {short_id(image_id)}: blob index lacks "
+                                    f"{len(lacking)} blob(s) the trees name")
+        have = set()
+        ids = sorted(need)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            q = ",".join("?" * len(chunk))
+            have.update(r[0] for r in store.db.execute(
+                f"SELECT id FROM blobs WHERE id IN ({q})", chunk))
+        missing = [b for b in ids if b not in have]
+        rows = _fetch_blobs(store, src, missing, index, progress)
+        fetched = len(rows)
+        size = sum(index[b][0] for b in need)
+        try:
+            with store.transaction() as db:
+                db.executemany("INSERT OR IGNORE INTO blobs(id, size, csize, pack, offset) "
+                               "VALUES (?,?,?,?,?)", rows)
+                db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)",
+                               [(tid, t.serialize()) for tid, t in trees.items()])
+                db.execute("INSERT OR IGNORE INTO images(id, manifest, created, source, size, files)"
+                           " VALUES (?,?,?,?,?,?)",
+                           (image_id, manifest_bytes, time.time(), None, size, len(need)))
+                if tag:
+                    db.execute("INSERT OR REPLACE INTO tags(name, image) VALUES (?,?)",
+                               (tag, image_id))
+        except sqlite3.OperationalError as exc:
+            raise _store_problem(store.home, exc) from None
+    elif tag:
+        with store.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO tags(name, image) VALUES (?,?)", (tag, image_id))
+    return {"id": image_id, "tag": tag, "present": bool(present), "fetched_blobs": fetched}
+
+
+def _fetch_blobs(store, src, missing, index, progress):
+    """Fetch ``missing`` blobs in coalesced ranges, verify each, write one pack."""
+    by_pack = {}
+    for b in missing:
+        size, pack, offset, csize = index[b]
+        by_pack.setdefault(pack, []).append((offset, csize, size, b))
+    reads = []
+    for pack, items in sorted(by_pack.items()):
+        items.sort()
+        cur = None
+        for offset, csize, size, b in items:
+            if cur and offset >= cur[1] and offset - cur[1] <= RANGE_GAP and \
+                    offset + csize - cur[0] <= RANGE_MAX:
+                cur[1] = max(cur[1], offset + csize)
+                cur[2].append((offset, csize, size, b))
+            else:
+                cur = [offset, offset + csize, [(offset, csize, size, b)]]
+                reads.append((pack, cur))
+    writer = PackWriter(store)
+    rows = []
+    if progress is not None:
+        progress.total = len(missing)
+
+    def one(job):
+        pack, (start, end, items) = job
+        data = src.get_range(f"packs/{pack}.pack", start, end - start)
+        out = []
+        for offset, csize, size, b in items:
+            cdata = data[offset - start:offset - start + csize]
+            decompress_blob(b, cdata, size)  # verify before keeping anything
+            out.append((b, size, cdata))
+        return out
+
+    try:
+        workers = HTTP_THREADS if isinstance(src, HttpSource) else 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for out in pool.map(one, reads):
+                for b, size, cdata in out:
+                    offset = writer.append(cdata)
+                    rows.append([b, size, len(cdata), None, offset])
+                    if progress is not None:
+                        progress.update()
+        pack_id = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    for r in rows:
+        r[3] = pack_id
+    return [tuple(r) for r in rows]
+
+
+def repo_ls(location, headers=None):
+    src = open_source(location, headers)
+    try:
+        index = parse_index(src.get("index.json"), location)
+    finally:
+        src.close()
+    tags = {}
+    for name, image_id in index["tags"].items():
+        tags.setdefault(image_id, []).append(name)
+    return [{"id": i, "short_id": short_id(i), "tags": sorted(tags.get(i, [])),
+             "kind": (info or {}).get("kind") if isinstance(info, dict) else None,
+             "python": (info or {}).get("python") if isinstance(info, dict) else None}
+            for i, info in sorted(index["images"].items())]
+
+
+def save(store, refs, out):
+    """Write images into one portable archive (a tar of a repository)."""
+    import tarfile
+    out = os.path.abspath(out)
+    stage = store.tmp_path("save")
+    try:
+        result = push(store, refs, stage)
+        tmp = out + f".tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+                names = []
+                for dirpath, dirnames, filenames in os.walk(stage):
+                    dirnames[:] = sorted(d for d in dirnames if d != "tmp")
+                    for n in sorted(filenames):
+                        if n != ".lock":
+                            names.append(os.path.relpath(os.path.join(dirpath, n), stage))
+                for rel in sorted(names):
+                    info = tar.gettarinfo(os.path.join(stage, rel), arcname=rel.replace(os.sep, "/"))
+                    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                    info.mode = 0o644
+                    with open(os.path.join(stage, rel), "rb") as f:
+                        tar.addfile(info, f)
+            os.replace(tmp, out)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+    finally:
+        rmtree(stage)
+    return {"file": out, "images": result["images"], "size": os.path.getsize(out)}
+
+
+def load(store, path, progress=None):
+    """Load every image of an archive; skips what the store already has."""
+    if not os.path.isfile(path):
+        raise NotFoundError("archive", path)
+    src = TarSource(path)
+    try:
+        index = parse_index(src.get("index.json"), path)
+    finally:
+        src.close()
+    refs = list(index["tags"]) + [i for i in index["images"] if i not in index["tags"].values()]
+    return pull(store, path, refs, progress=progress)
+
+
+###############################################################################
 # Commands ####################################################################
 ###############################################################################
 
@@ -2294,6 +3030,67 @@ def cmd_rm(store, args):
     return EXIT_OK
 
 
+def _headers(args):
+    out = {}
+    for h in getattr(args, "header", None) or ():
+        k, sep, v = h.partition(":")
+        if not sep or not k.strip():
+            raise UsageError(f"bad header {h!r}", "use --header 'Name: value'")
+        out[k.strip()] = v.strip()
+    env = os.environ.get("VOCKER_AUTH")
+    if env and "Authorization" not in out:
+        out["Authorization"] = env
+    return out
+
+
+def cmd_push(store, args):
+    r = push(store, args.images, args.repo)
+    text = "\n".join(f"pushed {short_id(i['id'])}{' as ' + i['tag'] if i['tag'] else ''} "
+                     f"({i['new_blobs']} of {i['blobs']} blobs new)" for i in r["images"])
+    _emit(args, r, text)
+    return EXIT_OK
+
+
+def cmd_pull(store, args):
+    r = pull(store, args.repo, args.images, headers=_headers(args),
+             progress=_progress(args, "pulling"))
+    text = "\n".join(f"{'up to date' if i['present'] else 'pulled'} {i['id']}"
+                     f"{' as ' + i['tag'] if i['tag'] else ''}" for i in r["images"])
+    _emit(args, r, text, "\n".join(i["id"] for i in r["images"]))
+    return EXIT_OK
+
+
+def cmd_save(store, args):
+    r = save(store, args.images, args.output)
+    _emit(args, r, f"saved {len(r['images'])} image(s) to {r['file']} ({human_size(r['size'])})")
+    return EXIT_OK
+
+
+def cmd_load(store, args):
+    r = load(store, args.file, progress=_progress(args, "loading"))
+    text = "\n".join(f"{'present' if i['present'] else 'loaded'} {i['id']}"
+                     f"{' as ' + i['tag'] if i['tag'] else ''}" for i in r["images"])
+    _emit(args, r, text, "\n".join(i["id"] for i in r["images"]))
+    return EXIT_OK
+
+
+def cmd_repo(store, args):
+    if args.repo_command == "init":
+        r = repo_init(args.path)
+        _emit(args, r, f"initialized repository {r['path']}")
+        return EXIT_OK
+    rows = repo_ls(args.repo, headers=_headers(args))
+    if args.json or args.quiet:
+        _emit(args, rows, None, "\n".join(r["id"] for r in rows))
+        return EXIT_OK
+    lines = [f"{'NAME:TAG':<30} {'IMAGE ID':<12}  {'KIND':<10} PYTHON"]
+    for r in rows:
+        for t in r["tags"] or ["<none>"]:
+            lines.append(f"{t:<30} {r['short_id']:<12}  {r['kind'] or '-':<10} {r['python'] or '-'}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 def cmd_inspect(store, args):
     r = inspect(store, args.name)
     print(json.dumps(r, indent=2, sort_keys=True, ensure_ascii=False))
@@ -2369,6 +3166,33 @@ def build_parser():
     sp = add("inspect", cmd_inspect, "show an image or a container as JSON",
              "  vocker inspect web:1.0\n  vocker inspect ./web\n")
     sp.add_argument("name", metavar="IMAGE|CONTAINER")
+
+    sp = add("push", cmd_push, "copy images (and their tags) to a repository folder or share",
+             "  vocker push web:1.0 /srv/vocker-repo\n  vocker push web:1.0 web:1.1 \\\\server\\share\\repo\n")
+    sp.add_argument("images", nargs="+", metavar="IMAGE")
+    sp.add_argument("repo", metavar="REPO", help="repository folder (made if empty)")
+    sp = add("pull", cmd_pull, "fetch images from a repository (folder, file:// or http(s)://)",
+             "  vocker pull https://example.org/repo web:1.0\n"
+             "  vocker pull /mnt/share/repo 3f2a9c41d0b7e2...   # pinned by ID\n")
+    sp.add_argument("repo", metavar="REPO")
+    sp.add_argument("images", nargs="+", metavar="IMAGE", help="NAME[:TAG], ID or unique ID prefix")
+    sp.add_argument("--header", action="append", metavar="'NAME: VALUE'",
+                    help="extra HTTP header (e.g. Authorization); also $VOCKER_AUTH, ~/.netrc")
+    sp = add("save", cmd_save, "write images to one portable archive file",
+             "  vocker save web:1.0 -o web.vocker\n")
+    sp.add_argument("images", nargs="+", metavar="IMAGE")
+    sp.add_argument("-o", "--output", required=True, metavar="FILE")
+    sp = add("load", cmd_load, "load every image of an archive (skips what is present)",
+             "  vocker load web.vocker\n")
+    sp.add_argument("file", metavar="FILE")
+    sp = add("repo", cmd_repo, "make or list a repository",
+             "  vocker repo init /srv/vocker-repo\n  vocker repo ls https://example.org/repo\n")
+    rsub = sp.add_subparsers(dest="repo_command", metavar="ACTION", required=True)
+    r1 = rsub.add_parser("init", help="make an empty repository folder", parents=[common])
+    r1.add_argument("path", metavar="DIR")
+    r2 = rsub.add_parser("ls", help="list a repository's images and tags", parents=[common])
+    r2.add_argument("repo", metavar="REPO")
+    r2.add_argument("--header", action="append", metavar="'NAME: VALUE'")
     return p
 
 

@@ -1,0 +1,586 @@
+"""Repositories (folder, file://, HTTP) and archives, verified end to end."""
+
+import http.server
+import json
+import os
+import random
+import shutil
+import signal
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import zstandard
+
+import vocker
+from conftest import DEMO_PACKAGES, clean_env, cli, make_venv, require_python, run, vocker_cmd
+from vocker import PH_ENV, Manifest, Tree, TreeEntry, hash_bytes
+
+# ------------------------------------------------------------------ servers
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files with Range support and injectable misbehaviour."""
+
+    protocol_version = "HTTP/1.1"
+    mode = "range"          # range | plain | html | cut-once | cut-always | 403 | 500
+    state = {}
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        mode = self.server.mode
+        if mode == "403":
+            return self._send(403, b"forbidden")
+        if mode == "500":
+            return self._send(500, b"oops")
+        if mode == "html":
+            return self._send(200, b"<html><body>Sign in to continue</body></html>",
+                              "text/html")
+        path = self.translate_path(self.path)
+        if not os.path.isfile(path):
+            return self._send(404, b"not found")
+        with open(path, "rb") as f:
+            data = f.read()
+        rng = self.headers.get("Range")
+        status, body = 200, data
+        if rng and mode != "plain":
+            start, _, end = rng.split("=", 1)[1].partition("-")
+            start, end = int(start), (int(end) if end else len(data) - 1)
+            status, body = 206, data[start:end + 1]
+        if mode in ("cut-once", "cut-always") and self.path.endswith(".pack"):
+            n = self.server.cuts = getattr(self.server, "cuts", 0) + 1
+            if mode == "cut-always" or n == 1:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+        self._send(status, body)
+
+    def _send(self, status, body, ctype="application/octet-stream"):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(root, mode="range"):
+        handler = lambda *a, **kw: _Handler(*a, directory=str(root), **kw)  # noqa: E731
+        srv = _Server(("127.0.0.1", 0), handler)
+        srv.mode = mode
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(vocker.time, "sleep", lambda s: None)
+
+
+# ----------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def images(pip_venvs, tmp_path_factory, wheelhouse):
+    """A store with demo:1 and demo:2 (vockdemo 1.0 vs 2.0), pushed to a repo."""
+    base = tmp_path_factory.mktemp("transport")
+    v2 = make_venv(require_python("3.11"), base / "v2", ("vockdemo==2.0", "vockextra", "vockbig"),
+                   wheelhouse=wheelhouse)
+    home = base / "home"
+    store = vocker.Store(home)
+    a = vocker.commit(store, pip_venvs[0], tags=["demo:1"])["id"]
+    b = vocker.commit(store, v2, tags=["demo:2"])["id"]
+    repo = base / "repo"
+    vocker.push(store, ["demo:1", "demo:2"], str(repo))
+    store.close()
+    return home, repo, a, b
+
+
+def _store_snapshot(home):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(home):
+        dirnames[:] = [d for d in dirnames if not (dirpath == str(home) and d == "tmp")]
+        for n in filenames:
+            if not n.startswith("vocker.db"):
+                p = os.path.join(dirpath, n)
+                out[os.path.relpath(p, home)] = os.path.getsize(p)
+    return out
+
+
+def _image_complete(store, image_id):
+    m = store.manifest(image_id)
+    dirs, files, links = vocker._image_plan(store, m)
+    for rel, e in files:
+        store.read_blob(e.ref)
+    return True
+
+
+# ------------------------------------------------------------ round trips
+
+
+@pytest.mark.parametrize("transport", ["folder", "file-url", "http-range", "http-plain"])
+def test_round_trip_through_each_transport(transport, images, tmp_path, serve):
+    home, repo, a, b = images
+    location = {"folder": lambda: str(repo), "file-url": lambda: repo.as_uri(),
+                "http-range": lambda: serve(repo, "range"),
+                "http-plain": lambda: serve(repo, "plain")}[transport]()
+    store = vocker.Store(tmp_path / "home")
+    try:
+        r = vocker.pull(store, location, ["demo:1"])
+        assert r["images"][0]["id"] == a
+        assert _image_complete(store, a)
+        c = vocker.create(store, "demo:1", tmp_path / "env")
+        assert c["image"] == a
+        assert "vockdemo 1.0" in run([tmp_path / "env" / "bin" / "vockdemo"]).stdout
+        assert vocker.commit(store, tmp_path / "env")["id"] == a
+        # pinned by full ID and by prefix
+        assert vocker.pull(store, location, [b])["images"][0]["id"] == b
+        again = vocker.pull(store, location, [a[:10]])
+        assert again["images"][0]["present"]
+    finally:
+        store.close()
+
+
+def test_pull_from_python_http_server_subprocess(images, tmp_path):
+    home, repo, a, b = images
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                            "127.0.0.1", "-d", str(repo)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/"
+        p = cli("pull", url, "demo:2", "--json", home=tmp_path / "h", check=True)
+        assert json.loads(p.stdout)["images"][0]["id"] == b
+        ls = json.loads(cli("repo", "ls", url, "--json", home=tmp_path / "h", check=True).stdout)
+        assert {r["id"] for r in ls} == {a, b}
+    finally:
+        srv.terminate()
+        srv.wait()
+
+
+def test_only_missing_blobs_move(images, tmp_path, serve):
+    home, repo, a, b = images
+    url = serve(repo, "range")
+    store = vocker.Store(tmp_path / "home")
+    try:
+        vocker.pull(store, url, ["demo:1"])
+        have = {r[0] for r in store.db.execute("SELECT id FROM blobs")}
+        index = vocker.parse_blobs_file((repo / "images" / f"{b}.blobs").read_bytes(), b)
+        lacking = sum(csize for blob, (size, pack, off, csize) in index.items() if blob not in have)
+        image_size = sum(size for size, pack, off, csize in index.values())
+        r = vocker.pull(store, url, ["demo:2"])
+        assert r["images"][0]["fetched_blobs"] == len(set(index) - have)
+        assert 0 < r["bytes"] <= 1.2 * lacking + 0.02 * image_size, (r, lacking, image_size)
+        assert r["requests"] <= 10
+    finally:
+        store.close()
+
+
+def test_save_and_load(images, tmp_path):
+    home, repo, a, b = images
+    out = tmp_path / "demo.vocker"
+    p = cli("save", "demo:1", "demo:2", "-o", out, home=home, check=True)
+    assert out.is_file()
+    h2 = tmp_path / "h2"
+    r = json.loads(cli("load", out, "--json", home=h2, check=True).stdout)
+    assert {i["id"] for i in r["images"]} == {a, b}
+    again = json.loads(cli("load", out, "--json", home=h2, check=True).stdout)
+    assert all(i["present"] for i in again["images"])
+    store = vocker.Store(h2)
+    try:
+        assert _image_complete(store, b)
+        assert set(store.tags_of(a)) == {"demo:1"}
+    finally:
+        store.close()
+    # saving twice gives the same bytes (no timestamps inside)
+    out2 = tmp_path / "again.vocker"
+    cli("save", "demo:1", "demo:2", "-o", out2, home=home, check=True)
+    assert out.read_bytes() == out2.read_bytes()
+
+
+# ------------------------------------------------------------ hostile input
+
+
+def _craft_repo(root, entries_by_dir, blobs, tag="evil:1", corrupt=None):
+    """Write a one-image repository by hand: entries_by_dir maps a dir path to
+    a list of (name, type, ref-or-content). Returns the image ID."""
+    root.mkdir(parents=True, exist_ok=True)
+    vocker.repo_init(str(root))
+    trees = {}
+
+    def build(rel):
+        out = []
+        for name, type_, ref in entries_by_dir[rel]:
+            if type_ == "d":
+                ref = build(f"{rel}/{name}" if rel else name)
+            elif type_ in ("f", "x", "t"):
+                ref = hash_bytes(blobs[ref])
+            out.append(TreeEntry(name, type_, ref))
+        t = Tree.__new__(Tree)
+        t.entries = sorted(out, key=lambda e: e.name.encode())
+        data = t.serialize()
+        trees[hash_bytes(data)] = data
+        return hash_bytes(data)
+    root_id = build("")
+    cctx = zstandard.ZstdCompressor()
+    pack, lines, offset = b"", [], 0
+    pack_id = None
+    frames = []
+    for key, data in sorted(blobs.items()):
+        c = cctx.compress(data)
+        frames.append((hash_bytes(data), len(data), offset, len(c)))
+        pack += c
+        offset += len(c)
+    pack_id = hash_bytes(pack)
+    (root / "packs" / f"{pack_id}.pack").write_bytes(pack)
+    lines = [f"{bid} {size} {pack_id} {off} {cs}\n" for bid, size, off, cs in sorted(frames)]
+    m = Manifest("plain", root_id)
+    mbytes = m.serialize()
+    image_id = hash_bytes(mbytes)
+    bundle = b"".join(f"{tid} {len(d)}\n".encode() + d for tid, d in sorted(trees.items()))
+    (root / "images" / f"{image_id}.trees").write_bytes(bundle)
+    (root / "images" / f"{image_id}.blobs").write_text("".join(lines))
+    (root / "images" / f"{image_id}.json").write_bytes(mbytes)
+    index = {"format": 1, "images": {image_id: {"kind": "plain", "python": None}},
+             "tags": {tag: image_id}}
+    (root / "index.json").write_text(json.dumps(index))
+    if corrupt:
+        corrupt(root, image_id, pack_id)
+    return image_id
+
+
+GOOD_BLOBS = {"a": b"alpha\n" * 50, "b": b"beta\n" * 50}
+GOOD_TREE = {"": [("a.txt", "f", "a"), ("sub", "d", None)], "sub": [("b.txt", "f", "b")]}
+
+
+def _tree(**dirs):
+    t = {k: list(v) for k, v in GOOD_TREE.items()}
+    t.update(dirs)
+    return t
+
+
+def _flip_pack(root, image_id, pack_id):
+    p = root / "packs" / f"{pack_id}.pack"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+
+
+def _truncate_pack(root, image_id, pack_id):
+    p = root / "packs" / f"{pack_id}.pack"
+    p.write_bytes(p.read_bytes()[:-7])
+
+
+def _edit(rel_fmt, fn):
+    def corrupt(root, image_id, pack_id):
+        p = root / rel_fmt.format(id=image_id, pack=pack_id)
+        p.write_bytes(fn(p.read_bytes()))
+    return corrupt
+
+
+def _lie_sizes(data):
+    lines = data.decode().splitlines()
+    parts = lines[0].split()
+    parts[1] = str(int(parts[1]) // 4)   # declared size smaller than the frame's
+    lines[0] = " ".join(parts)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _lie_offset(data):
+    lines = data.decode().splitlines()
+    parts = lines[-1].split()
+    parts[3] = "3"
+    lines[-1] = " ".join(parts)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _drop_line(data):
+    return ("\n".join(data.decode().splitlines()[1:]) + "\n").encode()
+
+
+def _drop_subtree(data):
+    # keep only the first record of the bundle
+    head, _, rest = data.partition(b"\n")
+    n = int(head.split()[1])
+    return head + b"\n" + rest[:n]
+
+
+def _tag_to_missing(root, image_id, pack_id):
+    idx = json.loads((root / "index.json").read_text())
+    idx["tags"]["evil:1"] = "0" * 64
+    (root / "index.json").write_text(json.dumps(idx))
+
+
+def _manifest_swap(root, image_id, pack_id):
+    p = root / "images" / f"{image_id}.json"
+    p.write_bytes(p.read_bytes().replace(b'"labels":{}', b'"labels":{"x":"y"}'))
+
+
+def _bad_index(root, image_id, pack_id):
+    (root / "index.json").write_text("{not json")
+
+
+def _not_repo(root, image_id, pack_id):
+    (root / "vocker-repo.json").unlink()
+
+
+def _bomb(root, image_id, pack_id):
+    # replace blob "a" by a frame that expands to 5 MB while the index says 300 bytes
+    big = zstandard.ZstdCompressor().compress(b"\0" * (5 << 20))
+    lines = (root / "images" / f"{image_id}.blobs").read_text().splitlines()
+    a_id = hash_bytes(GOOD_BLOBS["a"])
+    pack = root / "packs" / f"{pack_id}.pack"
+    data = pack.read_bytes()
+    new_lines = []
+    for line in lines:
+        bid, size, pk, off, cs = line.split()
+        if bid == a_id:
+            off, cs = str(len(data)), str(len(big))
+        new_lines.append(" ".join([bid, size, pk, off, cs]))
+    pack.write_bytes(data + big)
+    (root / "images" / f"{image_id}.blobs").write_text("\n".join(new_lines) + "\n")
+
+
+HOSTILE = [
+    # (id, tree, corrupt, expected exception, message fragment)
+    ("blob-bytes-mismatch", GOOD_TREE, _flip_pack, vocker.InvalidInputError, "blob"),
+    ("truncated-pack", GOOD_TREE, _truncate_pack, vocker.InvalidInputError, "truncated"),
+    ("manifest-not-its-id", GOOD_TREE, _manifest_swap, vocker.IntegrityError, "manifest"),
+    ("dotdot-name", _tree(sub=[("..", "f", "b")]), None, vocker.InvalidInputError, "unsafe"),
+    ("dot-name", _tree(sub=[(".", "f", "b")]), None, vocker.InvalidInputError, "unsafe"),
+    ("absolute-name", _tree(sub=[("/etc", "f", "b")]), None, vocker.InvalidInputError, "unsafe"),
+    ("backslash-name", _tree(sub=[("..\\x", "f", "b")]), None, vocker.InvalidInputError, "unsafe"),
+    ("nul-name", _tree(sub=[("a\0b", "f", "b")]), None, vocker.InvalidInputError, "unsafe"),
+    ("newline-name", _tree(sub=[("a\nb", "f", "b")]), None, vocker.InvalidInputError, ""),
+    ("case-collision", _tree(sub=[("B.txt", "f", "b"), ("b.txt", "f", "b")]), None,
+     vocker.InvalidInputError, "collide by case"),
+    ("symlink-escape", _tree(sub=[("l", "l", "../../etc/passwd".encode().hex())]), None,
+     vocker.InvalidInputError, "outside the environment"),
+    ("symlink-absolute", _tree(sub=[("l", "l", "/etc/passwd".encode().hex())]), None,
+     vocker.InvalidInputError, "outside the environment"),
+    ("symlink-drive-letter", _tree(sub=[("l", "l", "C:\\Windows".encode().hex())]), None,
+     vocker.InvalidInputError, "outside the environment"),
+    ("symlink-chain", _tree(sub=[("up", "l", "..".encode().hex()),
+                                 ("x", "l", "up/..".encode().hex())]), None,
+     vocker.InvalidInputError, "outside the environment"),
+    ("symlink-template-escape", _tree(sub=[("l", "L", (PH_ENV + b"/../..").hex())]), None,
+     vocker.InvalidInputError, "outside the environment"),
+    ("zstd-bomb", GOOD_TREE, _bomb, vocker.IntegrityError, "expands past"),
+    ("declared-size-lies", GOOD_TREE, _edit("images/{id}.blobs", _lie_sizes),
+     vocker.InvalidInputError, ""),
+    ("pack-index-offset-lies", GOOD_TREE, _edit("images/{id}.blobs", _lie_offset),
+     vocker.InvalidInputError, "blob"),
+    ("blob-index-lacks-blob", GOOD_TREE, _edit("images/{id}.blobs", _drop_line),
+     vocker.InvalidInputError, "lacks"),
+    ("missing-subtree", GOOD_TREE, _edit("images/{id}.trees", _drop_subtree),
+     vocker.InvalidInputError, ""),
+    ("tree-bundle-truncated", GOOD_TREE, _edit("images/{id}.trees", lambda d: d[:-5]),
+     vocker.InvalidInputError, "truncated"),
+    ("tag-to-missing-image", GOOD_TREE, _tag_to_missing, vocker.NotFoundError, "not found"),
+    ("index-not-json", GOOD_TREE, _bad_index, vocker.InvalidInputError, "index.json"),
+    ("not-a-repository", GOOD_TREE, _not_repo, vocker.InvalidInputError, "not a vocker repository"),
+]
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[c[0] for c in HOSTILE])
+def test_hostile_repository_is_refused_and_changes_nothing(case, tmp_path):
+    name, tree, corrupt, exc, fragment = case
+    repo = tmp_path / "repo"
+    _craft_repo(repo, tree, GOOD_BLOBS, corrupt=corrupt)
+    home = tmp_path / "home"
+    store = vocker.Store(home)
+    try:
+        before = _store_snapshot(home)
+        with pytest.raises(exc) as info:
+            vocker.pull(store, str(repo), ["evil:1"])
+        assert fragment in str(info.value)
+        assert "\n" not in str(info.value)
+        assert _store_snapshot(home) == before
+        assert vocker.list_images(store) == []
+        assert store.db.execute("SELECT count(*) FROM blobs").fetchone()[0] == 0
+        assert store.db.execute("SELECT count(*) FROM tags").fetchone()[0] == 0
+        # a later honest pull succeeds
+        honest = tmp_path / "honest"
+        good = _craft_repo(honest, GOOD_TREE, GOOD_BLOBS)
+        assert vocker.pull(store, str(honest), ["evil:1"])["images"][0]["id"] == good
+        vocker.create(store, good, tmp_path / "ok")
+        assert (tmp_path / "ok" / "sub" / "b.txt").read_bytes() == GOOD_BLOBS["b"]
+    finally:
+        store.close()
+
+
+def test_windows_reserved_names_refused_for_a_windows_target(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    _craft_repo(repo, _tree(sub=[("CON.txt", "f", "b")]), GOOD_BLOBS)
+    monkeypatch.setattr(vocker, "WINDOWS", True)
+    store = vocker.Store(tmp_path / "home")
+    try:
+        with pytest.raises(vocker.InvalidInputError, match="reserved on Windows"):
+            vocker.pull(store, str(repo), ["evil:1"])
+        assert vocker.list_images(store) == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("mode, exc, fragment", [
+    ("html", vocker.InvalidInputError, "error page"),
+    ("403", vocker.NetworkError, "access denied"),
+    ("500", vocker.NetworkError, "HTTP 500"),
+    ("cut-always", vocker.VockerError, ""),
+])
+def test_misbehaving_server_is_refused(mode, exc, fragment, images, tmp_path, serve):
+    home, repo, a, b = images
+    url = serve(repo, mode)
+    store = vocker.Store(tmp_path / "home")
+    try:
+        with pytest.raises(exc) as info:
+            vocker.pull(store, url, ["demo:1"])
+        assert fragment in str(info.value)
+        assert vocker.list_images(store) == []
+        # and an honest server afterwards works
+        assert vocker.pull(store, serve(repo, "range"), ["demo:1"])["images"][0]["id"] == a
+    finally:
+        store.close()
+
+
+def test_connection_cut_half_way_is_resumed(images, tmp_path, serve):
+    home, repo, a, b = images
+    url = serve(repo, "cut-once")
+    store = vocker.Store(tmp_path / "home")
+    try:
+        r = vocker.pull(store, url, ["demo:1"])
+        assert r["images"][0]["id"] == a and _image_complete(store, a)
+    finally:
+        store.close()
+
+
+def test_cli_errors_for_repositories(images, tmp_path, serve):
+    home, repo, a, b = images
+    p = cli("pull", serve(repo, "403"), "demo:1", home=tmp_path / "h")
+    assert p.returncode == vocker.EXIT_NETWORK and len(p.stderr.strip().splitlines()) == 1
+    p = cli("pull", str(repo), "nosuch:1", home=tmp_path / "h")
+    assert p.returncode == vocker.EXIT_NOT_FOUND
+    p = cli("pull", str(tmp_path / "nowhere"), "demo:1", home=tmp_path / "h")
+    assert p.returncode == vocker.EXIT_NOT_FOUND
+    bad = tmp_path / "bad.vocker"
+    bad.write_bytes(b"this is not a tar file" * 100)
+    p = cli("load", bad, home=tmp_path / "h")
+    assert p.returncode == vocker.EXIT_INVALID and "not a vocker archive" in p.stderr
+    p = cli("push", "demo:1", "http://example.invalid/repo", home=home)
+    assert p.returncode == vocker.EXIT_USAGE
+
+
+# ------------------------------------------------------------ interruption
+
+
+def _repo_consistent(repo):
+    index = json.loads((repo / "index.json").read_text())
+    for tag, image_id in index["tags"].items():
+        assert image_id in index["images"]
+    for image_id in index["images"]:
+        m = (repo / "images" / f"{image_id}.json").read_bytes()
+        assert hash_bytes(m) == image_id
+        blobs = vocker.parse_blobs_file((repo / "images" / f"{image_id}.blobs").read_bytes(),
+                                        image_id)
+        trees = vocker.parse_trees_file((repo / "images" / f"{image_id}.trees").read_bytes(),
+                                        image_id)
+        need = vocker.check_image_trees(trees, Manifest.parse(m, image_id).root)
+        assert need <= set(blobs)
+        for size, pack, off, csize in blobs.values():
+            assert (repo / "packs" / f"{pack}.pack").stat().st_size >= off + csize
+
+
+def _kill_randomly(cmd, rng):
+    proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(0.05, 0.6))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_interrupted_push_and_pull_leave_both_sides_consistent(images, tmp_path):
+    home, repo, a, b = images
+    rng = random.Random(1234)
+    target = tmp_path / "repo"
+    for _ in range(6):
+        _kill_randomly([*vocker_cmd(), "--home", str(home), "push", "demo:1", "demo:2",
+                        str(target)], rng)
+        if (target / "index.json").exists():
+            _repo_consistent(target)
+    assert cli("push", "demo:1", "demo:2", str(target), home=home).returncode == 0
+    _repo_consistent(target)
+    h2 = tmp_path / "h2"
+    for _ in range(6):
+        _kill_randomly([*vocker_cmd(), "--home", str(h2), "pull", str(target), "demo:1",
+                        "demo:2"], rng)
+        if (h2 / "vocker.db").exists():
+            store = vocker.Store(h2)
+            try:
+                for image in vocker.list_images(store):
+                    assert _image_complete(store, image["id"])
+            finally:
+                store.close()
+    p = cli("pull", str(target), "demo:1", "demo:2", "--json", home=h2, check=True)
+    store = vocker.Store(h2)
+    try:
+        assert {i["id"] for i in vocker.list_images(store)} == {a, b}
+        assert _image_complete(store, a) and _image_complete(store, b)
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------ nothing is executed
+
+
+def test_pull_load_ls_inspect_execute_nothing(images, tmp_path, serve, monkeypatch):
+    home, repo, a, b = images
+
+    def forbidden(*a, **kw):
+        raise AssertionError("a process was started")
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+    monkeypatch.setattr(os, "system", forbidden)
+    store = vocker.Store(tmp_path / "home")
+    try:
+        vocker.pull(store, serve(repo), ["demo:1"])
+        vocker.repo_ls(str(repo))
+        vocker.inspect(store, "demo:1")
+        out = tmp_path / "x.vocker"
+        vocker.save(store, ["demo:1"], str(out))
+        store2 = vocker.Store(tmp_path / "home2")
+        try:
+            vocker.load(store2, str(out))
+            vocker.inspect(store2, a)
+        finally:
+            store2.close()
+    finally:
+        store.close()

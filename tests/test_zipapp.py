@@ -1,0 +1,191 @@
+"""The portable ``vocker.pyz`` (issue 4): build it with build_zipapp.py, run it as a user would.
+
+One build per test session (module fixture), for this machine and CPython
+3.11-3.14.  The wheels of blake3/zstandard come from the cache ``build/wheels``
+(filled from PyPI on the first run); without network and without a cache the
+tests skip, naming the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import sys
+import time
+import zipfile
+
+import pytest
+
+from conftest import clean_env, make_venv, require_python, run
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = REPO / "build_zipapp.py"
+EXIT_FETCH = 3  # build_zipapp.py: wheels not cached and the index unreachable
+PYTHONS = ("3.11", "3.12", "3.13")
+
+
+def _vocker_version() -> str:
+    text = (REPO / "vocker.py").read_text(encoding="utf-8")
+    return re.search(r'^__version__\s*=\s*["\']([^"\']+)["\']', text, re.M)[1]
+
+
+def _build(out: pathlib.Path, *extra) -> pathlib.Path:
+    proc = run([sys.executable, BUILD_SCRIPT, "-o", out, *extra], check=False, timeout=600,
+               cwd=out.parent)
+    if proc.returncode == EXIT_FETCH:
+        pytest.skip("cannot build vocker.pyz: PyPI is unreachable and build/wheels has no "
+                    "cached blake3/zstandard wheels\n" + proc.stderr[-1500:])
+    assert proc.returncode == 0, f"build_zipapp.py failed:\n{proc.stdout}\n{proc.stderr}"
+    assert out.is_file()
+    return out
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory) -> pathlib.Path:
+    """vocker.pyz for this machine, built once."""
+    return _build(tmp_path_factory.mktemp("pyz") / "vocker.pyz")
+
+
+@pytest.fixture(scope="module")
+def build_module():
+    spec = importlib.util.spec_from_file_location("build_zipapp", BUILD_SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class User:
+    """Runs ``python vocker.pyz ...`` from an empty folder with an empty shiv root."""
+
+    def __init__(self, python, pyz, base: pathlib.Path):
+        self.python, self.pyz = python, pyz
+        self.cwd = base / "empty cwd"
+        self.cwd.mkdir(parents=True)
+        self.home = base / "vocker home"
+        self.shiv_root = base / "shiv root"
+        self.env = clean_env({"SHIV_ROOT": os.fspath(self.shiv_root)})
+
+    def vocker(self, *args, rc=0):
+        proc = run([self.python, self.pyz, *args], env=self.env, cwd=self.cwd, check=False,
+                   timeout=180)
+        assert proc.returncode == rc, (
+            f"vocker {' '.join(map(str, args))}: rc={proc.returncode}, want {rc}\n"
+            f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}")
+        return proc
+
+    def json(self, *args):
+        proc = self.vocker("--home", self.home, *args, "--json")
+        return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("minor", PYTHONS)
+def test_pyz_as_a_user(pyz, minor, tmp_path, wheelhouse):
+    python = require_python(minor)
+    base = tmp_path / "dir with space"
+    user = User(python, pyz, base)
+
+    # --version, from an empty SHIV_ROOT: extracts there (not to ~/.vocker/shiv)
+    proc = user.vocker("--version")
+    assert proc.stdout.strip() == f"vocker {_vocker_version()}"
+    extracted = list(user.shiv_root.glob("vocker.pyz_*/site-packages/vocker.py"))
+    assert len(extracted) == 1, list(user.shiv_root.iterdir())
+
+    # commit a real venv
+    venv = make_venv(python, base / "src env" / "venv", ["vockdemo==1.0"], wheelhouse=wheelhouse)
+    image = user.json("commit", venv, "-t", "demo:1")
+    assert re.fullmatch(r"[0-9a-f]{64}", image["id"])
+
+    # create it elsewhere and run the copy's console script
+    copy = base / "copy env" / "venv"
+    created = user.json("create", "demo:1", copy)
+    assert created["path"] == os.fspath(copy)
+    out = run([copy / "bin" / "vockdemo"], env=clean_env(), cwd=user.cwd).stdout
+    assert out.startswith("vockdemo 1.0 from "), out
+    assert os.fspath(copy) in out
+
+    images = user.json("images")
+    assert [(i["id"], i["tags"], i["python"][:len(minor) + 1]) for i in images] == \
+        [(image["id"], ["demo:1"], minor + ".")]
+    ps = user.json("ps")
+    assert [(c["path"], c["image"], c["exists"]) for c in ps] == \
+        [(os.fspath(copy), image["id"], True)]
+
+    # errors keep vocker's exit codes and one-line messages through shiv
+    proc = user.vocker("--home", user.home, "create", "nosuch:1", base / "x", rc=3)
+    assert proc.stderr.startswith("vocker: error:"), proc.stderr
+
+    removed = user.json("rm", copy)
+    assert removed[0]["path"] == os.fspath(copy)
+    assert not copy.exists()
+    assert user.json("ps") == []
+    assert list(user.cwd.iterdir()) == [], "vocker.pyz wrote into the current folder"
+
+
+def test_pyz_contents(pyz):
+    """One file serves every CPython 3.11-3.13 of this machine, without the CFFI backend."""
+    with open(pyz, "rb") as f:
+        assert f.readline() == b"#!/usr/bin/env python3\n"
+    with zipfile.ZipFile(pyz) as zf:
+        names = set(zf.namelist())
+        env = json.loads(zf.read("environment.json"))
+    for minor in PYTHONS:
+        tag = "cpython-" + minor.replace(".", "")
+        for pkg, mod in (("blake3", "blake3"), ("zstandard", "backend_c")):
+            assert any(n.startswith(f"site-packages/{pkg}/{mod}.") and tag in n for n in names), \
+                (pkg, minor)
+    assert {"site-packages/vocker.py", "site-packages/schema.sql", "__main__.py"} <= names
+    assert not [n for n in names if "cffi" in n]
+    assert env["entry_point"] == "vocker:main"
+    assert env["root"] == "~/.vocker/shiv"
+    assert env["reproducible"] is True
+    assert env["preamble"] == "vocker_preamble.py"
+
+
+def test_pyz_is_reproducible(pyz, tmp_path):
+    """A second build, from a fresh staging folder, gives the same bytes."""
+    again = _build(tmp_path / "vocker.pyz")
+    assert _sha256(again) == _sha256(pyz)
+
+
+def test_pyz_removes_stale_extractions(pyz, tmp_path):
+    """The preamble deletes extraction folders of other builds unused for 7 days."""
+    user = User(require_python("3.11"), pyz, tmp_path / "u")
+    root = user.shiv_root
+    old, recent, foreign = (root / "vocker.pyz_0123456789abcdef", root / "vocker.pyz_fedcba9876543210",
+                            root / "other.pyz_0123456789abcdef")
+    for d in (old, recent, foreign):
+        (d / "site-packages").mkdir(parents=True)
+    (root / ".vocker.pyz_0123456789abcdef_lock").touch()
+    ten_days_ago = time.time() - 10 * 86400
+    for d in (old, foreign):
+        os.utime(d, (ten_days_ago, ten_days_ago))
+    user.vocker("--version")
+    left = sorted(p.name for p in root.iterdir())
+    assert old.name not in left and ".vocker.pyz_0123456789abcdef_lock" not in left
+    assert recent.name in left and foreign.name in left
+    assert len([n for n in left if n.startswith("vocker.pyz_")]) == 2  # recent + current
+
+
+def test_strip_debug_elf(build_module, tmp_path):
+    """The pure-Python ``strip --strip-debug``: idempotent, leaves other files alone."""
+    strip = build_module.strip_debug_elf
+    assert strip(b"not an ELF file") is None
+    assert strip(b"\x7fELF" + b"\0" * 100) is None
+    wheels = sorted((REPO / "build" / "wheels").glob("*/cp311/zstandard-*linux*x86_64*.whl"))
+    if not wheels:
+        pytest.skip("no cached Linux zstandard wheel in build/wheels")
+    with zipfile.ZipFile(wheels[0]) as zf:
+        so = next(n for n in zf.namelist() if "backend_c" in n and n.endswith(".so"))
+        data = zf.read(so)
+    stripped = strip(data)
+    assert stripped is not None and len(stripped) < len(data) // 4
+    assert stripped[:0x28] == data[:0x28]
+    assert strip(stripped) is None  # nothing left to strip
