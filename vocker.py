@@ -2627,15 +2627,42 @@ def _write_file(root, rel, data):
     os.replace(tmp, path)
 
 
+def _clean_old(folder, age=3600):
+    """Remove what interrupted writers left in a repository's tmp/ folder."""
+    cutoff = time.time() - age
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            p = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                if os.stat(p).st_mtime < cutoff:
+                    os.unlink(p)
+
+
+_REPO_ENTRIES = {"tmp", "images", "packs", "index.json", REPO_MARKER, ".lock"}
+
+
+def _create_once(root, rel, data):
+    """Create ``rel`` with ``data`` unless it exists; safe against a racing writer."""
+    path = os.path.join(root, rel)
+    tmp = os.path.join(root, "tmp", uuid.uuid4().hex)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        _unlink_quiet(tmp)
+
+
 def repo_init(path):
-    """Make an empty repository folder (idempotent)."""
-    os.makedirs(os.path.join(path, "tmp"), exist_ok=True)
-    for d in ("images", "packs"):
+    """Make an empty repository folder (idempotent, safe when racing)."""
+    for d in ("tmp", "images", "packs"):
         os.makedirs(os.path.join(path, d), exist_ok=True)
-    if not os.path.exists(os.path.join(path, REPO_MARKER)):
-        _write_file(path, REPO_MARKER, REPO_MARKER_DATA)
-    if not os.path.exists(os.path.join(path, "index.json")):
-        _write_file(path, "index.json", _index_bytes({"format": 1, "images": {}, "tags": {}}))
+    _create_once(path, "index.json", _index_bytes({"format": 1, "images": {}, "tags": {}}))
+    _create_once(path, REPO_MARKER, REPO_MARKER_DATA)
     return {"path": os.path.abspath(path)}
 
 
@@ -2687,11 +2714,12 @@ def push(store, refs, repo, progress=None):
                          "push to the folder your web server serves")
     root = os.path.abspath(repo)
     if not os.path.isfile(os.path.join(root, REPO_MARKER)):
-        if os.path.exists(root) and os.listdir(root):
+        if os.path.exists(root) and set(os.listdir(root)) - _REPO_ENTRIES:
             raise InvalidInputError(f"{root} is not a vocker repository",
                                     "push to an empty folder or one made by 'vocker repo init'")
         repo_init(root)
     os.makedirs(os.path.join(root, "tmp"), exist_ok=True)
+    _clean_old(os.path.join(root, "tmp"))
     wanted = []
     for ref in refs:
         image_id = store.resolve_image(ref)

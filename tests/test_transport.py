@@ -584,3 +584,17 @@ def test_pull_load_ls_inspect_execute_nothing(images, tmp_path, serve, monkeypat
             store2.close()
     finally:
         store.close()
+
+
+def test_two_developers_pushing_at_once(images, tmp_path):
+    home, repo, a, b = images
+    target = tmp_path / "shared"
+    procs = [subprocess.Popen([*vocker_cmd(), "--home", str(home), "push", tag, str(target)],
+                              env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for tag in ("demo:1", "demo:2")]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    _repo_consistent(target)
+    index = json.loads((target / "index.json").read_text())
+    assert index["tags"] == {"demo:1": a, "demo:2": b}
