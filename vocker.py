@@ -609,7 +609,8 @@ class Store:
         except FileNotFoundError:
             pass
         tmp = self.tmp_path("blob")
-        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+        # single-threaded: zstd's worker threads cost ~30 MB each per file
+        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         h = blake3.blake3()
         with open(src_path, "rb") as fin, open(tmp, "wb") as fout:
             with cctx.stream_writer(fout, size=size, closefd=False) as w:
@@ -1257,15 +1258,19 @@ class Progress:
 
 class _FileJob:
     __slots__ = ("rel", "path", "st", "entry", "blob", "size", "csize", "template", "read",
-                 "new", "offset")
+                 "new", "offset", "readonly")
 
     def __init__(self, rel, path, st, entry):
-        self.rel, self.path, self.st, self.entry = rel, path, st, entry
+        # a compact stat: (dev, ino, size, mtime_ns, ctime_ns); a full
+        # os.stat_result costs ~600 bytes a file
+        self.rel, self.path, self.entry = rel, path, entry
+        self.st = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         self.blob = None
         self.size = st.st_size
         self.csize = None
         self.template = False
         self.read = False   # content was read (no cache hit)
+        self.readonly = not st.st_mode & 0o222
         self.new = False    # this commit added the blob: "pack" or "loose"
         self.offset = None
 
@@ -1442,19 +1447,20 @@ class Committer:
             cache[row[0]] = row[1:]
         pool_q = {}
         empty = _empty_id()
+        fixed_ns = FIXED_MTIME * 10**9
         for job in files:
             st = job.st
-            if st.st_size == 0:
+            if st[2] == 0:
                 job.blob = empty
                 continue
             if _is_record(job.rel):
                 continue
-            hit = cache.get(job.path)
-            if hit and hit[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            hit = cache.pop(job.path, None)
+            if hit and hit[:5] == st:
                 job.blob, job.template = hit[5], bool(hit[6])
                 continue
-            if st.st_mtime_ns == FIXED_MTIME * 10**9 and not st.st_mode & 0o222:
-                pool_q.setdefault(st.st_dev, {}).setdefault(st.st_ino, []).append(job)
+            if st[3] == fixed_ns and job.readonly:
+                pool_q.setdefault(st[0], {}).setdefault(st[1], []).append(job)
         for dev, by_ino in pool_q.items():
             inos = list(by_ino)
             for i in range(0, len(inos), 500):
@@ -1464,7 +1470,7 @@ class Committer:
                         f"SELECT ino, blob, size FROM pool_inodes WHERE dev=? AND ino IN ({q})",
                         [dev] + chunk):
                     for job in by_ino[ino]:
-                        if job.st.st_size == size:
+                        if job.st[2] == size:
                             job.blob = blob
         # every blob named by a cache must still be in the store
         known = {j.blob for j in files if j.blob}
@@ -1525,7 +1531,7 @@ class Committer:
             job.new = "pack"
 
     def _read_job(self, job):
-        size = job.st.st_size
+        size = job.st[2]
         if size <= SMALL_FILE:
             with open(job.path, "rb") as f:
                 data = f.read()
@@ -1582,7 +1588,7 @@ class Committer:
         if misses:
             workers = min(len(misses), COMMIT_THREADS)
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                for _ in pool.map(self._read_job, misses, chunksize=16):
+                for _ in _bounded_map(pool, self._read_job, misses, 4 * workers):
                     self.progress.update()
         templated = {j.rel for j in files if j.template}
         for job in records:
@@ -1627,6 +1633,18 @@ class Committer:
         self.files = files
         self.trees = trees
         return manifest
+
+
+def _bounded_map(pool, fn, items, window):
+    """pool.map that keeps at most ``window`` tasks in flight (flat memory)."""
+    import collections
+    pending = collections.deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def check_link_target(rel, target):
@@ -1742,10 +1760,8 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
                  for j in files if j.new]
     stat_rows = []
     for j in files:
-        if j.read and j.st.st_size:
-            st = j.st
-            stat_rows.append((j.path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                              st.st_ctime_ns, j.blob, int(j.template)))
+        if j.read and j.st[2]:
+            stat_rows.append((j.path, *j.st, j.blob, int(j.template)))
     try:
         with store.transaction() as db:
             db.executemany("INSERT OR IGNORE INTO blobs(id, size, csize, pack, offset) "
@@ -1765,7 +1781,7 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
     return {"id": image_id, "short_id": short_id(image_id), "tags": tags, "kind": manifest.kind,
             "python": manifest.python, "parent": manifest.parent, "files": len(files),
             "size": size, "files_read": sum(1 for j in files if j.read),
-            "bytes_read": sum(j.st.st_size for j in files if j.read),
+            "bytes_read": sum(j.st[2] for j in files if j.read),
             "seconds": round(time.monotonic() - t0, 3), "warnings": c.warnings}
 
 

@@ -36,6 +36,8 @@ For each scale (first 1/10 of --files/--size-mb, then the full size) it
    ========================  ================================================
    commit                    ``commit ENV --kind plain --json`` (empty store)
    re-commit                 the same again: must give the same ID
+   floor (not vocker)        the same python doing os.walk + lstat of ENV:
+                             the floor under any re-commit
    create --no-compile       ``create ID C1 --no-compile --json``
    commit C1 (unchanged)     ``commit C1 --kind plain --json``: must give the
                              same ID (the image's)
@@ -715,12 +717,14 @@ def verdicts(scales: list[dict], rss_budget_mb: float) -> list[tuple[bool, str]]
                     f"{S['label']}: peak RSS of every step ≤ {rss_budget_mb:.0f} MiB (max {peak:.0f} MiB)"))
     if len(scales) == 2:
         a, b = ({r["key"]: r for r in step_rows(S)} for S in scales)
+        dn = scales[1]["files"] - scales[0]["files"]
         for key, title in STEPS:
             if key in a and key in b:
                 ratio = b[key]["rss_mb"] / a[key]["rss_mb"]
+                slope = (b[key]["rss_mb"] - a[key]["rss_mb"]) * 1024 / dn if dn else 0
                 out.append((ratio <= FLAT_RATIO,
                             f"peak RSS flat across 10x ({title}): {a[key]['rss_mb']:.0f} → "
-                            f"{b[key]['rss_mb']:.0f} MiB, ×{ratio:.2f}"))
+                            f"{b[key]['rss_mb']:.0f} MiB, ×{ratio:.2f} ({slope:.2f} KiB per extra file)"))
         for key, title in STEPS[:5]:
             if key in a and key in b:
                 ratio = b[key]["us_per_file"] / a[key]["us_per_file"]
@@ -733,9 +737,13 @@ def verdicts(scales: list[dict], rss_budget_mb: float) -> list[tuple[bool, str]]
                 S["change_extra_seconds"] = extra
             ea, eb = scales[0]["change_extra_seconds"], scales[1]["change_extra_seconds"]
             ca, cb = scales[0]["changed"]["files"], scales[1]["changed"]["files"]
-            out.append((True, f"cost of the change (commit C1 changed − unchanged): "
-                              f"{ea:.2f} s for {ca} files → {eb:.2f} s for {cb} files "
-                              f"({ea / ca * 1e3:.2f} → {eb / cb * 1e3:.2f} ms per changed file)"))
+            out.append((True, f"(info) extra time of the 1% change over the unchanged commit of C1: "
+                              f"{ea:+.2f} s for {ca} files → {eb:+.2f} s for {cb} files "
+                              f"({ea / ca * 1e3:+.2f} → {eb / cb * 1e3:+.2f} ms per changed file); "
+                              f"the commit itself: {a['commit_c1_changed']['seconds']:.2f} → "
+                              f"{b['commit_c1_changed']['seconds']:.2f} s, of which the walk floor "
+                              f"is {a['walk']['seconds'] if 'walk' in a else float('nan'):.2f} → "
+                              f"{b['walk']['seconds'] if 'walk' in b else float('nan'):.2f} s"))
     return out
 
 
