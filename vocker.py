@@ -2374,8 +2374,9 @@ class HttpSource:
         self.lock = threading.RLock()
         self.bytes = 0
         self.requests = 0
-        self.no_range = set()   # files whose server ignored Range: fetched whole
-        self.whole = {}         # rel -> local copy of a whole file
+        self.range_ok = set()   # files the server answered with 206
+        self.file_locks = {}
+        self.whole = {}         # rel -> local copy of a file whose server ignored Range
         self.tmp_dir = None
 
     def _netrc_auth(self):
@@ -2426,8 +2427,8 @@ class HttpSource:
                             sink.seek(0)
                             sink.truncate()
                     if status == 200 and start is not None:
-                        resp.read()
-                        return None  # Range ignored: caller fetches the whole file
+                        self._keep_whole(rel, resp)  # Range ignored: keep the whole file
+                        return None
                     with self.lock:
                         self.requests += 1
                     while True:
@@ -2467,30 +2468,40 @@ class HttpSource:
     def get(self, rel, limit=MAX_META):
         return self._fetch(rel, limit=limit)
 
+    def _keep_whole(self, rel, resp):
+        path = os.path.join(self.tmp_dir or tempfile.gettempdir(), f"http-{uuid.uuid4().hex}")
+        with open(path, "wb") as f:
+            while True:
+                chunk = resp.read(CHUNK)
+                if not chunk:
+                    break
+                f.write(chunk)
+                with self.lock:
+                    self.bytes += len(chunk)
+        with self.lock:
+            self.requests += 1
+            self.whole[rel] = path
+
     def get_range(self, rel, offset, length):
-        if rel not in self.no_range:
+        with self.lock:
+            flock = self.file_locks.setdefault(rel, threading.Lock())
+        if rel not in self.range_ok:
+            with flock:  # the first read of a file learns whether Range works
+                if rel not in self.range_ok and rel not in self.whole:
+                    data = self._fetch(rel, offset, offset + length)
+                    if data is not None:
+                        self.range_ok.add(rel)
+                        return data
+        if rel in self.range_ok:
             data = self._fetch(rel, offset, offset + length)
             if data is not None:
                 return data
-            with self.lock:
-                self.no_range.add(rel)
-        path = self._whole(rel)
-        with open(path, "rb") as f:
+        with open(self.whole[rel], "rb") as f:
             f.seek(offset)
             data = f.read(length)
         if len(data) != length:
             raise InvalidInputError(f"{self.url}/{rel} is truncated")
         return data
-
-    def _whole(self, rel):
-        with self.lock:
-            path = self.whole.get(rel)
-            if path is None:
-                path = self.whole[rel] = os.path.join(self.tmp_dir or tempfile.gettempdir(),
-                                                      f"http-{uuid.uuid4().hex}")
-                with open(path, "wb") as f:
-                    self._fetch(rel, sink=f, limit=1 << 50)
-        return path
 
     def close(self):
         for p in self.whole.values():

@@ -65,6 +65,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self._send(status, body)
 
     def _send(self, status, body, ctype="application/octet-stream"):
+        self.server.sent = getattr(self.server, "sent", 0) + len(body)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -84,8 +85,10 @@ def serve():
         handler = lambda *a, **kw: _Handler(*a, directory=str(root), **kw)  # noqa: E731
         srv = _Server(("127.0.0.1", 0), handler)
         srv.mode = mode
+        srv.sent = 0
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
+        start.last = srv
         return f"http://127.0.0.1:{srv.server_address[1]}"
     yield start
     for s in servers:
@@ -188,9 +191,11 @@ def test_pull_from_python_http_server_subprocess(images, tmp_path):
         srv.wait()
 
 
-def test_only_missing_blobs_move(images, tmp_path, serve):
+@pytest.mark.parametrize("mode", ["range", "plain"])
+def test_only_missing_blobs_move(mode, images, tmp_path, serve):
     home, repo, a, b = images
-    url = serve(repo, "range")
+    url = serve(repo, mode)
+    server = serve.last
     store = vocker.Store(tmp_path / "home")
     try:
         vocker.pull(store, url, ["demo:1"])
@@ -198,8 +203,10 @@ def test_only_missing_blobs_move(images, tmp_path, serve):
         index = vocker.parse_blobs_file((repo / "images" / f"{b}.blobs").read_bytes(), b)
         lacking = sum(csize for blob, (size, pack, off, csize) in index.items() if blob not in have)
         image_size = sum(size for size, pack, off, csize in index.values())
+        server.sent = 0
         r = vocker.pull(store, url, ["demo:2"])
         assert r["images"][0]["fetched_blobs"] == len(set(index) - have)
+        assert server.sent == r["bytes"]  # what vocker reports is what crossed the wire
         assert 0 < r["bytes"] <= 1.2 * lacking + 0.02 * image_size, (r, lacking, image_size)
         assert r["requests"] <= 10
     finally:
