@@ -20,12 +20,14 @@ import re
 import shutil
 import sqlite3
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -1184,8 +1186,15 @@ def canonical_header(data):
     return data
 
 
-def render_template(data, values):
-    """Substitute placeholders; write the script header the target needs."""
+def render_template(data, values, posix_header=not WINDOWS):
+    """Substitute placeholders; write the script header the target needs.
+    Windows launchers (``MZ``...) are rendered structurally."""
+    if data[:2] == b"MZ":
+        if split_launcher(data) is not None:
+            return render_launcher(data, PH_ENV, values[PH_ENV])
+        if split_uv_trampoline(data) is not None:
+            return render_uv_trampoline(data, PH_ENV, values[PH_ENV])
+        raise InvalidInputError("an executable template is not a launcher vocker can render")
     header = _SIMPLE_HEADER.match(data)
     for ph in PLACEHOLDERS:
         if ph in data:
@@ -1197,7 +1206,7 @@ def render_template(data, values):
         rest = data[line_end + 1:]
         exe_len = len(header.group(1)) - len(PH_ENV) + len(values[PH_ENV])
         exe, post = data[2:2 + exe_len], data[2 + exe_len:line_end]
-        if not WINDOWS and (b" " in exe or line_end + 1 > SHEBANG_MAX):
+        if posix_header and (b" " in exe or line_end + 1 > SHEBANG_MAX):
             quoted = b'"' + exe + b'"' if b" " in exe else exe
             data = (b"#!/bin/sh\n'''exec' " + quoted + post + b' "$0" "$@"\n'
                     + b"' '''\n" + rest)
@@ -1210,6 +1219,776 @@ def path_spellings(path):
     real = os.path.realpath(path)
     out.add(real)
     return sorted(out)
+
+
+###############################################################################
+# Windows launchers ###########################################################
+###############################################################################
+
+# Console scripts on Windows are .exe launchers: a stub, a "#!" line naming the
+# environment's python.exe, and an appended zip. Their templates keep the
+# binary layout with the path replaced by a placeholder and the zip's
+# timestamps normalized; rendering changes the "#!" line only.
+
+class UnsupportedLauncherError(InvalidInputError, ValueError):
+    """The data is a launcher that embeds the environment path, but cannot be
+    templated safely (unsupported format, zip64, encrypted entries, or the
+    path also appears somewhere we do not know how to rewrite)."""
+
+
+#: The distlib launcher reads this many bytes before the zip to find ``#!``
+#: (``MAX_PATH``); a longer shebang line (including its line ending) makes
+#: the launcher fail with "Failed to find shebang" / a truncated path.
+LAUNCHER_SHEBANG_MAX = 260
+
+# How far before the zip we look for ``#!`` when *parsing* (more lenient than
+# the launcher itself, so we never mis-split an over-long but valid line).
+_SHEBANG_SEARCH_WINDOW = 32 * 1024
+
+_LFH_SIG = b"PK\x03\x04"
+_CDH_SIG = b"PK\x01\x02"
+_EOCD_SIG = b"PK\x05\x06"
+_ZIP64_LOCATOR_SIG = b"PK\x06\x07"
+_DD_SIG = b"PK\x07\x08"
+
+_LFH = struct.Struct("<4s5H3L2H")  # 30 bytes
+_CDH = struct.Struct("<4s6H3L5H2L")  # 46 bytes
+_EOCD = struct.Struct("<4s4H2LH")  # 22 bytes
+
+# DOS date/time for 1980-01-01 00:00:00
+_DOS_DATE_1980 = (0 << 9) | (1 << 5) | 1
+_DOS_TIME_0 = 0
+
+# Extra fields that carry timestamps or machine-specific ownership.
+_VOLATILE_EXTRA_IDS = frozenset(
+    {
+        0x000A,  # NTFS times
+        0x000D,  # PKWARE Unix (atime, mtime, uid, gid)
+        0x5455,  # "UT" extended timestamp
+        0x5855,  # "UX" Info-ZIP Unix, old (atime, mtime, uid, gid)
+        0x7855,  # "Ux" Info-ZIP Unix, new-ish (uid, gid)
+        0x7875,  # "ux" Info-ZIP Unix, newest (uid, gid)
+    }
+)
+
+_UV_TAIL_MAGICS = (b"UVUV", b"UVSC", b"UVPY")
+_UV_MAX_PATH_LEN = 32 * 1024
+_UV_RSRC_MARKER = "UV_TRAMPOLINE_KIND".encode("utf-16-le")
+
+_EXE_END_RE = re.compile(rb"\.exe(?=$|[\"\s])", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------
+# zip reading / writing
+# --------------------------------------------------------------------------
+
+
+class _ZipError(ValueError):
+    pass
+
+
+class _Entry:
+    __slots__ = (
+        "version_needed",
+        "flags",
+        "method",
+        "crc",
+        "csize",
+        "usize",
+        "name",
+        "cd_extra",
+        "local_extra",
+        "comment",
+        "data",
+    )
+
+
+def _find_eocd(data: bytes) -> int | None:
+    """Offset of the EOCD record whose comment ends exactly at ``len(data)``.
+
+    Searches backwards over the last 64 KiB + 22 bytes, as zip readers do, so
+    a zip comment (even one containing the signature) is handled."""
+    n = len(data)
+    lo = max(0, n - (_EOCD.size + 0xFFFF))
+    pos = data.rfind(_EOCD_SIG, lo)
+    while pos >= lo and pos != -1:
+        if pos + _EOCD.size <= n:
+            (comment_len,) = struct.unpack_from("<H", data, pos + 20)
+            if pos + _EOCD.size + comment_len == n:
+                return pos
+        pos = data.rfind(_EOCD_SIG, lo, pos + len(_EOCD_SIG) - 1)
+    return None
+
+
+def _read_zip(data: bytes, eocd_pos: int) -> tuple[int, list[_Entry], bytes]:
+    """Parse the zip whose EOCD is at ``eocd_pos``.
+
+    Returns ``(zip_start, entries, archive_comment)`` where ``zip_start`` is
+    where the archive begins inside ``data`` (``eocd - cd_size - cd_offset``,
+    like :mod:`zipfile`).  Raises :class:`_ZipError` on anything odd."""
+    if eocd_pos < 0 or eocd_pos + _EOCD.size > len(data):
+        raise _ZipError("EOCD out of range")
+    (_sig, disk, disk_cd, n_disk, n_total, cd_size, cd_off, clen) = _EOCD.unpack_from(
+        data, eocd_pos
+    )
+    if _sig != _EOCD_SIG:
+        raise _ZipError("bad EOCD signature")
+    if 0xFFFF in (disk, disk_cd, n_disk, n_total) or 0xFFFFFFFF in (cd_size, cd_off):
+        raise _ZipError("zip64 archives are not supported")
+    if eocd_pos >= 20 and data[eocd_pos - 20 : eocd_pos - 16] == _ZIP64_LOCATOR_SIG:
+        raise _ZipError("zip64 archives are not supported")
+    if disk != 0 or disk_cd != 0 or n_disk != n_total:
+        raise _ZipError("multi-disk archives are not supported")
+    comment = data[eocd_pos + _EOCD.size : eocd_pos + _EOCD.size + clen]
+    cd_start = eocd_pos - cd_size
+    zip_start = cd_start - cd_off
+    if cd_start < 0 or zip_start < 0:
+        raise _ZipError("central directory out of range")
+
+    entries: list[_Entry] = []
+    p = cd_start
+    for _ in range(n_total):
+        if p + _CDH.size > eocd_pos:
+            raise _ZipError("truncated central directory")
+        (
+            sig,
+            _made_by,
+            version_needed,
+            flags,
+            method,
+            _time,
+            _date,
+            crc,
+            csize,
+            usize,
+            nlen,
+            xlen,
+            mlen,
+            _disk_start,
+            _iattr,
+            _eattr,
+            hoff,
+        ) = _CDH.unpack_from(data, p)
+        if sig != _CDH_SIG:
+            raise _ZipError("bad central directory signature")
+        if 0xFFFFFFFF in (csize, usize, hoff):
+            raise _ZipError("zip64 entries are not supported")
+        q = p + _CDH.size
+        name = data[q : q + nlen]
+        cd_extra = data[q + nlen : q + nlen + xlen]
+        ecomment = data[q + nlen + xlen : q + nlen + xlen + mlen]
+        p = q + nlen + xlen + mlen
+        if p > eocd_pos:
+            raise _ZipError("truncated central directory entry")
+
+        lho = zip_start + hoff
+        if lho + _LFH.size > cd_start:
+            raise _ZipError("local header out of range")
+        (lsig, _lver, _lflags, _lmethod, _lt, _ld, _lcrc, _lcs, _lus, lnlen, lxlen) = (
+            _LFH.unpack_from(data, lho)
+        )
+        if lsig != _LFH_SIG:
+            raise _ZipError("bad local header signature")
+        lname_start = lho + _LFH.size
+        local_extra = data[lname_start + lnlen : lname_start + lnlen + lxlen]
+        data_start = lname_start + lnlen + lxlen
+        data_end = data_start + csize
+        if data_end > cd_start:
+            raise _ZipError("entry data out of range")
+
+        e = _Entry()
+        e.version_needed = version_needed
+        e.flags = flags
+        e.method = method
+        e.crc = crc
+        e.csize = csize
+        e.usize = usize
+        e.name = name
+        e.cd_extra = cd_extra
+        e.local_extra = local_extra
+        e.comment = ecomment
+        e.data = data[data_start:data_end]
+        entries.append(e)
+    if p != eocd_pos:
+        raise _ZipError("central directory size mismatch")
+    return zip_start, entries, comment
+
+
+def _strip_volatile_extra(extra: bytes) -> bytes:
+    """Drop timestamp / ownership extra fields; keep all others in order.
+    Malformed extra data is kept verbatim (it is still deterministic)."""
+    out = bytearray()
+    p = 0
+    while p < len(extra):
+        if p + 4 > len(extra):
+            return extra
+        hid, hlen = struct.unpack_from("<HH", extra, p)
+        if p + 4 + hlen > len(extra):
+            return extra
+        if hid not in _VOLATILE_EXTRA_IDS:
+            out += extra[p : p + 4 + hlen]
+        p += 4 + hlen
+    return bytes(out)
+
+
+def _write_zip(entries: list[_Entry], comment: bytes) -> bytes:
+    """Serialise entries as a normalised, standalone zip."""
+    out = bytearray()
+    cd = bytearray()
+    for e in entries:
+        if e.flags & 0x1:
+            raise _ZipError("encrypted entries are not supported")
+        flags = e.flags & ~0x0008  # no data descriptor: sizes are in the header
+        local_extra = _strip_volatile_extra(e.local_extra)
+        cd_extra = _strip_volatile_extra(e.cd_extra)
+        offset = len(out)
+        out += _LFH.pack(
+            _LFH_SIG,
+            e.version_needed,
+            flags,
+            e.method,
+            _DOS_TIME_0,
+            _DOS_DATE_1980,
+            e.crc,
+            e.csize,
+            e.usize,
+            len(e.name),
+            len(local_extra),
+        )
+        out += e.name
+        out += local_extra
+        out += e.data
+        version_made_by = max(20, e.version_needed & 0xFF)  # create_system 0 (MS-DOS)
+        external_attr = 0x10 if e.name.endswith(b"/") else 0  # MS-DOS dir bit
+        cd += _CDH.pack(
+            _CDH_SIG,
+            version_made_by,
+            e.version_needed,
+            flags,
+            e.method,
+            _DOS_TIME_0,
+            _DOS_DATE_1980,
+            e.crc,
+            e.csize,
+            e.usize,
+            len(e.name),
+            len(cd_extra),
+            len(e.comment),
+            0,
+            0,
+            external_attr,
+            offset,
+        )
+        cd += e.name
+        cd += cd_extra
+        cd += e.comment
+    if len(entries) > 0xFFFE or len(out) > 0xFFFFFFFE or len(cd) > 0xFFFFFFFE:
+        raise _ZipError("result would need zip64")
+    eocd = _EOCD.pack(
+        _EOCD_SIG, 0, 0, len(entries), len(entries), len(cd), len(out), len(comment)
+    )
+    return bytes(out) + bytes(cd) + eocd + comment
+
+
+def _read_standalone_zip(zip_bytes: bytes) -> tuple[list[_Entry], bytes]:
+    eocd = _find_eocd(zip_bytes)
+    if eocd is None:
+        raise _ZipError("no End Of Central Directory record at the end of the data")
+    start, entries, comment = _read_zip(zip_bytes, eocd)
+    if start != 0:
+        raise _ZipError("zip has %d bytes of prepended data; pass only the zip" % start)
+    return entries, comment
+
+
+def _entry_content(e: _Entry) -> bytes:
+    if e.method == 0:
+        content = e.data
+    elif e.method == 8:
+        d = zlib.decompressobj(-15)
+        content = d.decompress(e.data) + d.flush()
+    else:
+        raise _ZipError("compression method %d is not supported" % e.method)
+    if len(content) != e.usize or (zlib.crc32(content) & 0xFFFFFFFF) != e.crc:
+        raise _ZipError("entry %r fails its CRC/size check" % e.name)
+    return content
+
+
+def _set_entry_content(e: _Entry, content: bytes) -> None:
+    """Replace an entry's content, storing it uncompressed with a fresh CRC."""
+    e.method = 0
+    e.data = content
+    e.crc = zlib.crc32(content) & 0xFFFFFFFF
+    e.csize = e.usize = len(content)
+    e.flags &= ~0x0006  # deflate option bits mean nothing for stored data
+
+
+def normalize_zip(zip_bytes: bytes) -> bytes:
+    """Return ``zip_bytes`` rewritten deterministically.
+
+    * every entry's date/time becomes 1980-01-01 00:00:00 (local header and
+      central directory), and extra fields carrying timestamps or uid/gid
+      (``UT``, NTFS, ``UX``, ``ux``, PKWARE Unix) are dropped;
+    * "version made by" becomes 2.0 (or the entry's "version needed", if
+      higher) on create-system 0 (MS-DOS); external attributes become 0
+      (0x10, the MS-DOS directory bit, for names ending in ``/``); internal
+      attributes 0;
+    * data descriptors are dropped (sizes and CRC go into the local header);
+    * entries keep their central-directory order, names, comments, flags,
+      compression method and **compressed bytes unchanged**, so CRCs stay
+      valid; the archive comment is kept;
+    * offsets are recomputed, so the result is a valid standalone zip.
+
+    Zips differing only in timestamps/attributes normalise to identical
+    bytes.  Raises ``ValueError`` for data that is not a single standalone
+    zip (prepended/trailing data), zip64, multi-disk or encrypted archives.
+    """
+    entries, comment = _read_standalone_zip(bytes(zip_bytes))
+    return _write_zip(entries, comment)
+
+
+# --------------------------------------------------------------------------
+# path spellings
+# --------------------------------------------------------------------------
+
+
+def _strip_trailing_seps(p):
+    # Keep "C:\" and "\" intact: they are roots, not a path + separator.
+    sep = "\\/" if isinstance(p, str) else b"\\/"
+    q = p.rstrip(sep)
+    if not q or (len(q) == 2 and q[1:2] in (":", b":")):
+        return p[: len(q) + 1] if len(p) > len(q) else p
+    return q
+
+
+def windows_spellings(path: str) -> list[bytes]:
+    """All UTF-8 spellings of the Windows path ``path`` a file may contain.
+
+    Variants: as given, all-backslash, all-forward-slash, each with the drive
+    letter upper- and lower-case.  Trailing separators are dropped (except
+    for a bare root like ``C:\\``).  Result: longest first (all variants
+    have the same length today, so the order is stable: as-given first), no
+    duplicates.  ANSI-code-page encodings (for ``.bat`` files) and the
+    ``\\\\?\\`` prefix are out of scope."""
+    p = _strip_trailing_seps(path)
+    forms = [p, p.replace("/", "\\"), p.replace("\\", "/")]
+    out: list[bytes] = []
+    for f in forms:
+        cands = [f]
+        if len(f) >= 2 and f[1] == ":" and f[0].isascii() and f[0].isalpha():
+            cands += [f[0].upper() + f[1:], f[0].lower() + f[1:]]
+        for c in cands:
+            b = c.encode("utf-8")
+            if b not in out:
+                out.append(b)
+    out.sort(key=len, reverse=True)  # stable: keeps "as given" first
+    return out
+
+
+def _canon(b: bytes, ignore_case: bool) -> bytes:
+    b = b.replace(b"/", b"\\")
+    if ignore_case:
+        return b.lower()  # ASCII only, by design
+    if len(b) >= 2 and b[1:2] == b":":
+        return b[:1].lower() + b[1:]
+    return b
+
+
+def _match_env_prefix(path: bytes, env_spellings, ignore_case: bool) -> int | None:
+    """Length of the env-path prefix of ``path`` (followed by a separator),
+    or None.  Slashes and drive-letter case never matter."""
+    cp = _canon(path, ignore_case)
+    for s in sorted((bytes(x) for x in env_spellings), key=len, reverse=True):
+        s = _strip_trailing_seps(s)
+        if not s:
+            continue
+        cs = _canon(s, ignore_case)
+        if cs.endswith(b"\\"):  # a root like C:\ -- the separator is in it
+            if cp.startswith(cs) and len(cp) > len(cs):
+                return len(cs) - 1
+            continue
+        if cp.startswith(cs) and len(cp) > len(cs) and cp[len(cs) : len(cs) + 1] == b"\\":
+            return len(cs)
+    return None
+
+
+def _contains_env(data: bytes, env_spellings, ignore_case: bool) -> bool:
+    hay = data.lower() if ignore_case else data
+    for s in env_spellings:
+        s = _strip_trailing_seps(bytes(s))
+        if not s:
+            continue
+        variants = {s, s.replace(b"/", b"\\"), s.replace(b"\\", b"/")}
+        for v in list(variants):
+            if len(v) >= 2 and v[1:2] == b":":
+                variants.add(v[:1].upper() + v[1:])
+                variants.add(v[:1].lower() + v[1:])
+        for v in variants:
+            if (v.lower() if ignore_case else v) in hay:
+                return True
+    return False
+
+
+def _check_placeholder(placeholder: bytes) -> bytes:
+    placeholder = bytes(placeholder)
+    if not placeholder or any(c in placeholder for c in b'"\r\n\x00'):
+        raise ValueError("placeholder must be non-empty and free of quotes/newlines/NUL")
+    return placeholder
+
+
+def _check_env_path(env_path: bytes) -> bytes:
+    env_path = bytes(env_path)
+    if not env_path or any(c in env_path for c in b'"\r\n\x00'):
+        raise ValueError("env_path must be non-empty and free of quotes/newlines/NUL")
+    return _strip_trailing_seps(env_path)
+
+
+# --------------------------------------------------------------------------
+# distlib launchers
+# --------------------------------------------------------------------------
+
+
+def _split_launcher(data: bytes):
+    if len(data) < 64 or data[:2] != b"MZ":
+        return None
+    eocd = _find_eocd(data)
+    if eocd is None:
+        return None
+    try:
+        zip_start, entries, _comment = _read_zip(data, eocd)
+    except _ZipError:
+        return None
+    if not entries or zip_start < 4:
+        return None
+    lo = max(0, zip_start - _SHEBANG_SEARCH_WINDOW)
+    idx = data.rfind(b"#!", lo, zip_start)
+    if idx < 2:  # not found, or would leave no "MZ" stub
+        return None
+    line = data[idx:zip_start]
+    body = line.rstrip(b"\r\n")
+    term = line[len(body) :]
+    if not term or len(term) > 4 or len(body) <= 2:
+        return None
+    if b"\r" in body or b"\n" in body or b"\x00" in body:
+        return None
+    return data[:idx], line, data[zip_start:]
+
+
+def split_launcher(data: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """Split a distlib launcher into ``(stub, shebang_line, zip_bytes)``.
+
+    ``shebang_line`` includes its line ending exactly as written (pip on
+    Windows writes ``b'\\n\\r\\n'``, pypa/installer ``b'\\n'``);
+    ``stub + shebang_line + zip_bytes == data``.  The zip is located through
+    its End Of Central Directory record (searched from the end, zip comment
+    allowed, nothing may follow the comment); its start is ``eocd -
+    cd_size - cd_offset`` and its central directory and local headers must
+    parse.  The shebang is the last ``#!`` before the zip start (as the C
+    launcher does) and must run, without NUL/CR/LF, up to a 1-4 byte CR/LF
+    line ending that ends exactly at the zip start.  The stub must start
+    with ``MZ``.
+
+    Returns None for anything else; never raises on garbage."""
+    try:
+        return _split_launcher(bytes(data))
+    except Exception:  # pragma: no cover - belt and braces for garbage input
+        return None
+
+
+def _parse_shebang(line: bytes):
+    """``(exe, quoted, args, terminator)`` for a launcher shebang line, parsed
+    like the C launcher (``#!``, optional whitespace, a quoted executable or
+    one ending in ``.exe``), or None."""
+    body = line.rstrip(b"\r\n")
+    term = line[len(body) :]
+    if not body.startswith(b"#!"):
+        return None
+    rest = body[2:].lstrip(b" \t")
+    if rest.startswith(b'"'):
+        end = rest.find(b'"', 1)
+        if end < 2:
+            return None
+        return rest[1:end], True, rest[end + 1 :], term
+    m = _EXE_END_RE.search(rest)
+    if m is None:
+        return None
+    return rest[: m.end()], False, rest[m.end() :], term
+
+
+def launcher_template(
+    data: bytes,
+    env_spellings: list[bytes],
+    placeholder: bytes,
+    *,
+    ignore_case: bool = False,
+) -> bytes | None:
+    """Turn a distlib launcher for an environment into a template.
+
+    If ``data`` splits (see :func:`split_launcher`) and its shebang
+    executable lies inside the environment (any of ``env_spellings``; the
+    drive-letter case and ``\\`` vs ``/`` never matter; with
+    ``ignore_case=True`` the whole ASCII path is compared case-insensitively)
+    returns::
+
+        stub + b'#!"' + placeholder + rest_of_exe + b'"' + args + line_ending
+             + normalize_zip(zip)
+
+    i.e. the executable is always quoted in the template, ``rest_of_exe``
+    (e.g. ``\\Scripts\\python.exe``), any interpreter arguments and the
+    original line ending are kept verbatim.  Otherwise returns None.
+
+    Raises :class:`UnsupportedLauncherError` when the shebang names the
+    environment but the launcher cannot be templated (zip64/encrypted zip,
+    or an environment path also present outside the shebang)."""
+    placeholder = _check_placeholder(placeholder)
+    parts = split_launcher(data)
+    if parts is None:
+        return None
+    stub, line, zip_bytes = parts
+    parsed = _parse_shebang(line)
+    if parsed is None:
+        return None
+    exe, _quoted, args, term = parsed
+    n = _match_env_prefix(exe, env_spellings, ignore_case)
+    if n is None:
+        return None
+    rest = exe[n:]
+    if b'"' in rest or b'"' in args:
+        raise UnsupportedLauncherError("shebang %r has unexpected quotes" % line)
+    try:
+        zip_norm = normalize_zip(zip_bytes)
+    except ValueError as exc:
+        raise UnsupportedLauncherError(
+            "launcher names the environment but its zip cannot be normalised: %s" % exc
+        ) from None
+    template = stub + b'#!"' + placeholder + rest + b'"' + args + term + zip_norm
+    if _contains_env(template, env_spellings, ignore_case):
+        raise UnsupportedLauncherError(
+            "launcher still contains the environment path outside its shebang line"
+        )
+    return template
+
+
+def render_launcher(
+    template: bytes,
+    placeholder: bytes,
+    env_path: bytes,
+    *,
+    strict: bool = True,
+) -> bytes:
+    """Inverse of :func:`launcher_template`: a launcher for ``env_path``.
+
+    Only the shebang line is touched.  The executable ``env_path +
+    rest_of_exe`` is written the way distlib's ``enquote_executable`` does
+    (in double quotes if and only if it contains a space); arguments and the
+    template's line ending are kept.  Trailing separators of ``env_path``
+    are dropped.
+
+    Raises ``ValueError`` if ``template`` is not a launcher template for
+    ``placeholder``, or (``strict=True``) if the rendered shebang line would
+    be longer than :data:`LAUNCHER_SHEBANG_MAX` bytes, which the launcher
+    cannot read."""
+    placeholder = _check_placeholder(placeholder)
+    env_path = _check_env_path(env_path)
+    parts = split_launcher(template)
+    if parts is None:
+        raise ValueError("not a launcher template")
+    stub, line, zip_bytes = parts
+    parsed = _parse_shebang(line)
+    if parsed is None or not parsed[1] or not parsed[0].startswith(placeholder):
+        raise ValueError("template shebang %r does not start with the placeholder" % line)
+    exe, _quoted, args, term = parsed
+    exe = env_path + exe[len(placeholder) :]
+    exe_field = b'"' + exe + b'"' if b" " in exe else exe
+    new_line = b"#!" + exe_field + args + term
+    if strict and len(new_line) > LAUNCHER_SHEBANG_MAX:
+        raise ValueError(
+            "shebang line for %r is %d bytes; the Windows launcher only reads %d"
+            % (env_path, len(new_line), LAUNCHER_SHEBANG_MAX)
+        )
+    return stub + new_line + zip_bytes
+
+
+# --------------------------------------------------------------------------
+# uv trampolines
+# --------------------------------------------------------------------------
+
+
+def uv_trampoline_format(data: bytes) -> str | None:
+    """Which uv trampoline layout ``data`` uses, or None.
+
+    ``"UVUV"``, ``"UVSC"`` (script) and ``"UVPY"`` (python proxy) are the
+    tail layouts ``stub [+ zip] + utf8_path + u32le(len(path)) + magic``;
+    ``"rsrc"`` is the PE-resource layout of uv >= 0.8.x (detected by the
+    UTF-16 resource name ``UV_TRAMPOLINE_KIND`` that the trampoline binary
+    embeds).  Never raises."""
+    try:
+        data = bytes(data)
+        if len(data) < 64 or data[:2] != b"MZ":
+            return None
+        if _split_uv_tail(data) is not None:
+            return data[-4:].decode("ascii")
+        if _UV_RSRC_MARKER in data:
+            return "rsrc"
+    except Exception:  # pragma: no cover
+        return None
+    return None
+
+
+def is_uv_trampoline(data: bytes) -> bool:
+    """True if ``data`` is a uv trampoline executable of any known layout."""
+    return uv_trampoline_format(data) is not None
+
+
+def _split_uv_tail(data: bytes):
+    magic = data[-4:]
+    if magic not in _UV_TAIL_MAGICS or len(data) < 2 + 8:
+        return None
+    (plen,) = struct.unpack_from("<L", data, len(data) - 8)
+    if plen == 0 or plen > _UV_MAX_PATH_LEN or plen + 8 + 2 > len(data):
+        return None
+    path = data[len(data) - 8 - plen : len(data) - 8]
+    try:
+        path.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any(c in path for c in b"\x00\r\n"):
+        return None
+    front = data[: len(data) - 8 - plen]
+    if front[:2] != b"MZ":
+        return None
+    if magic == b"UVPY":
+        return front, b"", path, magic
+    eocd = _find_eocd(front)
+    if eocd is None:
+        return None
+    try:
+        zip_start, entries, _c = _read_zip(front, eocd)
+    except _ZipError:
+        return None
+    if not entries or zip_start < 2:
+        return None
+    return front[:zip_start], front[zip_start:], path, magic
+
+
+def split_uv_trampoline(data: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """Split a tail-layout uv trampoline into ``(stub, zip_bytes,
+    python_path, magic)`` (``zip_bytes == b''`` for ``UVPY``), so that
+    ``stub + zip_bytes + python_path + u32le(len(python_path)) + magic ==
+    data``.  None for anything else, including the PE-resource layout;
+    never raises."""
+    try:
+        return _split_uv_tail(bytes(data))
+    except Exception:  # pragma: no cover
+        return None
+
+
+def _uv_tail(stub: bytes, zip_bytes: bytes, path: bytes, magic: bytes) -> bytes:
+    return stub + zip_bytes + path + struct.pack("<L", len(path)) + magic
+
+
+def _rewrite_main_shebang(zip_bytes: bytes, fn) -> tuple[bytes, bool]:
+    """Normalise ``zip_bytes``; pass the executable of ``__main__.py``'s first
+    ``#!`` line to ``fn(exe) -> new_exe | None``.  Returns (zip, changed)."""
+    entries, comment = _read_standalone_zip(zip_bytes)
+    changed = False
+    for e in entries:
+        if e.name != b"__main__.py":
+            continue
+        content = _entry_content(e)
+        nl = content.find(b"\n")
+        first = content if nl < 0 else content[:nl]
+        body = first.rstrip(b"\r")
+        if not body.startswith(b"#!"):
+            continue
+        new_exe = fn(body[2:])
+        if new_exe is not None:
+            _set_entry_content(e, b"#!" + new_exe + content[len(body) :])
+            changed = True
+    return _write_zip(entries, comment), changed
+
+
+def uv_trampoline_template(
+    data: bytes,
+    env_spellings: list[bytes],
+    placeholder: bytes,
+    *,
+    ignore_case: bool = False,
+) -> bytes | None:
+    """Template a uv trampoline (tail layouts ``UVUV``/``UVSC``/``UVPY``).
+
+    The environment prefix is replaced by ``placeholder`` in the tail python
+    path (its length field is recomputed) and in the first ``#!`` line of
+    ``__main__.py`` (stored uncompressed with a fresh CRC); the zip is
+    normalised as by :func:`normalize_zip`.  Returns None if ``data`` is not
+    a uv trampoline, or is one that does not contain the environment path
+    (e.g. a ``--relocatable`` environment).
+
+    Raises :class:`UnsupportedLauncherError` for a PE-resource trampoline
+    (uv >= 0.8.x) that embeds the environment path, or if the path remains
+    somewhere else in the file."""
+    placeholder = _check_placeholder(placeholder)
+    data = bytes(data)
+    parts = split_uv_trampoline(data)
+    if parts is None:
+        if uv_trampoline_format(data) == "rsrc" and _contains_env(
+            data, env_spellings, ignore_case
+        ):
+            raise UnsupportedLauncherError(
+                "uv trampoline stores the Python path in PE resources "
+                "(uv >= 0.8 layout); rewriting it needs PE resource editing, "
+                "which is not supported. Create the environment with "
+                "`uv venv --relocatable` (relative Python path, nothing to "
+                "template) or install console scripts with pip."
+            )
+        return None
+    stub, zip_bytes, path, magic = parts
+
+    def swap(exe: bytes) -> bytes | None:
+        n = _match_env_prefix(exe, env_spellings, ignore_case)
+        return None if n is None else placeholder + exe[n:]
+
+    new_path = swap(path)
+    new_zip, zip_changed = zip_bytes, False
+    if zip_bytes:
+        try:
+            new_zip, zip_changed = _rewrite_main_shebang(zip_bytes, swap)
+        except ValueError as exc:
+            if new_path is None and not _contains_env(data, env_spellings, ignore_case):
+                return None
+            raise UnsupportedLauncherError(
+                "uv trampoline zip cannot be templated: %s" % exc
+            ) from None
+    if new_path is None and not zip_changed:
+        return None
+    template = _uv_tail(stub, new_zip, new_path if new_path is not None else path, magic)
+    if _contains_env(template, env_spellings, ignore_case):
+        raise UnsupportedLauncherError(
+            "uv trampoline still contains the environment path after templating"
+        )
+    return template
+
+
+def render_uv_trampoline(template: bytes, placeholder: bytes, env_path: bytes) -> bytes:
+    """Inverse of :func:`uv_trampoline_template`: substitute ``env_path`` for
+    ``placeholder`` at the start of the tail python path and of the
+    ``__main__.py`` shebang (written unquoted, as uv does); nowhere else.
+    Raises ``ValueError`` if ``template`` is not a tail-layout uv trampoline."""
+    placeholder = _check_placeholder(placeholder)
+    env_path = _check_env_path(env_path)
+    parts = split_uv_trampoline(template)
+    if parts is None:
+        raise ValueError("not a uv trampoline template")
+    stub, zip_bytes, path, magic = parts
+
+    def fill(exe: bytes) -> bytes | None:
+        return env_path + exe[len(placeholder) :] if exe.startswith(placeholder) else None
+
+    new_path = fill(path)
+    if new_path is None:
+        new_path = path
+    if zip_bytes:
+        zip_bytes, _ = _rewrite_main_shebang(zip_bytes, fill)
+    return _uv_tail(stub, zip_bytes, new_path, magic)
 
 
 ###############################################################################
@@ -1283,9 +2062,15 @@ def _is_record(rel):
 class Committer:
     """Turns one directory into trees, blobs and a manifest."""
 
-    def __init__(self, store, root, kind=None, python=None, labels=None, progress=None):
+    def __init__(self, store, root, kind=None, python=None, labels=None, progress=None,
+                 windows_path=None, python_info=None):
         self.store = store
         self.root = os.path.abspath(root)
+        # windows_path: test-only, commit this folder as if it were a Windows
+        # environment at that path (python_info then describes its base python)
+        self.windows_path = windows_path
+        self.win = WINDOWS or windows_path is not None
+        self.python_info = python_info
         self.kind = kind
         self.python_arg = python
         self.labels = dict(labels or {})
@@ -1315,7 +2100,12 @@ class Committer:
         if kind not in KINDS:
             raise UsageError(f"unknown kind {kind!r}", "use venv, standalone or plain")
         self.kind = kind
-        env_paths = path_spellings(root)
+        if self.windows_path is not None:
+            env_paths = windows_spellings(self.windows_path)
+        elif WINDOWS:
+            env_paths = windows_spellings(root)
+        else:
+            env_paths = path_spellings(root)
         exe_paths, home_paths, prompt = [], [], None
         if kind == "venv":
             cfg_path = os.path.join(root, "pyvenv.cfg")
@@ -1332,7 +2122,7 @@ class Committer:
                 candidates.append(self.python_arg)
             if cfg.get("executable"):
                 candidates.append(cfg["executable"])
-            bindir = os.path.join(root, "Scripts" if WINDOWS else "bin")
+            bindir = os.path.join(root, "Scripts" if self.win else "bin")
             links = []
             if os.path.isdir(bindir):
                 for name in sorted(os.listdir(bindir)):
@@ -1346,7 +2136,10 @@ class Committer:
             mm = ".".join(ver.split(".")[:2])
             for name in (f"python{mm}", "python3", "python", "python.exe"):
                 candidates.append(os.path.join(home, name))
-            info = None
+            info = self.python_info
+            if info is not None:
+                self.base_exe = info["executable"]
+                candidates = []
             for c in candidates:
                 if os.path.exists(c):
                     info = query_python(c)
@@ -1357,13 +2150,25 @@ class Committer:
                 raise PythonError(f"the base interpreter of {root} (home = {home}) does not run",
                                   "pass --python with the interpreter that made the venv")
             self.python = {k: info[k] for k in ("implementation", "version", "cache_tag", "platform")}
-            exe_paths = sorted({c for c in candidates[:2] + links if c}
-                               | {info["executable"], self.base_exe})
-            exe_paths = sorted(set(exe_paths) | {os.path.realpath(p) for p in exe_paths})
-            home_paths = sorted({home, os.path.realpath(home), os.path.dirname(info["executable"])})
+            if self.win:
+                from pathlib import PureWindowsPath
+                exe_paths = [b for p in {cfg.get("executable"), info["executable"]} if p
+                             for b in windows_spellings(p)]
+                home_paths = [b for p in {home, str(PureWindowsPath(info["executable"]).parent)}
+                              for b in windows_spellings(p)]
+            else:
+                exe_paths = sorted({c for c in candidates[:2] + links if c}
+                                   | {info["executable"], self.base_exe})
+                exe_paths = sorted(set(exe_paths) | {os.path.realpath(p) for p in exe_paths})
+                home_paths = sorted({home, os.path.realpath(home),
+                                     os.path.dirname(info["executable"])})
             self.pyvenv = {k: v for k, v in cfg.items() if k not in PYVENV_PATH_KEYS}
             if "prompt" not in cfg:
-                prompt = os.path.basename(root)
+                if self.windows_path is not None:
+                    from pathlib import PureWindowsPath
+                    prompt = PureWindowsPath(self.windows_path).name
+                else:
+                    prompt = os.path.basename(root)
         elif kind == "standalone":
             for name in ("bin/python3", "bin/python", "python.exe", "python"):
                 p = os.path.join(root, name)
@@ -1494,7 +2299,16 @@ class Committer:
         if name == "uv_cache.json" and job.rel.rsplit("/", 2)[-2].endswith(".dist-info"):
             data = normalize_uv_cache(data)
         norm = self.cfg_norm if job.rel == "pyvenv.cfg" else self.env_norm
-        if norm.find(data):
+        if self.win and data[:2] == b"MZ" and name.lower().endswith(".exe"):
+            needles = self.env_norm.env_needles
+            tpl = launcher_template(data, needles, PH_ENV, ignore_case=True)
+            if tpl is None and is_uv_trampoline(data):
+                tpl = uv_trampoline_template(data, needles, PH_ENV, ignore_case=True)
+            if tpl is not None:
+                data = tpl
+                job.template = True
+                norm = None
+        if norm is not None and norm.find(data):
             if b"\0" in data:
                 self.warnings.append(
                     f"{job.rel}: holds the environment's path inside binary data; "
@@ -1736,11 +2550,16 @@ def _cctx():
     return c
 
 
-def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=None):
-    """Commit the environment at ``path``; returns a dict describing the image."""
+def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=None,
+           windows_path=None, python_info=None):
+    """Commit the environment at ``path``; returns a dict describing the image.
+
+    ``windows_path``/``python_info`` are for tests: commit a folder holding a
+    Windows-shaped venv as if it lived at that Windows path."""
     t0 = time.monotonic()
     tags = [normalize_tag(t) for t in tags]
-    c = Committer(store, path, kind=kind, python=python, labels=labels, progress=progress)
+    c = Committer(store, path, kind=kind, python=python, labels=labels, progress=progress,
+                  windows_path=windows_path, python_info=python_info)
     try:
         manifest = c.run()
         pack_id = c.pack.finish()
@@ -1880,11 +2699,18 @@ class Creator:
     """Materializes one image at one path."""
 
     def __init__(self, store, image_id, target, link_mode="auto", python=None,
-                 compile=True, progress=None):
+                 compile=True, progress=None, windows_path=None, python_info=None):
         self.store = store
         self.image_id = image_id
         self.manifest = store.manifest(image_id)
         self.target = os.path.abspath(target)
+        # windows_path: test-only, materialize here as if at that Windows path
+        # (python_info then names the base interpreter; nothing is compiled)
+        self.windows_path = windows_path
+        self.win = WINDOWS or windows_path is not None
+        self.python_info = python_info
+        if windows_path is not None:
+            compile = False
         self.python_arg = python
         self.compile = compile
         self.progress = progress or Progress("creating", enabled=False)
@@ -1902,11 +2728,24 @@ class Creator:
         if m.kind == "venv":
             if m.python is None:
                 raise InvalidInputError("venv image has no python requirement")
+            if self.python_info is not None:
+                if not python_matches(self.python_info, m.python):
+                    raise PythonError("the given interpreter does not match the image")
+                self.exe, self.info = self.python_info["executable"], self.python_info
+                return
             row = self.store.db.execute("SELECT base_exe FROM images WHERE id=?",
                                         (self.image_id,)).fetchone()
             self.exe, self.info = find_python(m.python, self.python_arg, row[0] if row else None)
 
     def values(self):
+        if self.windows_path is not None:
+            from pathlib import PureWindowsPath
+            w = PureWindowsPath(self.windows_path)
+            v = {PH_ENV: str(w).encode("utf-8"), PH_PROMPT: w.name.encode("utf-8")}
+            if self.exe:
+                v[PH_PYEXE] = self.exe.encode("utf-8")
+                v[PH_PYHOME] = str(PureWindowsPath(self.exe).parent).encode("utf-8")
+            return v
         v = {PH_ENV: os.fsencode(self.target),
              PH_PROMPT: os.path.basename(self.target).encode("utf-8")}
         if self.exe:
@@ -1983,7 +2822,8 @@ class Creator:
                 if self.compile and _is_compilable(rel, self.manifest.kind):
                     py_files.append((rel, e.ref, executable))
             else:
-                data = render_template(self.store.read_blob(e.ref), values)
+                data = render_template(self.store.read_blob(e.ref), values,
+                                       posix_header=not self.win)
                 fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
                              0o755 if e.type == T_TEMPLATE_EXEC else 0o644)
                 with os.fdopen(fd, "wb") as f:
@@ -2120,13 +2960,17 @@ class Creator:
                 "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached}
 
 
-def create(store, image, path, link_mode="auto", python=None, compile=True, progress=None):
-    """Create a container of ``image`` at ``path``; returns a dict describing it."""
+def create(store, image, path, link_mode="auto", python=None, compile=True, progress=None,
+           windows_path=None, python_info=None):
+    """Create a container of ``image`` at ``path``; returns a dict describing it.
+
+    ``windows_path``/``python_info`` are for tests (see :func:`commit`)."""
     t0 = time.monotonic()
     if link_mode not in LINK_MODES:
         raise UsageError(f"unknown link mode {link_mode!r}", "use auto, reflink, hardlink or copy")
     image_id = store.resolve_image(image)
-    c = Creator(store, image_id, path, link_mode, python, compile, progress)
+    c = Creator(store, image_id, path, link_mode, python, compile, progress,
+                windows_path, python_info)
     result = c.run()
     result["seconds"] = round(time.monotonic() - t0, 3)
     return result
