@@ -9,11 +9,14 @@ reflinks or hardlinks, with ``.pyc`` files compiled once and shared.
 Usage: ``vocker --help``. Formats and rules: README.md.
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
 
 import argparse
 import contextlib
 import errno
+import itertools
 import json
 import os
 import re
@@ -557,6 +560,7 @@ class Store:
             raise _store_problem(self.home, exc) from None
         self._clean_tmp()
         self._pool_gen = {}
+        self._valid = set()  # object IDs whose format digest_to_path has checked
 
     def _check_writable(self):
         probe = os.path.join(self.tmp_dir, f".probe-{uuid.uuid4().hex}")
@@ -565,11 +569,18 @@ class Store:
         os.unlink(probe)
 
     def _clean_tmp(self):
-        """Remove staging left by crashed processes (older than an hour)."""
+        """Remove staging left by crashed processes (older than an hour) and
+        files that could not be deleted earlier (tmp/trash)."""
         cutoff = time.time() - 3600
+        trash = os.path.join(self.tmp_dir, "trash")
+        if os.path.isdir(trash):
+            with contextlib.suppress(OSError):
+                rmtree(trash)
         with os.scandir(self.tmp_dir) as it:
             for entry in it:
                 try:
+                    if entry.name == "trash":
+                        continue
                     if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                         if entry.is_dir(follow_symlinks=False):
                             rmtree(entry.path)
@@ -577,6 +588,18 @@ class Store:
                             os.unlink(entry.path)
                 except OSError:
                     pass
+
+    def trash_dir_for(self, path):
+        """Where files that cannot be deleted now go: the store's tmp/trash
+        when on the same volume (a rename cannot cross volumes), else a
+        hidden folder beside ``path``."""
+        trash = os.path.join(self.tmp_dir, "trash")
+        try:
+            if os.stat(self.tmp_dir).st_dev == os.stat(os.path.dirname(path)).st_dev:
+                return trash
+        except OSError:
+            pass
+        return os.path.join(os.path.dirname(path), ".vocker-trash")
 
     def close(self):
         for f in self._packs.values():
@@ -691,7 +714,12 @@ class Store:
 
     def pool_path(self, object_id, executable=False, gen=0):
         suffix = (".x" if executable else "") + (f".{gen}" if gen else "")
-        return digest_to_path(self.pool_dir, object_id, depth=1, suffix=suffix)
+        if object_id in self._valid:  # already checked (it came from a parsed tree)
+            return f"{self.pool_dir}{os.sep}{object_id[:2]}{os.sep}{object_id}{suffix}"
+        path = digest_to_path(self.pool_dir, object_id, depth=1, suffix=suffix)
+        if len(self._valid) < 1_000_000:
+            self._valid.add(object_id)
+        return path
 
     def current_pool_path(self, blob_id, executable):
         return self.pool_path(blob_id, executable, self._pool_gen.get((blob_id, executable), 0))
@@ -843,23 +871,42 @@ def _unlink_quiet(path):
         pass
 
 
-def rmtree(path):
-    """Delete a tree, clearing read-only bits where the platform needs it."""
+def rmtree(path, trash=None):
+    """Delete a tree. Read-only bits are cleared before a delete (Windows
+    refuses to delete read-only files); a file that still cannot be deleted
+    (Windows: in use) is renamed into ``trash``, to be deleted later."""
     def onerror(func, p, exc_info):
         exc = exc_info[1]
         if isinstance(exc, FileNotFoundError):
             return
         try:
             os.chmod(p, stat.S_IWRITE | stat.S_IREAD | stat.S_IEXEC)
-            parent = os.path.dirname(p)
-            os.chmod(parent, 0o755)
+            os.chmod(os.path.dirname(p), 0o755)
             func(p)
+            return
         except FileNotFoundError:
-            pass
+            return
+        except OSError:
+            if trash is None or func not in (os.unlink, os.remove):
+                raise
+        os.makedirs(trash, exist_ok=True)
+        os.replace(p, os.path.join(trash, uuid.uuid4().hex))
     if sys.version_info >= (3, 12):
         shutil.rmtree(path, onexc=lambda f, p, e: onerror(f, p, (type(e), e, None)))
     else:
         shutil.rmtree(path, onerror=onerror)
+
+
+def extended_path(path, windows=None):
+    """On Windows, the ``\\\\?\\`` form of a long absolute path (past 260 characters
+    plain Win32 calls fail); unchanged elsewhere."""
+    if not (WINDOWS if windows is None else windows):
+        return path
+    if path.startswith("\\\\?\\") or len(path) < 240:
+        return path
+    if path.startswith("\\\\"):   # \\server\share\... -> \\?\UNC\server\share\...
+        return "\\\\?\\UNC\\" + path[2:]
+    return "\\\\?\\" + path
 
 
 ###############################################################################
@@ -2195,8 +2242,15 @@ class Committer:
                 items = sorted(it, key=lambda e: os.fsencode(e.name))
         except OSError as exc:
             raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from None
+        folded = set()
         for e in items:
             name = e.name
+            key = name.casefold()
+            if key in folded and not (name == "__pycache__" or name.endswith((".pyc", ".pyo"))):
+                raise InvalidInputError(
+                    f"cannot commit {e.path}: another name in that folder differs only by case",
+                    "rename one of them: images must work on case-insensitive disks")
+            folded.add(key)
             st = e.stat(follow_symlinks=False)
             mode = st.st_mode
             if name == "__pycache__" and stat.S_ISDIR(mode):
@@ -2205,6 +2259,8 @@ class Committer:
                 continue
             try:
                 validate_name(name)
+                if self.win:
+                    check_windows_name(name)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"cannot commit {e.path}: {exc.message}",
                                         "rename the file") from None
@@ -2398,6 +2454,8 @@ class Committer:
         self._lookup_known(files)
         records = [j for j in files if _is_record(j.rel) and not j.blob]
         misses = [j for j in files if not j.blob and not _is_record(j.rel)]
+        # largest first: a big file started last would leave the other threads idle
+        misses.sort(key=lambda j: -j.st[2])
         self.progress.update(len(files) - len(misses) - len(records))
         if misses:
             workers = min(len(misses), COMMIT_THREADS)
@@ -2776,14 +2834,17 @@ class Creator:
                                 "choose a new path, or remove it first (vocker rm PATH)")
         self.resolve_python()
         dirs, files, links = _image_plan(store, m)
+        if self.win:  # names Windows cannot hold are refused before anything is written
+            for rel in itertools.chain(dirs, (r for r, _ in files), (r for r, _ in links)):
+                check_windows_name(rel.rsplit("/", 1)[-1])
         values = self.values()
         self.progress.total = len(files)
         parent = os.path.dirname(target)
         try:
             os.makedirs(parent, exist_ok=True)
             _remove_stale_stages(parent, os.path.basename(target))
-            stage = os.path.join(parent, f".{os.path.basename(target)}.vocker-"
-                                         f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            stage = extended_path(os.path.join(parent, f".{os.path.basename(target)}.vocker-"
+                                                       f"{os.getpid()}-{uuid.uuid4().hex[:8]}"))
             os.mkdir(stage)
         except OSError as exc:
             raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
@@ -3048,7 +3109,7 @@ def remove_container(store, path):
         if not os.path.isdir(target) or os.path.islink(target):
             raise InvalidInputError(f"{target} is not a directory", "remove it by hand")
         try:
-            rmtree(target)
+            rmtree(extended_path(target), trash=store.trash_dir_for(target))
         except OSError as exc:
             raise EnvironmentProblem(f"cannot delete {target}: {exc.strerror}",
                                      "close programs using it and retry") from None
@@ -4110,9 +4171,14 @@ def main(argv=None):
         except SystemExit as exc:  # --help and --version
             return exc.code if isinstance(exc.code, int) else EXIT_OK
         if _IMPORT_ERROR is not None:
+            here = f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform}"
+            if sys.argv and sys.argv[0].lower().endswith(".pyz"):
+                raise EnvironmentProblem(
+                    f"this vocker.pyz has no blake3/zstandard modules for {here}",
+                    "run it with CPython 3.11-3.14 (py -3.12 vocker.pyz ...), or get the "
+                    "universal build (build_zipapp.py --universal)")
             raise EnvironmentProblem(
-                f"vocker needs the blake3 and zstandard modules ({_IMPORT_ERROR}) for "
-                f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform}",
+                f"vocker needs the blake3 and zstandard modules ({_IMPORT_ERROR}) for {here}",
                 "install them (pip install blake3 zstandard) or use a vocker.pyz built "
                 "for this Python")
         if not getattr(args, "func", None):

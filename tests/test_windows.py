@@ -529,6 +529,7 @@ def test_uv_pe_resource_trampoline_is_detected_and_refused():
 import hashlib  # noqa: E402
 
 import vocker  # noqa: E402
+from vocker import Tree, TreeEntry  # noqa: E402
 
 WIN_PY = {"implementation": "cpython", "version": "3.11.7", "cache_tag": "cpython-311",
           "platform": "win-amd64", "executable": r"C:\Python311\python.exe", "in_venv": False}
@@ -628,3 +629,107 @@ def test_windows_create_writes_launchers_for_the_new_path(tmp_path):
     record = (out / "Lib" / "site-packages" / "vockdemo-1.0.dist-info" / "RECORD").read_bytes()
     assert b"../../Scripts/vockdemo.exe,,\r\n" in record
     assert _record_hash(CORE_PY).encode() in record
+
+
+# --------------------------------------------------------------------------
+# Windows filesystem rules, with injected failures
+# --------------------------------------------------------------------------
+
+
+def _plain_image(tmp_path, names=("a.txt", "sub/b.txt")):
+    src = tmp_path / "src"
+    for n in names:
+        (src / n).parent.mkdir(parents=True, exist_ok=True)
+        (src / n).write_text(f"content of {n}\n")
+    store = vocker.Store(tmp_path / "home")
+    return store, vocker.commit(store, src, kind="plain")["id"]
+
+
+def test_file_in_use_is_renamed_away_and_deleted_later(tmp_path, monkeypatch):
+    store, image = _plain_image(tmp_path)
+    try:
+        vocker.create(store, image, tmp_path / "c", link_mode="copy")
+        real_unlink = os.unlink
+        busy = {"on": True}
+
+        def unlink(path, *a, **kw):   # Windows: a file another process has open
+            if busy["on"] and os.fspath(path).endswith("b.txt"):
+                raise PermissionError(13, "The process cannot access the file", path)
+            return real_unlink(path, *a, **kw)
+        monkeypatch.setattr(os, "unlink", unlink)
+        vocker.remove_container(store, str(tmp_path / "c"))
+        assert not (tmp_path / "c").exists()
+        trash = tmp_path / "home" / "tmp" / "trash"
+        assert [p.read_text() for p in trash.iterdir()] == ["content of sub/b.txt\n"]
+        busy["on"] = False
+    finally:
+        store.close()
+    vocker.Store(tmp_path / "home").close()   # the next start finishes the delete
+    assert not trash.exists()
+
+
+def test_read_only_files_are_cleared_before_delete(tmp_path, monkeypatch):
+    d = tmp_path / "tree"
+    (d / "x").mkdir(parents=True)
+    (d / "x" / "ro.txt").write_text("r")
+    os.chmod(d / "x" / "ro.txt", 0o444)
+    real_unlink = os.unlink
+
+    def unlink(path, *a, dir_fd=None, **kw):  # Windows refuses to delete read-only files
+        full = os.path.join(f"/proc/self/fd/{dir_fd}", path) if dir_fd is not None else path
+        if not os.stat(full).st_mode & 0o200:
+            raise PermissionError(13, "Access is denied", path)
+        return real_unlink(path, *a, dir_fd=dir_fd, **kw)
+    monkeypatch.setattr(os, "unlink", unlink)
+    vocker.rmtree(str(d))
+    assert not d.exists()
+
+
+@pytest.mark.parametrize("name", ["CON", "nul.txt", "COM1.py", "trailing.", "trailing ", "a:b"])
+def test_names_windows_cannot_hold_are_refused_for_a_windows_target(name, tmp_path):
+    store, image = _plain_image(tmp_path, names=("ok.txt", f"pkg/{name}"))
+    try:
+        with pytest.raises(vocker.InvalidInputError):
+            vocker.create(store, image, tmp_path / "c", windows_path=r"C:\envs\c")
+        assert not (tmp_path / "c").exists()
+        # committed as a Windows environment, the same folder is refused too
+        with pytest.raises(vocker.InvalidInputError, match="cannot commit"):
+            vocker.commit(store, tmp_path / "src", kind="plain", windows_path=r"C:\envs\src")
+        # a POSIX target is fine
+        vocker.create(store, image, tmp_path / "posix")
+    finally:
+        store.close()
+
+
+def test_names_colliding_by_case_are_refused(tmp_path):
+    """Images must work on case-insensitive disks (Windows, macOS)."""
+    with pytest.raises(vocker.InvalidInputError, match="differs only by case"):
+        _plain_image(tmp_path, names=("pkg/Readme.txt", "pkg/README.txt"))
+    # an image that has them anyway (made by hand, or hostile) is refused on create
+    store, image = _plain_image(tmp_path / "ok", names=("pkg/Readme.txt",))
+    try:
+        t = Tree([TreeEntry("README.txt", "f", vocker._empty_id()),
+                  TreeEntry("Readme.txt", "f", vocker._empty_id())])
+        top = Tree([TreeEntry("pkg", "d", t.id)])
+        m = vocker.Manifest("plain", top.id)
+        with store.transaction() as db:
+            db.execute("INSERT INTO trees VALUES (?,?)", (t.id, t.serialize()))
+            db.execute("INSERT INTO trees VALUES (?,?)", (top.id, top.serialize()))
+            db.execute("INSERT INTO images(id, manifest, created) VALUES (?,?,0)",
+                       (m.id, m.serialize()))
+        with pytest.raises(vocker.InvalidInputError, match="collide by case"):
+            vocker.create(store, m.id, tmp_path / "c")
+        assert not (tmp_path / "c").exists()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("C:\\" + "a" * 300, "\\\\?\\C:\\" + "a" * 300),
+    ("\\\\srv\\share\\" + "b" * 300, "\\\\?\\UNC\\srv\\share\\" + "b" * 300),
+    ("C:\\short", "C:\\short"),
+    ("\\\\?\\C:\\" + "c" * 300, "\\\\?\\C:\\" + "c" * 300),
+])
+def test_long_paths_use_the_extended_form_on_windows(path, expected):
+    assert vocker.extended_path(path, windows=True) == expected
+    assert vocker.extended_path(path, windows=False) == path

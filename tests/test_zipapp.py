@@ -129,6 +129,16 @@ def test_pyz_as_a_user(pyz, minor, tmp_path, wheelhouse):
     assert list(user.cwd.iterdir()) == [], "vocker.pyz wrote into the current folder"
 
 
+@pytest.mark.parametrize("minor", ["3.9", "3.10"])
+def test_pyz_on_a_python_it_lacks_modules_for_says_so(pyz, minor, tmp_path):
+    user = User(require_python(minor), pyz, tmp_path)
+    assert user.vocker("--version").stdout.strip() == f"vocker {_vocker_version()}"
+    proc = user.vocker("--home", user.home, "images", rc=6)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "this vocker.pyz has no blake3/zstandard modules" in lines[0]
+    assert f"Python {minor}" in lines[0] and "Traceback" not in proc.stderr
+
+
 def test_pyz_contents(pyz):
     """One file serves every CPython 3.11-3.13 of this machine, without the CFFI backend."""
     with open(pyz, "rb") as f:
@@ -189,3 +199,21 @@ def test_strip_debug_elf(build_module, tmp_path):
     assert stripped is not None and len(stripped) < len(data) // 4
     assert stripped[:0x28] == data[:0x28]
     assert strip(stripped) is None  # nothing left to strip
+
+
+def test_universal_build_holds_every_platforms_extension_modules(tmp_path):
+    """--universal: one file with blake3 and zstandard for Windows (amd64, arm64),
+    Linux (x86_64, aarch64) and macOS (arm64), CPython 3.11-3.14, within 15 MB."""
+    out = _build(tmp_path / "universal.pyz", "--universal")
+    assert out.stat().st_size <= 15_000_000
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+    assert not [n for n in names if "cffi" in n]
+    for minor in ("311", "312", "313", "314"):
+        for pkg, mod in (("blake3", "blake3"), ("zstandard", "backend_c")):
+            mods = [n for n in names if n.startswith(f"site-packages/{pkg}/{mod}.")]
+            assert any(f"cp{minor}-win_amd64.pyd" in n for n in mods), (pkg, minor, "win_amd64")
+            assert any(f"cp{minor}-win_arm64.pyd" in n for n in mods), (pkg, minor, "win_arm64")
+            assert any(f"cpython-{minor}-x86_64-linux-gnu.so" in n for n in mods), (pkg, minor)
+            assert any(f"cpython-{minor}-aarch64-linux-gnu.so" in n for n in mods), (pkg, minor)
+            assert any(f"cpython-{minor}-darwin.so" in n for n in mods), (pkg, minor, "macOS")
