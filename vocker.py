@@ -779,7 +779,7 @@ class Store:
         self.materialize_pool(blob_id, executable, new_inodes, gen)
         return path
 
-    def ingest_pool_file(self, tmp, new_inodes):
+    def ingest_pool_file(self, tmp):
         """Move a finished file (a compiled .pyc) into the pool by its hash."""
         with open(tmp, "rb") as f:
             data = f.read()
@@ -2953,7 +2953,7 @@ class Creator:
             results = self._run_compilers(exe, todo)
             for (idx, src, cfile, rel), blob in zip(todo, first):
                 if results.get(idx):
-                    pyc, _ = store.ingest_pool_file(cfile, self.new_inodes)
+                    pyc, _ = store.ingest_pool_file(cfile)
                     known[blob] = pyc
                     self.pyc_compiled += 1
                 else:
@@ -4184,7 +4184,8 @@ def main(argv=None):
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_USAGE
-        store = Store(args.home or default_home())
+        if args.func is not cmd_repo:  # repo init/ls need no local store
+            store = Store(args.home or default_home())
         return args.func(store, args)
     except VockerError as exc:
         if debug:

@@ -5,7 +5,7 @@ import os
 import pytest
 
 import vocker
-from conftest import PYTHONS, cli, make_venv, require_python, run
+from conftest import cli, make_venv, require_python, run
 
 VERSIONS = ["3.9", "3.11", "3.13"]
 

@@ -1,8 +1,6 @@
 """Environment -> image -> container, with real pip and uv venvs."""
 
 import os
-import pathlib
-import subprocess
 
 import pytest
 

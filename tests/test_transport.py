@@ -4,7 +4,6 @@ import http.server
 import json
 import os
 import random
-import shutil
 import signal
 import socketserver
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import zstandard
 
 import vocker
-from conftest import DEMO_PACKAGES, clean_env, cli, make_venv, require_python, run, vocker_cmd
+from conftest import clean_env, cli, make_venv, require_python, run, vocker_cmd
 from vocker import PH_ENV, Manifest, Tree, TreeEntry, hash_bytes
 
 # ------------------------------------------------------------------ servers
@@ -216,7 +215,7 @@ def test_only_missing_blobs_move(mode, images, tmp_path, serve):
 def test_save_and_load(images, tmp_path):
     home, repo, a, b = images
     out = tmp_path / "demo.vocker"
-    p = cli("save", "demo:1", "demo:2", "-o", out, home=home, check=True)
+    cli("save", "demo:1", "demo:2", "-o", out, home=home, check=True)
     assert out.is_file()
     h2 = tmp_path / "h2"
     r = json.loads(cli("load", out, "--json", home=h2, check=True).stdout)
@@ -557,7 +556,7 @@ def test_interrupted_push_and_pull_leave_both_sides_consistent(images, tmp_path)
                     assert _image_complete(store, image["id"])
             finally:
                 store.close()
-    p = cli("pull", str(target), "demo:1", "demo:2", "--json", home=h2, check=True)
+    cli("pull", str(target), "demo:1", "demo:2", "--json", home=h2, check=True)
     store = vocker.Store(h2)
     try:
         assert {i["id"] for i in vocker.list_images(store)} == {a, b}
