@@ -2053,7 +2053,7 @@ def _empty_id():
 
 
 class Progress:
-    """A one-line counter on stderr, shown only on a terminal."""
+    """A one-line counter (objects, and bytes when known) on stderr."""
 
     def __init__(self, label, total=0, enabled=None):
         if enabled is None:
@@ -2062,23 +2062,30 @@ class Progress:
         self.label = label
         self.total = total
         self.done = 0
+        self.total_bytes = 0
+        self.bytes = 0
         self._last = 0.0
+        self._width = 0
 
-    def update(self, n=1, label=None):
+    def update(self, n=1, label=None, nbytes=0):
         self.done += n
+        self.bytes += nbytes
         if label:
             self.label = label
         if self.enabled:
             now = time.monotonic()
             if now - self._last > 0.1 or self.done >= self.total:
                 self._last = now
-                total = f"/{self.total}" if self.total else ""
-                sys.stderr.write(f"\r{self.label}: {self.done}{total}   ")
+                text = f"{self.label}: {self.done}" + (f"/{self.total}" if self.total else "")
+                if self.total_bytes:
+                    text += f" objects, {human_size(self.bytes)}/{human_size(self.total_bytes)}"
+                self._width = max(self._width, len(text))
+                sys.stderr.write("\r" + text.ljust(self._width))
                 sys.stderr.flush()
 
     def close(self):
         if self.enabled and self.done:
-            sys.stderr.write("\r" + " " * (len(self.label) + 30) + "\r")
+            sys.stderr.write("\r" + " " * self._width + "\r")
             sys.stderr.flush()
 
 
@@ -3804,6 +3811,7 @@ def _fetch_blobs(store, src, missing, index, progress):
     rows = []
     if progress is not None:
         progress.total = len(missing)
+        progress.total_bytes = sum(index[b][3] for b in missing)
 
     def one(job):
         pack, (start, end, items) = job
@@ -3823,7 +3831,7 @@ def _fetch_blobs(store, src, missing, index, progress):
                     offset = writer.append(cdata)
                     rows.append([b, size, len(cdata), None, offset])
                     if progress is not None:
-                        progress.update()
+                        progress.update(nbytes=len(cdata))
         pack_id = writer.finish()
     except BaseException:
         writer.abort()
@@ -3915,7 +3923,14 @@ def _when(ts):
 
 
 def _progress(args, label):
-    return Progress(label, enabled=sys.stderr.isatty() and not args.quiet and not args.json)
+    """Progress on stderr: on a terminal by default; --progress forces it (for
+    installers that read stderr), --no-progress and -q turn it off."""
+    mode = getattr(args, "progress", None)
+    if mode is None:
+        enabled = sys.stderr.isatty() and not args.quiet and not args.json
+    else:
+        enabled = mode
+    return Progress(label, enabled=enabled)
 
 
 def cmd_commit(store, args):
@@ -4080,6 +4095,8 @@ def build_parser():
     p.add_argument("--home", metavar="DIR", help="store folder (default: $VOCKER_HOME, "
                    "else the user data dir)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress on stderr (default: only on a terminal)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     common.add_argument("-q", "--quiet", action="store_true", help="print only IDs or nothing")

@@ -184,3 +184,12 @@ def test_read_only_store_is_a_clear_error(tmp_path):
         assert "store" in p.stderr and "writable" in p.stderr
     finally:
         subprocess.run(["umount", str(home)], check=True)
+
+
+def test_progress_only_on_request_when_not_a_terminal(plain_home, tmp_path):
+    home, ids, base = plain_home
+    quiet = cli("create", "plain:1", str(tmp_path / "a"), home=home, check=True)
+    assert quiet.stderr == ""                      # not a terminal: no progress
+    forced = cli("--progress", "create", "plain:1", str(tmp_path / "b"), home=home, check=True)
+    assert "creating: 1/1" in forced.stderr
+    assert forced.stdout.startswith("created ")   # stdout stays clean for scripts
