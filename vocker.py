@@ -3617,12 +3617,16 @@ def _repo_lock(root, timeout=120):
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.write(fd, f"{os.getpid()} {_hostname()}\n".encode())
             os.close(fd)
             break
         except FileExistsError:
-            with contextlib.suppress(OSError):
-                if time.time() - os.stat(path).st_mtime > 600:
+            with contextlib.suppress(OSError, ValueError):
+                with open(path, encoding="utf-8") as f:
+                    pid, host = f.read().split()
+                # a lock left by a killed vocker on this machine, or a very old one
+                if (host == _hostname() and not _pid_alive(int(pid))) or \
+                        time.time() - os.stat(path).st_mtime > 600:
                     os.unlink(path)
                     continue
             if time.monotonic() > deadline:
@@ -3633,6 +3637,11 @@ def _repo_lock(root, timeout=120):
         yield
     finally:
         _unlink_quiet(path)
+
+
+def _hostname():
+    import socket
+    return socket.gethostname() or "localhost"
 
 
 def _repo_blobs(root):

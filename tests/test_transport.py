@@ -604,3 +604,15 @@ def test_two_developers_pushing_at_once(images, tmp_path):
     _repo_consistent(target)
     index = json.loads((target / "index.json").read_text())
     assert index["tags"] == {"demo:1": a, "demo:2": b}
+
+
+def test_lock_left_by_a_killed_push_is_broken(images, tmp_path):
+    home, repo, a, b = images
+    target = tmp_path / "repo"
+    vocker.repo_init(str(target))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (target / ".lock").write_text(f"{dead.pid} {vocker._hostname()}\n")
+    p = cli("push", "demo:1", str(target), home=home, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert not (target / ".lock").exists()
