@@ -2091,7 +2091,7 @@ class Progress:
 
 class _FileJob:
     __slots__ = ("rel", "path", "st", "entry", "blob", "size", "csize", "template", "read",
-                 "new", "offset", "readonly")
+                 "new", "offset", "readonly", "linked")
 
     def __init__(self, rel, path, st, entry):
         # a compact stat: (dev, ino, size, mtime_ns, ctime_ns); a full
@@ -2104,6 +2104,7 @@ class _FileJob:
         self.template = False
         self.read = False   # content was read (no cache hit)
         self.readonly = not st.st_mode & 0o222
+        self.linked = st.st_nlink > 1
         self.new = False    # this commit added the blob: "pack" or "loose"
         self.offset = None
 
@@ -2327,19 +2328,24 @@ class Committer:
             if hit and hit[:5] == st:
                 job.blob, job.template = hit[5], bool(hit[6])
                 continue
-            if st[3] == fixed_ns and job.readonly:
+            if job.linked:  # maybe a hardlink of a pool file
                 pool_q.setdefault(st[0], {}).setdefault(st[1], []).append(job)
+        damaged = {}
         for dev, by_ino in pool_q.items():
             inos = list(by_ino)
             for i in range(0, len(inos), 500):
                 chunk = inos[i:i + 500]
                 q = ",".join("?" * len(chunk))
-                for ino, blob, size in db.execute(
-                        f"SELECT ino, blob, size FROM pool_inodes WHERE dev=? AND ino IN ({q})",
-                        [dev] + chunk):
+                for ino, blob, size, exe in db.execute(
+                        f"SELECT ino, blob, size, exec FROM pool_inodes "
+                        f"WHERE dev=? AND ino IN ({q})", [dev] + chunk):
                     for job in by_ino[ino]:
-                        if job.st[2] == size:
+                        if job.st[2] == size and job.st[3] == fixed_ns and job.readonly:
                             job.blob = blob
+                        else:  # written through a hardlink: the pool copy changed too
+                            damaged[(dev, ino)] = (blob, bool(exe), job.rel)
+        if damaged:
+            self._drop_damaged_pool(damaged)
         # every blob named by a cache must still be in the store
         known = {j.blob for j in files if j.blob}
         present = set()
@@ -2355,6 +2361,29 @@ class Committer:
                     job.read = True
                     continue
                 job.blob, job.template = None, False
+
+    def _drop_damaged_pool(self, damaged):
+        """Pool files that were modified through a container's hardlink no
+        longer match their blob: unlink them (the next create rebuilds them
+        from the compressed blob) and say so."""
+        db = self.store.db
+        with self.store.transaction():
+            for (dev, ino), (blob, exe, rel) in damaged.items():
+                for gen in range(0, 64):
+                    path = self.store.pool_path(blob, exe, gen)
+                    try:
+                        st = os.stat(path)
+                    except FileNotFoundError:
+                        if gen:
+                            break
+                        continue
+                    if (st.st_dev, st.st_ino) == (dev, ino):
+                        _unlink_quiet(path)
+                        break
+                db.execute("DELETE FROM pool_inodes WHERE dev=? AND ino=?", (dev, ino))
+                self.warnings.append(
+                    f"{rel} was changed in place while hardlinked to the store; the store's "
+                    "copy was dropped (other containers made with hardlinks see the change)")
 
     def _content(self, job, data):
         """Normalize, hash and store bytes of one file."""

@@ -100,3 +100,27 @@ def test_pip_changes_in_one_container_touch_nothing_else(two_containers, wheelho
     # the upgraded container commits to a child of the image
     r = vocker.commit(store, c1)
     assert r["parent"] == image and r["id"] != image
+
+
+def test_file_changed_through_a_hardlink_is_detected_and_the_pool_copy_dropped(tmp_path,
+                                                                                pip_venvs):
+    store = vocker.Store(tmp_path / "store")
+    try:
+        image = vocker.commit(store, pip_venvs[0])["id"]
+        c = tmp_path / "c"
+        vocker.create(store, image, c, compile=False)
+        site = next((c / "lib").glob("python3.*/site-packages"))
+        victim = site / "vockbig" / "m05.py"
+        assert victim.stat().st_nlink >= 2
+        os.chmod(victim, 0o644)                  # defeat the read-only guard...
+        with open(victim, "ab") as f:            # ...and write through the hardlink
+            f.write(b"# edited in place\n")
+        r = vocker.commit(store, c)
+        assert r["id"] != image and any("changed in place" in w for w in r["warnings"])
+        # the damaged pool copy is gone; a new container gets the original bytes back
+        vocker.create(store, image, tmp_path / "c2", compile=False)
+        fresh = next((tmp_path / "c2" / "lib").glob("python3.*/site-packages")) / "vockbig" / "m05.py"
+        assert b"edited in place" not in fresh.read_bytes()
+        assert vocker.commit(store, tmp_path / "c2")["id"] == image
+    finally:
+        store.close()
