@@ -3341,11 +3341,11 @@ class HttpSource:
             conn = self.local.conn = cls(self.host, self.port, timeout=self.timeout)
         return conn
 
-    def _fetch(self, rel, start=None, end=None, sink=None, limit=MAX_META):
+    def _fetch(self, rel, start=None, end=None, limit=MAX_META):
         """GET ``rel`` (bytes start..end-1 if given); resumes after a cut."""
         import http.client
         url = f"{self.url}/{rel}"
-        got = bytearray() if sink is None else None
+        got = bytearray()
         received = 0
         attempt = 0
         while True:
@@ -3362,11 +3362,7 @@ class HttpSource:
                 if status in (200, 206):
                     if status == 200 and received:
                         received = 0  # server restarted from the beginning
-                        if got is not None:
-                            got.clear()
-                        else:
-                            sink.seek(0)
-                            sink.truncate()
+                        got.clear()
                     if status == 200 and start is not None:
                         self._keep_whole(rel, resp)  # Range ignored: keep the whole file
                         return None
@@ -3381,13 +3377,12 @@ class HttpSource:
                             self.bytes += len(chunk)
                         if start is None and received > limit:
                             raise InvalidInputError(f"{url} is too large")
-                        if got is not None:
-                            got += chunk
-                        else:
-                            sink.write(chunk)
+                        if start is not None and received > end - start:
+                            raise InvalidInputError(f"{url}: the server sent more than was asked")
+                        got += chunk
                     if start is not None and received != end - start:
                         raise http.client.IncompleteRead(b"", end - start - received)
-                    return bytes(got) if got is not None else received
+                    return bytes(got)
                 resp.read()
                 if status == 404:
                     raise NotFoundError("repository file", url)
