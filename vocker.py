@@ -496,10 +496,12 @@ class PackWriter:
     creating thousands of small files costs more than compressing them.
     """
 
-    def __init__(self, store):
-        self.store = store
+    def __init__(self, tmp, packs_dir, readonly=True):
+        """Write to ``tmp``; finish() moves it to ``packs_dir/<hash>.pack``."""
+        self.packs_dir = packs_dir
+        self.readonly = readonly
         self.lock = threading.Lock()
-        self.tmp = store.tmp_path("pack")
+        self.tmp = tmp
         self.f = open(self.tmp, "wb")
         self.h = blake3.blake3()
         self.offset = 0
@@ -521,9 +523,10 @@ class PackWriter:
             return None
         os.fsync(self.f.fileno())
         self.f.close()
-        os.chmod(self.tmp, 0o444)
+        if self.readonly:
+            os.chmod(self.tmp, 0o444)
         self.id = self.h.hexdigest()
-        os.replace(self.tmp, self.store.pack_path(self.id))
+        os.replace(self.tmp, os.path.join(self.packs_dir, self.id + ".pack"))
         return self.id
 
     def abort(self):
@@ -653,6 +656,9 @@ class Store:
         os.replace(tmp, path)
         return os.stat(path).st_size
 
+    def pack_writer(self):
+        return PackWriter(self.tmp_path("pack"), self.packs_dir)
+
     def pack_path(self, pack_id):
         return os.path.join(self.packs_dir, check_id(pack_id, "pack") + ".pack")
 
@@ -755,14 +761,8 @@ class Store:
 
     def pooled(self, blob_ids):
         """{(blob, executable)} that have a recorded pool copy."""
-        out = set()
-        ids = list(blob_ids)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            q = ",".join("?" * len(chunk))
-            out.update((b, bool(x)) for b, x in self.db.execute(
-                f"SELECT blob, exec FROM pool_inodes WHERE blob IN ({q})", chunk))
-        return out
+        return {(b, bool(x)) for b, x in select_in(
+            self.db, "SELECT blob, exec FROM pool_inodes WHERE blob IN ({q})", blob_ids)}
 
     def next_pool_generation(self, blob_id, executable, new_inodes):
         """The pool file hit its link limit: start a fresh copy."""
@@ -849,6 +849,15 @@ def _makedirs(d):
     if d not in _made_dirs:
         os.makedirs(d, exist_ok=True)
         _made_dirs.add(d)
+
+
+def select_in(db, sql, values, params=()):
+    """Rows of ``sql`` (which holds one ``IN ({q})``) for all ``values``,
+    queried 500 at a time (SQLite limits the number of parameters)."""
+    values = list(values)
+    for i in range(0, len(values), 500):
+        chunk = values[i:i + 500]
+        yield from db.execute(sql.format(q=",".join("?" * len(chunk))), [*params, *chunk])
 
 
 def _atomic_write(path, data, tmp_dir=None):
@@ -2332,28 +2341,19 @@ class Committer:
                 pool_q.setdefault(st[0], {}).setdefault(st[1], []).append(job)
         damaged = {}
         for dev, by_ino in pool_q.items():
-            inos = list(by_ino)
-            for i in range(0, len(inos), 500):
-                chunk = inos[i:i + 500]
-                q = ",".join("?" * len(chunk))
-                for ino, blob, size, exe in db.execute(
-                        f"SELECT ino, blob, size, exec FROM pool_inodes "
-                        f"WHERE dev=? AND ino IN ({q})", [dev] + chunk):
-                    for job in by_ino[ino]:
-                        if job.st[2] == size and job.st[3] == fixed_ns and job.readonly:
-                            job.blob = blob
-                        else:  # written through a hardlink: the pool copy changed too
-                            damaged[(dev, ino)] = (blob, bool(exe), job.rel)
+            for ino, blob, size, exe in select_in(
+                    db, "SELECT ino, blob, size, exec FROM pool_inodes "
+                        "WHERE dev=? AND ino IN ({q})", by_ino, (dev,)):
+                for job in by_ino[ino]:
+                    if job.st[2] == size and job.st[3] == fixed_ns and job.readonly:
+                        job.blob = blob
+                    else:  # written through a hardlink: the pool copy changed too
+                        damaged[(dev, ino)] = (blob, bool(exe), job.rel)
         if damaged:
             self._drop_damaged_pool(damaged)
         # every blob named by a cache must still be in the store
         known = {j.blob for j in files if j.blob}
-        present = set()
-        ids = list(known)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            q = ",".join("?" * len(chunk))
-            present.update(r[0] for r in db.execute(f"SELECT id FROM blobs WHERE id IN ({q})", chunk))
+        present = {r[0] for r in select_in(db, "SELECT id FROM blobs WHERE id IN ({q})", known)}
         for job in files:
             if job.blob and job.blob not in present:
                 if job.blob == empty:
@@ -2481,7 +2481,7 @@ class Committer:
     def run(self):
         """Build the image; the caller must finish() or abort() the pack."""
         self.prepare()
-        self.pack = PackWriter(self.store)
+        self.pack = self.store.pack_writer()
         dirs, files, links = {}, [], []
         self._walk("", dirs, files, links)
         for rel, entry in links:
@@ -2723,17 +2723,18 @@ for idx, src, cfile, dfile in jobs:
 """
 
 
-def _image_plan(store, manifest):
-    """Walk an image's trees: (dirs, files, links) with validated relative paths."""
-    dirs, files, links = [], [], []
-    stack = [("", manifest.root)]
-    seen_trees = 0
+def walk_image(get_tree, root):
+    """Yield ``(relative path, entry)`` for every entry below tree ``root``,
+    parents before children. Refuses names that collide by case (images must
+    work on case-insensitive disks) and absurdly deep or large trees.
+    ``get_tree(id)`` returns a parsed, verified Tree."""
+    stack, count = [("", root)], 0
     while stack:
         rel, tree_id = stack.pop()
-        tree = store.tree(tree_id)
-        seen_trees += 1
-        if seen_trees > 1_000_000:
-            raise InvalidInputError("image has too many directories")
+        tree = get_tree(tree_id)
+        count += 1
+        if count > 1_000_000:
+            raise InvalidInputError("image tree is too deep or too large")
         folded = set()
         for e in tree.entries:
             key = e.name.casefold()
@@ -2743,12 +2744,32 @@ def _image_plan(store, manifest):
             folded.add(key)
             child = f"{rel}/{e.name}" if rel else e.name
             if e.type == T_DIR:
-                dirs.append(child)
+                if child.count("/") > 256:
+                    raise InvalidInputError("image tree is too deep or too large")
                 stack.append((child, e.ref))
-            elif e.type in LINK_TYPES:
-                links.append((child, e))
-            else:
-                files.append((child, e))
+            yield child, e
+
+
+def check_link_template(rel, tpl):
+    """Raise unless a templated symlink target starts with exactly one
+    placeholder and never climbs with ``..`` (so it cannot leave the
+    environment, nor wander from the base interpreter)."""
+    rest = tpl.replace(b"\\", b"/")
+    if not tpl.startswith((PH_ENV, PH_PYEXE, PH_PYHOME)) or \
+            b".." in rest.split(b"/") or tpl.count(PH_MARK) != 1:
+        raise InvalidInputError(f"symlink {rel} points outside the environment")
+
+
+def _image_plan(store, manifest):
+    """Walk an image's trees: (dirs, files, links) with validated relative paths."""
+    dirs, files, links = [], [], []
+    for child, e in walk_image(store.tree, manifest.root):
+        if e.type == T_DIR:
+            dirs.append(child)
+        elif e.type in LINK_TYPES:
+            links.append((child, e))
+        else:
+            files.append((child, e))
     dirs.sort(key=lambda r: r.count("/"))
     return dirs, files, links
 
@@ -2853,14 +2874,8 @@ class Creator:
             check_link_target(rel, target)
             return target
         tpl = bytes.fromhex(entry.ref)
-        if not tpl.startswith((PH_ENV, PH_PYEXE, PH_PYHOME)):
-            raise InvalidInputError(f"symlink template {rel} does not start with a placeholder")
-        target = os.fsdecode(render_template(tpl, values))
-        if tpl.startswith(PH_ENV):
-            rest = tpl[len(PH_ENV):].replace(b"\\", b"/")
-            if b".." in rest.split(b"/") or PH_MARK in rest:
-                raise InvalidInputError(f"symlink {rel} points outside the environment")
-        return target
+        check_link_template(rel, tpl)
+        return os.fsdecode(render_template(tpl, values))
 
     def run(self):
         store, m = self.store, self.manifest
@@ -2961,15 +2976,9 @@ class Creator:
         exe, tag = self._pyc_interpreter(stage)
         if not exe:
             return
-        blobs = sorted({b for _, b, _ in py_files})
-        known = {}
-        for i in range(0, len(blobs), 500):
-            chunk = blobs[i:i + 500]
-            q = ",".join("?" * len(chunk))
-            for src, pyc in db.execute(
-                    f"SELECT source, pyc FROM pyc_cache WHERE cache_tag=? AND opt=0 AND source IN ({q})",
-                    [tag] + chunk):
-                known[src] = pyc
+        known = dict(select_in(
+            db, "SELECT source, pyc FROM pyc_cache WHERE cache_tag=? AND opt=0 AND source IN ({q})",
+            sorted({b for _, b, _ in py_files}), (tag,)))
         for b in list(known):
             if known[b] and not os.path.exists(store.pool_path(known[b])):
                 del known[b]
@@ -3527,36 +3536,22 @@ def check_image_trees(trees, root, local_windows=None):
     Returns the set of blob IDs the image needs."""
     if local_windows is None:
         local_windows = WINDOWS
-    need, stack, seen = set(), [("", root)], set()
-    while stack:
-        rel, tid = stack.pop()
+
+    def get_tree(tid):
         tree = trees.get(tid)
         if tree is None:
             raise InvalidInputError(f"tree {short_id(tid)} is missing from the image")
-        folded = set()
-        for e in tree.entries:
-            if local_windows:
-                check_windows_name(e.name)
-            key = e.name.casefold()
-            if key in folded:
-                raise InvalidInputError(f"names collide by case in {rel or '.'}: {e.name!r}")
-            folded.add(key)
-            child = f"{rel}/{e.name}" if rel else e.name
-            if e.type == T_DIR:
-                if child.count("/") > 256 or len(seen) > 1_000_000:
-                    raise InvalidInputError("image tree is too deep or too large")
-                seen.add(e.ref)
-                stack.append((child, e.ref))
-            elif e.type == T_SYMLINK:
-                check_link_target(child, e.target)
-            elif e.type == T_SYMLINK_TEMPLATE:
-                tpl = bytes.fromhex(e.ref)
-                rest = tpl.replace(b"\\", b"/")
-                if not tpl.startswith((PH_ENV, PH_PYEXE, PH_PYHOME)) or \
-                        b".." in rest.split(b"/") or tpl.count(PH_MARK) != 1:
-                    raise InvalidInputError(f"symlink {child} points outside the environment")
-            else:
-                need.add(e.ref)
+        return tree
+    need = set()
+    for child, e in walk_image(get_tree, root):
+        if local_windows:
+            check_windows_name(e.name)
+        if e.type == T_SYMLINK:
+            check_link_target(child, e.target)
+        elif e.type == T_SYMLINK_TEMPLATE:
+            check_link_template(child, bytes.fromhex(e.ref))
+        elif e.type != T_DIR:
+            need.add(e.ref)
     return need
 
 
@@ -3579,15 +3574,20 @@ def _image_objects(store, image_id):
     return bytes(row[0]), trees, sorted(blobs)
 
 
-def _write_file(root, rel, data):
-    path = os.path.join(root, *rel.split("/"))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(root, "tmp", f"{uuid.uuid4().hex}")
+def _write_tmp(root, data):
+    """A durable (fsynced) temporary file in a repository's tmp/ folder."""
+    tmp = os.path.join(root, "tmp", uuid.uuid4().hex)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return tmp
+
+
+def _write_file(root, rel, data):
+    path = os.path.join(root, *rel.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.replace(_write_tmp(root, data), path)
 
 
 def _clean_old(folder, age=3600):
@@ -3607,11 +3607,7 @@ _REPO_ENTRIES = {"tmp", "images", "packs", "index.json", REPO_MARKER, ".lock"}
 def _create_once(root, rel, data):
     """Create ``rel`` with ``data`` unless it exists; safe against a racing writer."""
     path = os.path.join(root, rel)
-    tmp = os.path.join(root, "tmp", uuid.uuid4().hex)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    tmp = _write_tmp(root, data)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -3703,25 +3699,22 @@ def push(store, refs, repo, progress=None):
         manifest, trees, blobs = _image_objects(store, image_id)
         missing = [b for b in blobs if b not in have]
         if missing:
-            tmp = os.path.join(root, "tmp", f"pack-{uuid.uuid4().hex}")
-            h, offset, entries = blake3.blake3(), 0, []
-            with open(tmp, "wb") as f:
+            writer = PackWriter(os.path.join(root, "tmp", f"pack-{uuid.uuid4().hex}"),
+                                os.path.join(root, "packs"), readonly=False)
+            entries = []
+            try:
                 for b in missing:
-                    size, csize, pack, off = store._blob_row(b)
-                    _, src, _ = store._open_blob(b)
-                    with src:
-                        cdata = src.read()
+                    size, f, csize = store._open_blob(b)
+                    with f:
+                        cdata = f.read()
                     if len(cdata) != csize:
                         raise IntegrityError("blob", b, "is truncated in the local store")
-                    f.write(cdata)
-                    h.update(cdata)
-                    entries.append((b, size, offset, csize))
-                    offset += csize
+                    entries.append((b, size, writer.append(cdata), csize))
                     sent += csize
-                f.flush()
-                os.fsync(f.fileno())
-            pack_id = h.hexdigest()
-            os.replace(tmp, os.path.join(root, "packs", pack_id + ".pack"))
+                pack_id = writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
             for b, size, off, csize in entries:
                 have[b] = (size, pack_id, off, csize)
         lines = [f"{b} {have[b][0]} {have[b][1]} {have[b][2]} {have[b][3]}\n" for b in blobs]
@@ -3791,13 +3784,8 @@ def _pull_one(store, src, image_id, tag, progress):
         if lacking:
             raise InvalidInputError(f"image {short_id(image_id)}: blob index lacks "
                                     f"{len(lacking)} blob(s) the trees name")
-        have = set()
         ids = sorted(need)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            q = ",".join("?" * len(chunk))
-            have.update(r[0] for r in store.db.execute(
-                f"SELECT id FROM blobs WHERE id IN ({q})", chunk))
+        have = {r[0] for r in select_in(store.db, "SELECT id FROM blobs WHERE id IN ({q})", ids)}
         missing = [b for b in ids if b not in have]
         rows = _fetch_blobs(store, src, missing, index, progress)
         fetched = len(rows)
@@ -3840,7 +3828,7 @@ def _fetch_blobs(store, src, missing, index, progress):
             else:
                 cur = [offset, offset + csize, [(offset, csize, size, b)]]
                 reads.append((pack, cur))
-    writer = PackWriter(store)
+    writer = store.pack_writer()
     rows = []
     if progress is not None:
         progress.total = len(missing)

@@ -744,14 +744,15 @@ def render(meta: dict, R: Results, ratios: list[dict]) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def prepare_work(work: Path) -> None:
+def prepare_work(work: Path, marker: str = WORK_MARKER, script: str = "bench_core.py") -> None:
+    """Make an empty work dir; refuse a non-empty one this script did not make."""
     if work.exists():
-        if not (work / WORK_MARKER).exists() and any(work.iterdir()):
+        if not (work / marker).exists() and any(work.iterdir()):
             sys.exit(f"bench: {work} exists, is not empty and was not made by this script "
-                     f"(no {WORK_MARKER}); choose another --work")
+                     f"(no {marker}); choose another --work")
         rmtree(work)
     work.mkdir(parents=True)
-    (work / WORK_MARKER).write_text("made by bench/bench_core.py; removed at the end\n")
+    (work / marker).write_text(f"made by bench/{script}; removed at the end\n")
 
 
 def main(argv=None) -> int:

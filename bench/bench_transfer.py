@@ -509,13 +509,7 @@ def meta_replace(meta: dict, text: str) -> str:
 
 
 def prepare_work(work: Path) -> None:
-    if work.exists():
-        if not (work / WORK_MARKER).exists() and any(work.iterdir()):
-            sys.exit(f"bench: {work} exists, is not empty and was not made by this script "
-                     f"(no {WORK_MARKER}); choose another --work")
-        rmtree(work)
-    work.mkdir(parents=True)
-    (work / WORK_MARKER).write_text("made by bench/bench_transfer.py; removed at the end\n")
+    bc.prepare_work(work, WORK_MARKER, "bench_transfer.py")
 
 
 def main(argv=None) -> int:
