@@ -58,6 +58,8 @@ PREFIX_RE = re.compile(r"[0-9a-f]{1,64}")
 #: ``.pyc`` files compiled against it are valid in every container.
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
 ZSTD_LEVEL = 3
+MAX_META = 256 << 20          # largest .trees/.blobs/index file accepted from outside
+MAX_MANIFEST = 1 << 20        # largest image manifest
 CHUNK = 1 << 20
 #: files up to this size are read whole (templates are always small)
 SMALL_FILE = 8 << 20
@@ -225,6 +227,62 @@ WINDOWS_RESERVED = frozenset(
     + [f"LPT{i}" for i in "123456789\u00b9\u00b2\u00b3"])
 
 
+#: bounds of the one reader for numbers and JSON from outside
+MAX_UINT = (1 << 63) - 1
+MAX_JSON_DEPTH = 16
+_UINT_RE = re.compile(r"[0-9]{1,19}")
+_JSON_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_NOT_BRACKET_RE = re.compile(rb"[^\[\]{}]+")
+
+
+def read_uint(text, what, limit=MAX_UINT):
+    """The one reader for an unsigned number from outside: ASCII digits only
+    (at most 19), no larger than ``limit``; anything else is invalid input."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    if not isinstance(text, str) or not _UINT_RE.fullmatch(text) or int(text) > limit:
+        raise InvalidInputError(f"{what}: {str(text)[:40]!r} is not a number in range")
+    return int(text)
+
+
+def _json_int(text):
+    digits = text[1:] if text.startswith("-") else text
+    if len(digits) > 19:
+        raise InvalidInputError(f"number too long in JSON: {text[:40]}...")
+    return int(text)
+
+
+def _json_refuse(text):
+    raise InvalidInputError(f"unsupported JSON value {text[:40]!r}")
+
+
+def _json_object(pairs):
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise InvalidInputError("duplicate key in JSON object")
+    return obj
+
+
+def read_json(data, what, limit, max_depth=MAX_JSON_DEPTH):
+    """The one reader for JSON from outside: at most ``limit`` bytes of
+    UTF-8, nesting at most ``max_depth`` deep, integers of at most 19 digits,
+    no floats, NaN or duplicate keys. Raises InvalidInputError naming ``what``."""
+    if len(data) > limit:
+        raise InvalidInputError(f"{what} is too large ({len(data)} bytes, at most {limit})")
+    depth = 0
+    for c in _JSON_NOT_BRACKET_RE.sub(b"", _JSON_STRING_RE.sub(b"", data)):
+        depth += 1 if c in b"[{" else -1
+        if depth > max_depth:
+            raise InvalidInputError(f"{what} is nested too deeply")
+    try:
+        return json.loads(data.decode("utf-8"), parse_int=_json_int, parse_float=_json_refuse,
+                          parse_constant=_json_refuse, object_pairs_hook=_json_object)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{what}: {exc.message}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidInputError(f"{what} is not valid JSON: {str(exc)[:80]}") from None
+
+
 def validate_name(name):
     """Raise unless ``name`` is a safe single path component."""
     if not isinstance(name, str) or not name:
@@ -389,10 +447,7 @@ class Manifest:
     def parse(cls, data, expected_id=None):
         if expected_id is not None and hash_bytes(data) != expected_id:
             raise IntegrityError("image", expected_id, "manifest does not match its ID")
-        try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise InvalidInputError(f"image manifest is not valid JSON: {exc}") from None
+        obj = read_json(data, "image manifest", MAX_MANIFEST)
         if not isinstance(obj, dict) or set(obj) != set(cls.FIELDS):
             raise InvalidInputError("image manifest has missing or unknown fields")
         if type(obj["format"]) is not int or obj["format"] != FORMAT_VERSION:
@@ -3201,8 +3256,6 @@ def inspect(store, name):
 
 REPO_MARKER = "vocker-repo.json"
 REPO_MARKER_DATA = b'{"format":1,"kind":"vocker-repository"}\n'
-MAX_META = 256 << 20          # largest .trees/.blobs/index file accepted
-MAX_MANIFEST = 1 << 20
 RANGE_GAP = 256 << 10         # coalesce reads of blobs closer than this
 RANGE_MAX = 16 << 20          # largest single read
 HTTP_THREADS = 4
@@ -3473,10 +3526,10 @@ def open_source(location, headers=None):
 
 def parse_index(data, where):
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidInputError(f"{where}: index.json is not valid JSON",
-                                "the server may have answered with an error page") from None
+        obj = read_json(data, f"{where}: index.json", MAX_META)
+    except InvalidInputError as exc:
+        raise InvalidInputError(exc.message, "the server may have answered with an error page") \
+            from None
     if not isinstance(obj, dict) or obj.get("format") != 1 or \
             not isinstance(obj.get("images"), dict) or not isinstance(obj.get("tags"), dict):
         raise InvalidInputError(f"{where}: index.json is not a vocker index")
