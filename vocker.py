@@ -496,24 +496,117 @@ def _store_problem(home, exc):
 
 
 def decompress_blob(blob_id, cdata, size):
-    """Decompress one zstd frame of declared ``size`` and verify it; never
-    produces more than ``size + 1`` bytes, whatever the frame claims."""
+    """Decompress one zstd frame of declared ``size`` and verify it. Memory
+    follows the bytes that really come out, never the declared size."""
     import io
+    parts = []
+    verify_frame(blob_id, size, io.BytesIO(cdata), len(cdata), out=parts.append)
+    return b"".join(parts)
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class _FrameShape:
+    """Follows the block structure of one zstd frame as its bytes pass, so that
+    a frame cut short, or followed by anything at all, is refused."""
+
+    def __init__(self, blob_id):
+        self.blob_id = blob_id
+        self.buf, self.want, self.skip = b"", 5, 0   # magic + frame header descriptor
+        self.state, self.checksum = "header", 0
+
+    def _bad(self, detail):
+        return IntegrityError("blob", self.blob_id, detail)
+
+    def feed(self, data):
+        i, n = 0, len(data)
+        while i < n:
+            if self.skip:
+                k = min(self.skip, n - i)
+                self.skip -= k
+                i += k
+            elif self.state == "done":
+                raise self._bad("has bytes after its zstd frame")
+            else:
+                k = self.want - len(self.buf)
+                self.buf += bytes(data[i:i + k])
+                i += k
+                if len(self.buf) == self.want:
+                    self._step()
+
+    def _step(self):
+        b, self.buf = self.buf, b""
+        if self.state == "header":
+            if b[:4] != ZSTD_MAGIC or b[4] & 0x08:
+                raise self._bad("is not a zstd frame")
+            fhd, single = b[4], b[4] >> 5 & 1
+            self.checksum = 4 if fhd & 4 else 0
+            self.skip = (1 - single) + (0, 1, 2, 4)[fhd & 3] + (single, 2, 4, 8)[fhd >> 6]
+            self.state, self.want = "block", 3
+            return
+        h = int.from_bytes(b, "little")
+        if h >> 1 & 3 == 3:
+            raise self._bad("has a reserved zstd block type")
+        self.skip = 1 if h >> 1 & 3 == 1 else h >> 3  # RLE: one byte
+        if h & 1:  # last block
+            self.skip += self.checksum
+            self.state, self.want = "done", 0
+
+    def finish(self):
+        if self.state != "done" or self.skip or self.buf:
+            raise self._bad("is not a complete zstd frame (truncated)")
+
+
+class _Tee:
+    """Reads at most ``n`` bytes of ``f``, showing each byte to ``shape`` and ``sink``."""
+
+    def __init__(self, f, n, shape, sink):
+        self.f, self.left, self.shape, self.sink, self.n = f, n, shape, sink, 0
+
+    def read(self, size=-1):
+        size = self.left if size < 0 or size > self.left else size
+        data = self.f.read(min(size, CHUNK)) if size else b""
+        self.left -= len(data)
+        self.n += len(data)
+        self.shape.feed(data)
+        if self.sink is not None and data:
+            self.sink(data)
+        return data
+
+
+def verify_frame(blob_id, size, f, csize, sink=None, out=None):
+    """Stream one stored blob: exactly ``csize`` bytes read from ``f`` holding
+    one complete zstd frame and nothing after it, which decompresses (in
+    CHUNKs) to exactly ``size`` bytes hashing to ``blob_id``. Each compressed
+    piece goes to ``sink`` and each decompressed one to ``out`` as it passes,
+    so memory stays flat whatever the sizes claim."""
+    if csize <= 0:
+        raise IntegrityError("blob", blob_id, "has an empty zstd frame")
+    shape = _FrameShape(blob_id)
+    src = _Tee(f, csize, shape, sink)
+    h, n = blake3.blake3(), 0
     try:
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(cdata)) as r:
-            data = r.read(size + 1)
-            while len(data) < size + 1:
-                more = r.read(size + 1 - len(data))
-                if not more:
-                    break
-                data += more
+        reader = zstandard.ZstdDecompressor().stream_reader(src, read_size=CHUNK, closefd=False)
+        while True:
+            chunk = reader.read(CHUNK)
+            if not chunk:
+                break
+            n += len(chunk)
+            if n > size:
+                raise IntegrityError("blob", blob_id, "expands past its declared size")
+            h.update(chunk)
+            if out is not None:
+                out(chunk)
+        while src.read(CHUNK):  # the rest of the frame's window: trailing bytes are refused
+            pass
     except zstandard.ZstdError as exc:
         raise IntegrityError("blob", blob_id, f"cannot decompress: {exc}") from None
-    if len(data) > size:
-        raise IntegrityError("blob", blob_id, "expands past its declared size")
-    if len(data) != size or hash_bytes(data) != blob_id:
+    if src.n != csize:
+        raise IntegrityError("blob", blob_id, "is truncated")
+    shape.finish()
+    if n != size or h.hexdigest() != blob_id:
         raise IntegrityError("blob", blob_id, "content does not match its ID")
-    return data
 
 
 class _Window:
@@ -551,23 +644,34 @@ class PackWriter:
     creating thousands of small files costs more than compressing them.
     """
 
-    def __init__(self, tmp, packs_dir, readonly=True):
-        """Write to ``tmp``; finish() moves it to ``packs_dir/<hash>.pack``."""
+    def __init__(self, tmp, packs_dir, readonly=True, repo=None):
+        """Write to ``tmp``; finish() moves it to ``packs_dir/<hash>.pack``.
+        With ``repo`` (a RepoDir), ``tmp`` is a name in the repository's tmp/
+        and every step goes through the repository's no-follow helper."""
         self.packs_dir = packs_dir
         self.readonly = readonly
+        self.repo = repo
         self.lock = threading.Lock()
         self.tmp = tmp
-        self.f = open(self.tmp, "wb")
+        self.f = repo.create_tmp(tmp) if repo else open(self.tmp, "wb")
         self.h = blake3.blake3()
         self.offset = 0
         self.id = None
 
+    def _write(self, data):
+        self.f.write(data)
+        self.h.update(data)
+        self.offset += len(data)
+
     def append(self, cdata):
+        return self.append_stream(lambda write: write(cdata))
+
+    def append_stream(self, fill):
+        """Append one frame that ``fill(write)`` writes piece by piece; returns
+        its offset. If ``fill`` fails the pack must be aborted."""
         with self.lock:
             offset = self.offset
-            self.f.write(cdata)
-            self.h.update(cdata)
-            self.offset += len(cdata)
+            fill(self._write)
             return offset
 
     def finish(self):
@@ -578,16 +682,22 @@ class PackWriter:
             return None
         os.fsync(self.f.fileno())
         self.f.close()
+        self.id = self.h.hexdigest()
+        if self.repo is not None:
+            self.repo.replace_tmp(self.tmp, f"packs/{self.id}.pack")
+            return self.id
         if self.readonly:
             os.chmod(self.tmp, 0o444)
-        self.id = self.h.hexdigest()
         os.replace(self.tmp, os.path.join(self.packs_dir, self.id + ".pack"))
         return self.id
 
     def abort(self):
         with contextlib.suppress(OSError):
             self.f.close()
-        _unlink_quiet(self.tmp)
+        if self.repo is not None:
+            self.repo.unlink_tmp(self.tmp)
+        else:
+            _unlink_quiet(self.tmp)
 
 
 class Store:
@@ -3254,11 +3364,29 @@ def inspect(store, name):
 # Writers put packs first, then image files (manifest last), then index.json;
 # a reader never sees an image whose objects are missing.
 
+import io  # noqa: E402 - the paced HTTP reader below is an io.RawIOBase
+
 REPO_MARKER = "vocker-repo.json"
 REPO_MARKER_DATA = b'{"format":1,"kind":"vocker-repository"}\n'
 RANGE_GAP = 256 << 10         # coalesce reads of blobs closer than this
-RANGE_MAX = 16 << 20          # largest single read
+RANGE_MAX = 16 << 20          # largest single read (bigger frames come in pieces)
 HTTP_THREADS = 4
+#: a stalled or trickling server fails when fewer than VOCKER_HTTP_MIN_RATE
+#: bytes/s arrive averaged over a window of VOCKER_HTTP_TIMEOUT seconds (which
+#: also bounds connecting and the first byte)
+HTTP_TIMEOUT = 30
+HTTP_MIN_RATE = 1024
+#: files vocker writes in a repository's tmp/; cleanup deletes nothing else
+REPO_TMP_PREFIX = "vocker-tmp-"
+_REPO_TMP_RE = re.compile(r"vocker-tmp-[0-9a-f]{32}")
+_FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+#: errno values of an open that met a link, FIFO or device where a folder or file was due
+_NOT_PLAIN = {errno.ELOOP, errno.ENOTDIR, errno.EMLINK, errno.ENXIO, errno.EISDIR,
+              errno.ENODEV, getattr(errno, "EFTYPE", errno.ELOOP)}
 
 
 class NetworkError(VockerError):
@@ -3269,46 +3397,242 @@ class NetworkError(VockerError):
         self.url = url
 
 
+def _at(d, name):
+    """(path, keyword arguments) to reach ``name`` in folder ``d``: a
+    descriptor (POSIX, used as dir_fd) or a checked path (Windows)."""
+    return (name, {"dir_fd": d}) if isinstance(d, int) else (os.path.join(d, name), {})
+
+
+class RepoDir:
+    """The one way vocker reads and writes a repository folder: no symlink,
+    FIFO or device in its layout is ever followed or opened. On POSIX every
+    component is opened relative to its parent's descriptor with O_NOFOLLOW,
+    files non-blocking and then fstat'ed (regular files only), and renames
+    use dir_fd; on Windows each component is lstat'ed and reparse points and
+    non-regular files are refused."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def _bad(self, rel, what):
+        return InvalidInputError(
+            f"{self.root}: {rel} in the repository is {what}",
+            "something other than vocker changed the repository folder; replace that "
+            "entry by a plain file or folder (or remove it) and retry")
+
+    def _error(self, exc, rel, kind):
+        if isinstance(exc, FileNotFoundError):
+            return NotFoundError("repository file", f"{self.root}/{rel}")
+        if exc.errno in _NOT_PLAIN:
+            return self._bad(rel, f"not {kind} (a link or special file)")
+        return exc
+
+    def _win_check(self, path, rel, folder):
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise self._error(exc, rel, "a folder" if folder else "a file") from None
+        ok = stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)
+        if not ok or getattr(st, "st_file_attributes", 0) & _FILE_ATTRIBUTE_REPARSE_POINT:
+            raise self._bad(rel, f"not a plain {'folder' if folder else 'file'}")
+
+    @contextlib.contextmanager
+    def folder(self, rel="", create=False):
+        """A descriptor (POSIX) or checked path (Windows) of folder ``rel``."""
+        parts = [p for p in rel.split("/") if p]
+        if WINDOWS:
+            path = self.root
+            for i, p in enumerate(parts):
+                path = os.path.join(path, p)
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(path)
+                self._win_check(path, "/".join(parts[:i + 1]), True)
+            yield path
+            return
+        try:  # the root is the user's own path: it may be reached through a link
+            fd = os.open(self.root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        except OSError as exc:
+            raise self._error(exc, ".", "a folder") from None
+        try:
+            for i, p in enumerate(parts):
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(p, dir_fd=fd)
+                try:
+                    sub = os.open(p, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_NONBLOCK
+                                  | _O_CLOEXEC, dir_fd=fd)
+                except OSError as exc:
+                    raise self._error(exc, "/".join(parts[:i + 1]), "a folder") from None
+                os.close(fd)
+                fd = sub
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _open(self, rel, flags, mode=0o644):
+        folder, _, name = rel.rpartition("/")
+        with self.folder(folder) as d:
+            path, kw = _at(d, name)
+            if WINDOWS and not flags & os.O_CREAT:
+                self._win_check(path, rel, False)
+            try:
+                fd = os.open(path, flags | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC, mode, **kw)
+            except OSError as exc:
+                raise self._error(exc, rel, "a file") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self._bad(rel, "not a regular file")
+        return fd
+
+    def open(self, rel):
+        """A binary file object for reading the regular file ``rel``."""
+        return os.fdopen(self._open(rel, os.O_RDONLY), "rb")
+
+    def open_lock(self):
+        """The descriptor of ``.lock`` (made if missing, never deleted)."""
+        return self._open(".lock", os.O_RDWR | os.O_CREAT)
+
+    def read(self, rel, limit):
+        with self.open(rel) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise InvalidInputError(f"{rel} in the repository {self.root} is too large")
+        return data
+
+    def exists(self, rel):
+        try:
+            self.open(rel).close()
+        except NotFoundError:
+            return False
+        return True
+
+    def listdir(self, rel):
+        with self.folder(rel) as d:
+            return sorted(os.listdir(d))
+
+    def tmp_name(self):
+        return REPO_TMP_PREFIX + uuid.uuid4().hex
+
+    def create_tmp(self, name):
+        with self.folder("tmp", create=True) as d:
+            path, kw = _at(d, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC,
+                         0o644, **kw)
+        return os.fdopen(fd, "wb")
+
+    def _write_tmp(self, data):
+        name = self.tmp_name()
+        try:
+            with self.create_tmp(name) as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            self.unlink_tmp(name)
+            raise
+        return name
+
+    def replace_tmp(self, name, rel):
+        """Move tmp/``name`` to ``rel``, replacing the entry itself (a link
+        there is replaced, never followed)."""
+        folder, _, target = rel.rpartition("/")
+        with self.folder("tmp") as t, self.folder(folder, create=True) as d:
+            if WINDOWS:
+                self._win_check(os.path.join(t, name), f"tmp/{name}", False)
+                os.replace(os.path.join(t, name), os.path.join(d, target))
+            else:
+                os.replace(name, target, src_dir_fd=t, dst_dir_fd=d)
+
+    def write(self, rel, data):
+        """Durably (fsynced temp file, then rename) write ``rel``."""
+        name = self._write_tmp(data)
+        try:
+            self.replace_tmp(name, rel)
+        except BaseException:
+            self.unlink_tmp(name)
+            raise
+
+    def create_once(self, rel, data):
+        """Create ``rel`` with ``data`` unless an entry exists; safe when racing."""
+        name = self._write_tmp(data)
+        try:
+            with self.folder("tmp") as t, self.folder() as d:
+                if WINDOWS:
+                    os.link(os.path.join(t, name), os.path.join(d, rel))
+                else:
+                    os.link(name, rel, src_dir_fd=t, dst_dir_fd=d, follow_symlinks=False)
+        except FileExistsError:
+            pass
+        finally:
+            self.unlink_tmp(name)
+
+    def unlink_tmp(self, name):
+        with contextlib.suppress(OSError, VockerError):
+            with self.folder("tmp") as t:
+                path, kw = _at(t, name)
+                os.unlink(path, **kw)
+
+    def clean_tmp(self, age=3600):
+        """Remove what interrupted writers left in tmp/: only regular files
+        named by vocker (``vocker-tmp-<32 hex>``), never through a link."""
+        cutoff = time.time() - age
+        with self.folder("tmp", create=True) as t:
+            for name in os.listdir(t):
+                if not _REPO_TMP_RE.fullmatch(name):
+                    continue
+                path, kw = _at(t, name)
+                with contextlib.suppress(OSError):
+                    st = os.stat(path, follow_symlinks=False, **kw)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff and \
+                            not getattr(st, "st_file_attributes", 0) & _FILE_ATTRIBUTE_REPARSE_POINT:
+                        os.unlink(path, **kw)
+
+
 class FolderSource:
     """A repository in a local folder, a share or a ``file://`` URL."""
 
     def __init__(self, root):
         self.root = root
+        self.repo = RepoDir(root)
         self.bytes = 0
         self.requests = 0
+        self.files = {}
 
-    def _path(self, rel):
-        return os.path.join(self.root, *rel.split("/"))
+    def expect(self, rel, end):
+        """Hint: bytes of ``rel`` up to ``end`` will be read (used by HTTP)."""
+
+    def _reading(self, rel, fn):
+        try:
+            return fn()
+        except OSError as exc:
+            raise NetworkError(f"{self.root}/{rel}", exc.strerror or str(exc)) from None
 
     def get(self, rel, limit=MAX_META):
         self.requests += 1
-        try:
-            with open(self._path(rel), "rb") as f:
-                data = f.read(limit + 1)
-        except FileNotFoundError:
-            raise NotFoundError("repository file", f"{self.root}/{rel}") from None
-        except OSError as exc:
-            raise NetworkError(f"{self.root}/{rel}", exc.strerror or str(exc)) from None
-        if len(data) > limit:
-            raise InvalidInputError(f"{rel} in the repository is too large")
+        data = self._reading(rel, lambda: self.repo.read(rel, limit))
         self.bytes += len(data)
         return data
 
     def get_range(self, rel, offset, length):
         self.requests += 1
-        try:
-            with open(self._path(rel), "rb") as f:
-                f.seek(offset)
-                data = f.read(length)
-        except FileNotFoundError:
-            raise NotFoundError("repository file", f"{self.root}/{rel}") from None
+
+        def read():
+            f = self.files.get(rel)
+            if f is None:
+                f = self.files[rel] = self.repo.open(rel)
+            f.seek(offset)
+            return f.read(length)
+        data = self._reading(rel, read)
         if len(data) != length:
             raise InvalidInputError(f"{rel} in the repository is truncated")
         self.bytes += len(data)
         return data
 
     def close(self):
-        pass
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
 
 
 class TarSource(FolderSource):
@@ -3319,12 +3643,11 @@ class TarSource(FolderSource):
         super().__init__(path)
         try:
             self.tar = tarfile.open(path, "r:")
-        except (OSError, tarfile.TarError) as exc:
-            raise InvalidInputError(f"{path} is not a vocker archive: {exc}") from None
-        self.members = {}
-        for m in self.tar.getmembers():
-            if m.isfile():
-                self.members[m.name] = m
+            members = self.tar.getmembers()
+        except (OSError, EOFError, tarfile.TarError) as exc:
+            raise InvalidInputError(f"{path} is not a vocker archive (or is truncated): {exc}",
+                                    "save it again, or copy the whole file") from None
+        self.members = {m.name: m for m in members if m.isfile()}
         self.f = open(path, "rb")
 
     def _member(self, rel):
@@ -3356,11 +3679,117 @@ class TarSource(FolderSource):
         self.tar.close()
 
 
+def _env_uint(name, default):
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = read_uint(text.strip(), name, limit=1 << 40)
+    except InvalidInputError:
+        value = 0
+    if value <= 0:
+        raise UsageError(f"{name}={text[:40]!r} is not a positive whole number",
+                         f"set {name} to a number, or unset it")
+    return value
+
+
+class _Pace:
+    """The deadline of one HTTP connection: it fails when fewer than ``rate``
+    bytes/s arrive averaged over a window of ``window`` seconds, so a server
+    that never answers, stalls or trickles fails after at most two windows."""
+
+    def __init__(self, url, window, rate):
+        self.url, self.window, self.rate = url, window, rate
+        self.start()
+
+    def start(self):
+        self.t0, self.got = time.monotonic(), 0
+
+    def remaining(self):
+        return self.t0 + self.window - time.monotonic()
+
+    def error(self):
+        return NetworkError(self.url, f"the server sent less than {self.rate} bytes/s "
+                            f"for {self.window} s (stalled or too slow)",
+                            "retry later; on a slow line raise VOCKER_HTTP_TIMEOUT or lower "
+                            "VOCKER_HTTP_MIN_RATE")
+
+    def account(self, n):
+        self.got += n
+        now = time.monotonic()
+        if now - self.t0 >= self.window:
+            if self.got < self.rate * self.window:
+                raise self.error()
+            self.t0, self.got = now, 0
+
+
+class _PacedReader(io.RawIOBase):
+    def __init__(self, paced):
+        self.paced, self.sock, self.pace = paced, paced._sock, paced._pace
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        import socket
+        self.pace.account(0)
+        self.sock.settimeout(max(self.pace.remaining(), 0.001))
+        try:
+            n = self.sock.recv_into(b)
+        except socket.timeout:
+            raise self.pace.error() from None
+        self.pace.account(n)
+        return n
+
+    def close(self):
+        if not self.closed:
+            self.paced._release()
+        super().close()
+
+
+class _PacedSocket:
+    """A socket whose reads (status line, headers and body) follow a _Pace;
+    like socket.makefile, the socket stays open until its readers are closed."""
+
+    def __init__(self, sock, pace):
+        self._sock, self._pace = sock, pace
+        self._readers, self._closing = 0, False
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def sendall(self, data, *args):
+        self._sock.settimeout(self._pace.window)
+        return self._sock.sendall(data, *args)
+
+    def makefile(self, mode="rb", *args, **kwargs):
+        self._readers += 1
+        return io.BufferedReader(_PacedReader(self))
+
+    def _release(self):
+        self._readers -= 1
+        self.close() if self._closing else None
+
+    def close(self):
+        self._closing = True
+        if self._readers <= 0:
+            self._sock.close()
+
+
+def _paced_connection(base):
+    class Paced(base):
+        def connect(self):
+            super().connect()
+            self.sock = _PacedSocket(self.sock, self.pace)
+    return Paced
+
+
 class HttpSource:
     """A repository on any static HTTP(S) server: persistent connections (one
-    per thread), retries with backoff, resumed ranges, optional auth header."""
+    per thread), retries with backoff, resumed ranges, optional auth header,
+    and a deadline (_Pace) on every connection."""
 
-    def __init__(self, url, headers=None, timeout=30, retries=4):
+    def __init__(self, url, headers=None, timeout=None, retries=4, min_rate=None):
         import urllib.parse
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -3372,7 +3801,9 @@ class HttpSource:
         self.headers.update(headers or {})
         if "Authorization" not in self.headers:
             self._netrc_auth()
-        self.timeout, self.retries = timeout, retries
+        self.timeout = timeout or _env_uint("VOCKER_HTTP_TIMEOUT", HTTP_TIMEOUT)
+        self.min_rate = min_rate or _env_uint("VOCKER_HTTP_MIN_RATE", HTTP_MIN_RATE)
+        self.retries = retries
         self.local = threading.local()
         self.lock = threading.RLock()
         self.bytes = 0
@@ -3380,6 +3811,7 @@ class HttpSource:
         self.range_ok = set()   # files the server answered with 206
         self.file_locks = {}
         self.whole = {}         # rel -> local copy of a file whose server ignored Range
+        self.ends = {}          # rel -> largest end offset a pull needs
         self.tmp_dir = None
 
     def _netrc_auth(self):
@@ -3393,18 +3825,39 @@ class HttpSource:
             token = base64.b64encode(f"{auth[0]}:{auth[2]}".encode()).decode()
             self.headers["Authorization"] = f"Basic {token}"
 
-    def _conn(self, fresh=False):
+    def expect(self, rel, end):
+        with self.lock:
+            self.ends[rel] = max(self.ends.get(rel, 0), end)
+
+    def _conn(self, url, fresh=False):
         import http.client
         conn = getattr(self.local, "conn", None)
         if conn is None or fresh:
             if conn is not None:
                 conn.close()
-            cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-            conn = self.local.conn = cls(self.host, self.port, timeout=self.timeout)
+            base = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+            conn = self.local.conn = _paced_connection(base)(self.host, self.port,
+                                                             timeout=self.timeout)
+            conn.pace = _Pace(url, self.timeout, self.min_rate)
+        conn.pace.url = url
+        conn.pace.start()
         return conn
+
+    def _drop(self):
+        conn = getattr(self.local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self.local.conn = None
 
     def _fetch(self, rel, start=None, end=None, limit=MAX_META):
         """GET ``rel`` (bytes start..end-1 if given); resumes after a cut."""
+        try:
+            return self._fetch_once(rel, start, end, limit)
+        except BaseException:
+            self._drop()
+            raise
+
+    def _fetch_once(self, rel, start, end, limit):
         import http.client
         url = f"{self.url}/{rel}"
         got = bytearray()
@@ -3417,7 +3870,7 @@ class HttpSource:
             elif received:
                 headers["Range"] = f"bytes={received}-"
             try:
-                conn = self._conn(fresh=attempt > 0)
+                conn = self._conn(url, fresh=attempt > 0)
                 conn.request("GET", f"{self.base}/{rel}", headers=headers)
                 resp = conn.getresponse()
                 status = resp.status
@@ -3426,7 +3879,7 @@ class HttpSource:
                         received = 0  # server restarted from the beginning
                         got.clear()
                     if status == 200 and start is not None:
-                        self._keep_whole(rel, resp)  # Range ignored: keep the whole file
+                        self._keep_whole(rel, resp, end)  # Range ignored
                         return None
                     with self.lock:
                         self.requests += 1
@@ -3445,7 +3898,8 @@ class HttpSource:
                     if start is not None and received != end - start:
                         raise http.client.IncompleteRead(b"", end - start - received)
                     return bytes(got)
-                resp.read()
+                resp.read(64 << 10)
+                self._drop()
                 if status == 404:
                     raise NotFoundError("repository file", url)
                 if status in (401, 403):
@@ -3466,16 +3920,27 @@ class HttpSource:
     def get(self, rel, limit=MAX_META):
         return self._fetch(rel, limit=limit)
 
-    def _keep_whole(self, rel, resp):
+    def _keep_whole(self, rel, resp, end):
+        """The server ignored Range: keep the file's bytes up to the largest
+        end offset this pull needs from it (never more), then hang up."""
+        with self.lock:
+            need = max(self.ends.get(rel, 0), end)
         path = os.path.join(self.tmp_dir or tempfile.gettempdir(), f"http-{uuid.uuid4().hex}")
-        with open(path, "wb") as f:
-            while True:
-                chunk = resp.read(CHUNK)
-                if not chunk:
-                    break
-                f.write(chunk)
-                with self.lock:
-                    self.bytes += len(chunk)
+        kept = 0
+        try:
+            with open(path, "wb") as f:
+                while kept < need:
+                    chunk = resp.read(min(CHUNK, need - kept))
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    kept += len(chunk)
+                    with self.lock:
+                        self.bytes += len(chunk)
+        except BaseException:
+            _unlink_quiet(path)
+            raise
+        self._drop()  # whatever else the server sends is not read
         with self.lock:
             self.requests += 1
             self.whole[rel] = path
@@ -3504,6 +3969,8 @@ class HttpSource:
     def close(self):
         for p in self.whole.values():
             _unlink_quiet(p)
+        self.whole.clear()
+        self._drop()
 
 
 def open_source(location, headers=None):
@@ -3518,10 +3985,15 @@ def open_source(location, headers=None):
         return TarSource(location)
     if not os.path.isdir(location):
         raise NotFoundError("repository", location, "check the path, or run 'vocker repo init DIR'")
-    if not os.path.isfile(os.path.join(location, REPO_MARKER)):
+    try:
+        RepoDir(location).read(REPO_MARKER, 4096)
+    except NotFoundError:
         raise InvalidInputError(f"{location} is not a vocker repository",
-                                "run 'vocker repo init DIR' to make one")
+                                "run 'vocker repo init DIR' to make one") from None
     return FolderSource(location)
+
+
+_SUMMARY_FIELDS = ("kind", "python")
 
 
 def parse_index(data, where):
@@ -3537,8 +4009,12 @@ def parse_index(data, where):
         if not isinstance(name, str) or not TAG_RE.fullmatch(name):
             raise InvalidInputError(f"{where}: bad tag name in index: {str(name)[:60]!r}")
         check_id(image_id, "image")
-    for image_id in obj["images"]:
+    for image_id, info in obj["images"].items():
         check_id(image_id, "image")
+        if not isinstance(info, dict) or any(
+                not isinstance(info.get(k), (str, type(None))) for k in _SUMMARY_FIELDS):
+            raise InvalidInputError(f"{where}: bad summary of image {short_id(image_id)} in "
+                                    "index.json", "push the image again to rewrite the index")
     return obj
 
 
@@ -3549,36 +4025,40 @@ def parse_trees_file(data, image_id):
         nl = data.find(b"\n", pos, pos + 100)
         if nl < 0:
             raise InvalidInputError(f"image {short_id(image_id)}: malformed tree bundle")
-        try:
-            tid, length = data[pos:nl].decode("ascii").split(" ")
-            length = int(length)
-        except ValueError:
-            raise InvalidInputError(f"image {short_id(image_id)}: malformed tree bundle") from None
+        tid, sep, length = data[pos:nl].decode("ascii", "replace").partition(" ")
         check_id(tid, "tree")
+        length = read_uint(length, f"image {short_id(image_id)}: tree bundle record length",
+                           MAX_META)
         body = data[nl + 1:nl + 1 + length]
-        if len(body) != length or length < 0:
+        if len(body) != length:
             raise InvalidInputError(f"image {short_id(image_id)}: tree bundle is truncated")
         trees[tid] = Tree.parse(body, tid)
         pos = nl + 1 + length
     return trees
 
 
+MAX_BLOB_SIZE = 1 << 40
+
+
 def parse_blobs_file(data, image_id):
     """Lines ``<blob> <size> <pack> <offset> <csize>`` -> {blob: (size, pack, off, csize)}."""
     out = {}
+    what = f"image {short_id(image_id)}: blob index"
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
-        raise InvalidInputError(f"image {short_id(image_id)}: malformed blob index") from None
+        raise InvalidInputError(f"{what} is malformed") from None
     for line in text.splitlines():
         parts = line.split(" ")
-        if len(parts) != 5 or not all(p.isdigit() for p in parts[1:2] + parts[3:]):
-            raise InvalidInputError(f"image {short_id(image_id)}: malformed blob index line")
+        if len(parts) != 5:
+            raise InvalidInputError(f"{what}: malformed line")
         blob, size, pack, offset, csize = parts
         check_id(blob, "blob")
         check_id(pack, "pack")
-        size, offset, csize = int(size), int(offset), int(csize)
-        if size > 1 << 40 or csize > (1 << 40) or csize > size + (size >> 7) + 1024:
+        size = read_uint(size, f"{what}: size", MAX_BLOB_SIZE)
+        offset = read_uint(offset, f"{what}: offset")
+        csize = read_uint(csize, f"{what}: compressed size", MAX_BLOB_SIZE)
+        if csize == 0 or csize > size + (size >> 7) + 1024:
             raise InvalidInputError(f"blob {short_id(blob)}: implausible sizes in blob index")
         out[blob] = (size, pack, offset, csize)
     return out
@@ -3627,54 +4107,18 @@ def _image_objects(store, image_id):
     return bytes(row[0]), trees, sorted(blobs)
 
 
-def _write_tmp(root, data):
-    """A durable (fsynced) temporary file in a repository's tmp/ folder."""
-    tmp = os.path.join(root, "tmp", uuid.uuid4().hex)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def _write_file(root, rel, data):
-    path = os.path.join(root, *rel.split("/"))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    os.replace(_write_tmp(root, data), path)
-
-
-def _clean_old(folder, age=3600):
-    """Remove what interrupted writers left in a repository's tmp/ folder."""
-    cutoff = time.time() - age
-    with contextlib.suppress(OSError):
-        for name in os.listdir(folder):
-            p = os.path.join(folder, name)
-            with contextlib.suppress(OSError):
-                if os.stat(p).st_mtime < cutoff:
-                    os.unlink(p)
-
-
 _REPO_ENTRIES = {"tmp", "images", "packs", "index.json", REPO_MARKER, ".lock"}
-
-
-def _create_once(root, rel, data):
-    """Create ``rel`` with ``data`` unless it exists; safe against a racing writer."""
-    path = os.path.join(root, rel)
-    tmp = _write_tmp(root, data)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        _unlink_quiet(tmp)
 
 
 def repo_init(path):
     """Make an empty repository folder (idempotent, safe when racing)."""
+    os.makedirs(path, exist_ok=True)
+    repo = RepoDir(path)
     for d in ("tmp", "images", "packs"):
-        os.makedirs(os.path.join(path, d), exist_ok=True)
-    _create_once(path, "index.json", _index_bytes({"format": 1, "images": {}, "tags": {}}))
-    _create_once(path, REPO_MARKER, REPO_MARKER_DATA)
+        with repo.folder(d, create=True):
+            pass
+    repo.create_once("index.json", _index_bytes({"format": 1, "images": {}, "tags": {}}))
+    repo.create_once(REPO_MARKER, REPO_MARKER_DATA)
     return {"path": os.path.abspath(path)}
 
 
@@ -3682,34 +4126,62 @@ def _index_bytes(index):
     return json.dumps(index, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
+_LOCK_GUARD = threading.Lock()  # POSIX record locks are per process: one holder per process
+
+
+def _try_lock(fd):
+    try:
+        if WINDOWS:
+            import msvcrt
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EDEADLK)):
+            return False
+        raise
+
+
+def _unlock(fd):
+    with contextlib.suppress(OSError):
+        if WINDOWS:
+            import msvcrt
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def _repo_lock(root, timeout=120):
-    """Exclusive lock for updating index.json (a lock file; stale after 10 min)."""
-    path = os.path.join(root, ".lock")
+    """Exclusive lock for updating index.json: an OS lock (fcntl.lockf, which
+    NFS honours; msvcrt.locking on Windows) on ``.lock``, a file that is never
+    deleted. A process that dies releases it, so there is no stale lock to break."""
+    repo = root if isinstance(root, RepoDir) else RepoDir(root)
+    busy = ConflictError(f"the repository {repo.root} is locked by another push",
+                         f"retry when it has finished (waited {timeout} s)")
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.write(fd, f"{os.getpid()} {_hostname()}\n".encode())
-            os.close(fd)
-            break
-        except FileExistsError:
-            with contextlib.suppress(OSError, ValueError):
-                with open(path, encoding="utf-8") as f:
-                    pid, host = f.read().split()
-                # a lock left by a killed vocker on this machine, or a very old one
-                if (host == _hostname() and not _pid_alive(int(pid))) or \
-                        time.time() - os.stat(path).st_mtime > 600:
-                    os.unlink(path)
-                    continue
-            if time.monotonic() > deadline:
-                raise ConflictError(f"the repository {root} is locked by another push",
-                                    f"retry later, or delete {path} if no push is running")
-            time.sleep(0.1)
+    if not _LOCK_GUARD.acquire(timeout=timeout):
+        raise busy
     try:
-        yield
+        fd = repo.open_lock()
+        try:
+            while not _try_lock(fd):
+                if time.monotonic() > deadline:
+                    raise busy
+                time.sleep(0.02)
+            try:
+                yield
+            finally:
+                _unlock(fd)
+        finally:
+            os.close(fd)
     finally:
-        _unlink_quiet(path)
+        _LOCK_GUARD.release()
 
 
 def _hostname():
@@ -3717,77 +4189,129 @@ def _hostname():
     return socket.gethostname() or "localhost"
 
 
-def _repo_blobs(root):
-    """{blob: (size, pack, offset, csize)} for everything a folder repo holds."""
+def _repo_blobs(repo):
+    """{blob: (size, pack, offset, csize)} of what a folder repository lists.
+    A listing only says where to look: push verifies each frame it relies on;
+    a malformed listing is not used at all."""
     out = {}
-    images = os.path.join(root, "images")
-    for name in sorted(os.listdir(images)):
+    for name in repo.listdir("images"):
         if name.endswith(".blobs"):
-            with open(os.path.join(images, name), "rb") as f:
-                out.update(parse_blobs_file(f.read(), name[:-6]))
+            data = repo.read(f"images/{name}", MAX_META)
+            with contextlib.suppress(InvalidInputError):
+                out.update(parse_blobs_file(data, name[:-6]))
     return out
 
 
+def _push_target(repo):
+    root = os.path.abspath(repo)
+    target = RepoDir(root)
+    if os.path.isdir(root) and not target.exists(REPO_MARKER):
+        if set(os.listdir(root)) - _REPO_ENTRIES:
+            raise InvalidInputError(f"{root} is not a vocker repository",
+                                    "push to an empty folder or one made by 'vocker repo init'")
+    repo_init(root)
+    return target
+
+
+def _repo_frame_ok(repo, files, blob, entry):
+    """Whether the repository really holds ``blob`` where its listing says:
+    the frame is read back (bounded by its listed size), decompressed and hashed."""
+    size, pack, offset, csize = entry
+    try:
+        f = files.get(pack)
+        if f is None:
+            f = files[pack] = repo.open(f"packs/{pack}.pack")
+        f.seek(offset)
+        verify_frame(blob, size, f, csize)
+        return True
+    except (IntegrityError, NotFoundError):
+        return False
+
+
+EMPTY_FRAME = b"\x28\xb5\x2f\xfd\x20\x00\x01\x00\x00"  # zstd frame of b"" (always producible)
+
+
+def _append_verified(store, writer, blob_id):
+    """Append a local blob's frame to ``writer``, verifying it as it is read
+    (streamed): a damaged local copy never leaves the store. -> (size, offset, csize)"""
+    if blob_id == _empty_id():  # whatever the store recorded for it
+        return 0, writer.append(EMPTY_FRAME), len(EMPTY_FRAME)
+    size, f, csize = store._open_blob(blob_id)
+    try:
+        with f:
+            offset = writer.append_stream(
+                lambda write: verify_frame(blob_id, size, f, csize, sink=write))
+    except IntegrityError as exc:
+        exc.message = f"{exc.message} (in the local store; nothing was sent)"
+        exc.hint = "pull or commit the image holding that file again, or remove it (vocker rmi)"
+        raise
+    return size, offset, csize
+
+
+def _send_blobs(store, repo, missing, have, good):
+    """Write ``missing`` blobs, each verified, into one new pack; -> bytes sent."""
+    writer = PackWriter(repo.tmp_name(), None, readonly=False, repo=repo)
+    entries, sent = [], 0
+    try:
+        for b in missing:
+            size, offset, csize = _append_verified(store, writer, b)
+            entries.append((b, size, offset, csize))
+            sent += csize
+        pack_id = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    for b, size, offset, csize in entries:
+        have[b] = (size, pack_id, offset, csize)
+        good.add(b)
+    return sent
+
+
 def push(store, refs, repo, progress=None):
-    """Copy images (and the tags named) into a repository folder."""
+    """Copy images (and the tags named) into a repository folder. Every blob
+    sent is verified as it is read; a blob the repository lists is skipped only
+    after its frame there was verified (a bad or missing one is sent again)."""
     if re.match(r"(?i)https?://", repo):
         raise UsageError("push goes to a folder or a share, not to an HTTP URL",
                          "push to the folder your web server serves")
-    root = os.path.abspath(repo)
-    if not os.path.isfile(os.path.join(root, REPO_MARKER)):
-        if os.path.exists(root) and set(os.listdir(root)) - _REPO_ENTRIES:
-            raise InvalidInputError(f"{root} is not a vocker repository",
-                                    "push to an empty folder or one made by 'vocker repo init'")
-        repo_init(root)
-    os.makedirs(os.path.join(root, "tmp"), exist_ok=True)
-    _clean_old(os.path.join(root, "tmp"))
+    target = _push_target(repo)
+    target.clean_tmp()
     wanted = []
     for ref in refs:
         image_id = store.resolve_image(ref)
         tag = normalize_tag(ref) if (":" in ref or not PREFIX_RE.fullmatch(ref)) else None
         wanted.append((image_id, tag))
-    have = _repo_blobs(root)
+    have, good, files = _repo_blobs(target), set(), {}
     pushed, sent = [], 0
-    for image_id, tag in wanted:
-        manifest, trees, blobs = _image_objects(store, image_id)
-        missing = [b for b in blobs if b not in have]
-        if missing:
-            writer = PackWriter(os.path.join(root, "tmp", f"pack-{uuid.uuid4().hex}"),
-                                os.path.join(root, "packs"), readonly=False)
-            entries = []
-            try:
-                for b in missing:
-                    size, f, csize = store._open_blob(b)
-                    with f:
-                        cdata = f.read()
-                    if len(cdata) != csize:
-                        raise IntegrityError("blob", b, "is truncated in the local store")
-                    entries.append((b, size, writer.append(cdata), csize))
-                    sent += csize
-                pack_id = writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
-            for b, size, off, csize in entries:
-                have[b] = (size, pack_id, off, csize)
-        lines = [f"{b} {have[b][0]} {have[b][1]} {have[b][2]} {have[b][3]}\n" for b in blobs]
-        bundle = b"".join(f"{tid} {len(data)}\n".encode() + data
-                          for tid, data in sorted(trees.items()))
-        _write_file(root, f"images/{image_id}.trees", bundle)
-        _write_file(root, f"images/{image_id}.blobs", "".join(lines).encode("ascii"))
-        _write_file(root, f"images/{image_id}.json", manifest)
-        pushed.append({"id": image_id, "tag": tag, "blobs": len(blobs),
-                       "new_blobs": len(missing)})
-    with _repo_lock(root):
-        index = parse_index(open(os.path.join(root, "index.json"), "rb").read(), root)
+    try:
+        for image_id, tag in wanted:
+            manifest, trees, blobs = _image_objects(store, image_id)
+            missing = [b for b in blobs if b not in good and not (
+                b in have and _repo_frame_ok(target, files, b, have[b]))]
+            good.update(set(blobs) - set(missing))
+            if missing:
+                sent += _send_blobs(store, target, missing, have, good)
+            lines = [f"{b} {have[b][0]} {have[b][1]} {have[b][2]} {have[b][3]}\n" for b in blobs]
+            bundle = b"".join(f"{tid} {len(data)}\n".encode() + data
+                              for tid, data in sorted(trees.items()))
+            target.write(f"images/{image_id}.trees", bundle)
+            target.write(f"images/{image_id}.blobs", "".join(lines).encode("ascii"))
+            target.write(f"images/{image_id}.json", manifest)
+            pushed.append({"id": image_id, "tag": tag, "blobs": len(blobs),
+                           "new_blobs": len(missing)})
+    finally:
+        for f in files.values():
+            f.close()
+    with _repo_lock(target):
+        index = parse_index(target.read("index.json", MAX_META), target.root)
         for image_id, tag in wanted:
             m = json.loads(store.manifest(image_id).serialize())
             index["images"][image_id] = {"kind": m["kind"],
                                          "python": (m["python"] or {}).get("version")}
             if tag:
                 index["tags"][tag] = image_id
-        _write_file(root, "index.json", _index_bytes(index))
-    return {"repository": root, "images": pushed, "bytes": sent}
+        target.write("index.json", _index_bytes(index))
+    return {"repository": target.root, "images": pushed, "bytes": sent}
 
 
 def _resolve_remote(src, ref, index):
@@ -3838,15 +4362,19 @@ def _pull_one(store, src, image_id, tag, progress):
             raise InvalidInputError(f"image {short_id(image_id)}: blob index lacks "
                                     f"{len(lacking)} blob(s) the trees name")
         ids = sorted(need)
-        have = {r[0] for r in select_in(store.db, "SELECT id FROM blobs WHERE id IN ({q})", ids)}
+        # a row with no frame at all (csize 0, left by older versions) is not a blob
+        have = {r[0] for r in select_in(store.db, "SELECT id FROM blobs WHERE id IN ({q}) "
+                                        "AND csize > 0", ids)}
         missing = [b for b in ids if b not in have]
         rows = _fetch_blobs(store, src, missing, index, progress)
         fetched = len(rows)
         size = sum(index[b][0] for b in need)
         try:
             with store.transaction() as db:
-                db.executemany("INSERT OR IGNORE INTO blobs(id, size, csize, pack, offset) "
-                               "VALUES (?,?,?,?,?)", rows)
+                db.executemany("INSERT INTO blobs(id, size, csize, pack, offset) "
+                               "VALUES (?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                               "size=excluded.size, csize=excluded.csize, pack=excluded.pack, "
+                               "offset=excluded.offset WHERE blobs.csize = 0", rows)
                 db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)",
                                [(tid, t.serialize()) for tid, t in trees.items()])
                 db.execute("INSERT OR IGNORE INTO images(id, manifest, created, source, size, files)"
@@ -3863,12 +4391,16 @@ def _pull_one(store, src, image_id, tag, progress):
     return {"id": image_id, "tag": tag, "present": bool(present), "fetched_blobs": fetched}
 
 
-def _fetch_blobs(store, src, missing, index, progress):
-    """Fetch ``missing`` blobs in coalesced ranges, verify each, write one pack."""
-    by_pack = {}
+def _plan_reads(missing, index):
+    """Coalesced reads [(pack, [start, end, items])] of frames up to RANGE_MAX,
+    and the bigger frames [(pack, offset, csize, size, blob)] read in pieces."""
+    by_pack, big = {}, []
     for b in missing:
         size, pack, offset, csize = index[b]
-        by_pack.setdefault(pack, []).append((offset, csize, size, b))
+        if csize > RANGE_MAX:
+            big.append((pack, offset, csize, size, b))
+        else:
+            by_pack.setdefault(pack, []).append((offset, csize, size, b))
     reads = []
     for pack, items in sorted(by_pack.items()):
         items.sort()
@@ -3881,6 +4413,47 @@ def _fetch_blobs(store, src, missing, index, progress):
             else:
                 cur = [offset, offset + csize, [(offset, csize, size, b)]]
                 reads.append((pack, cur))
+    return reads, sorted(big)
+
+
+class _Pieces:
+    """A file-like view of ``length`` bytes of a source file from ``offset``,
+    fetched in pieces of at most RANGE_MAX (memory stays flat)."""
+
+    def __init__(self, src, rel, offset, length):
+        self.src, self.rel, self.pos, self.left = src, rel, offset, length
+        self.buf = memoryview(b"")
+
+    def read(self, size=-1):
+        if not self.buf and self.left:
+            n = min(self.left, RANGE_MAX)
+            self.buf = memoryview(self.src.get_range(self.rel, self.pos, n))
+            self.pos += n
+            self.left -= n
+        size = len(self.buf) if size < 0 else size
+        data, self.buf = bytes(self.buf[:size]), self.buf[size:]
+        return data
+
+
+def _check_room(store, nbytes):
+    try:
+        free = shutil.disk_usage(store.tmp_dir).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise EnvironmentProblem(f"the pull needs {human_size(nbytes)} in {store.home}, "
+                                 f"which has {human_size(free)} free",
+                                 "free some space (vocker rmi) or pass --home DIR")
+
+
+def _fetch_blobs(store, src, missing, index, progress):
+    """Fetch ``missing`` blobs in coalesced ranges, verify each, write one pack."""
+    reads, big = _plan_reads(missing, index)
+    _check_room(store, sum(index[b][3] for b in missing))
+    for pack, (start, end, items) in reads:
+        src.expect(f"packs/{pack}.pack", end)
+    for pack, offset, csize, size, b in big:
+        src.expect(f"packs/{pack}.pack", offset + csize)
     writer = store.pack_writer()
     rows = []
     if progress is not None:
@@ -3893,19 +4466,25 @@ def _fetch_blobs(store, src, missing, index, progress):
         out = []
         for offset, csize, size, b in items:
             cdata = data[offset - start:offset - start + csize]
-            decompress_blob(b, cdata, size)  # verify before keeping anything
+            verify_frame(b, size, io.BytesIO(cdata), csize)  # before keeping anything
             out.append((b, size, cdata))
         return out
+
+    def keep(b, size, offset, csize):
+        rows.append([b, size, csize, None, offset])
+        if progress is not None:
+            progress.update(nbytes=csize)
 
     try:
         workers = HTTP_THREADS if isinstance(src, HttpSource) else 1
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for out in pool.map(one, reads):
+            for out in _bounded_map(pool, one, reads, 2 * workers):
                 for b, size, cdata in out:
-                    offset = writer.append(cdata)
-                    rows.append([b, size, len(cdata), None, offset])
-                    if progress is not None:
-                        progress.update(nbytes=len(cdata))
+                    keep(b, size, writer.append(cdata), len(cdata))
+        for pack, offset, csize, size, b in big:
+            piece = _Pieces(src, f"packs/{pack}.pack", offset, csize)
+            keep(b, size, writer.append_stream(
+                lambda write: verify_frame(b, size, piece, csize, sink=write)), csize)
         pack_id = writer.finish()
     except BaseException:
         writer.abort()
@@ -3913,9 +4492,20 @@ def _fetch_blobs(store, src, missing, index, progress):
     finally:
         if progress is not None:
             progress.close()
+    if rows and pack_id is None:  # never record a blob without its frame
+        raise IntegrityError("blob", rows[0][0], "has no frame")
     for r in rows:
         r[3] = pack_id
     return [tuple(r) for r in rows]
+
+
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text):
+    """``text`` with terminal control characters escaped (\\x1b, \\n ...), for
+    printing what a repository or image says; JSON output stays exact."""
+    return _CONTROL_RE.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
 def repo_ls(location, headers=None):
@@ -3928,8 +4518,7 @@ def repo_ls(location, headers=None):
     for name, image_id in index["tags"].items():
         tags.setdefault(image_id, []).append(name)
     return [{"id": i, "short_id": short_id(i), "tags": sorted(tags.get(i, [])),
-             "kind": (info or {}).get("kind") if isinstance(info, dict) else None,
-             "python": (info or {}).get("python") if isinstance(info, dict) else None}
+             "kind": info.get("kind"), "python": info.get("python")}
             for i, info in sorted(index["images"].items())]
 
 
@@ -4135,7 +4724,8 @@ def cmd_repo(store, args):
     lines = [f"{'NAME:TAG':<30} {'IMAGE ID':<12}  {'KIND':<10} PYTHON"]
     for r in rows:
         for t in r["tags"] or ["<none>"]:
-            lines.append(f"{t:<30} {r['short_id']:<12}  {r['kind'] or '-':<10} {r['python'] or '-'}")
+            lines.append(terminal_safe(f"{t:<30} {r['short_id']:<12}  {r['kind'] or '-':<10} "
+                                       f"{r['python'] or '-'}"))
     print("\n".join(lines))
     return EXIT_OK
 
