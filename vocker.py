@@ -3893,7 +3893,8 @@ class HttpSource:
                         if start is None and received > limit:
                             raise InvalidInputError(f"{url} is too large")
                         if start is not None and received > end - start:
-                            raise InvalidInputError(f"{url}: the server sent more than was asked")
+                            raise InvalidInputError(f"{url}: the server sent more than was asked",
+                                                    "the server mishandles Range requests")
                         got += chunk
                     if start is not None and received != end - start:
                         raise http.client.IncompleteRead(b"", end - start - received)

@@ -377,8 +377,30 @@ def _bomb(root, image_id, pack_id):
     (root / "images" / f"{image_id}.blobs").write_text("\n".join(new_lines) + "\n")
 
 
+def _frame_plus_trailing(data):
+    # the first frame's listed size takes in 4 bytes of the next frame
+    lines = data.decode().splitlines()
+    first = min(range(len(lines)), key=lambda i: int(lines[i].split()[3]))
+    parts = lines[first].split()
+    parts[4] = str(int(parts[4]) + 4)
+    lines[first] = " ".join(parts)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _empty_frame_listed(data):
+    lines = data.decode().splitlines()
+    parts = lines[0].split()
+    parts[4] = "0"
+    lines[0] = " ".join(parts)
+    return ("\n".join(lines) + "\n").encode()
+
+
 HOSTILE = [
     # (id, tree, corrupt, expected exception, message fragment)
+    ("frame-with-trailing-bytes", GOOD_TREE, _edit("images/{id}.blobs", _frame_plus_trailing),
+     vocker.IntegrityError, "after its zstd frame"),
+    ("frame-listed-empty", GOOD_TREE, _edit("images/{id}.blobs", _empty_frame_listed),
+     vocker.InvalidInputError, "implausible sizes"),
     ("blob-bytes-mismatch", GOOD_TREE, _flip_pack, vocker.InvalidInputError, "blob"),
     ("truncated-pack", GOOD_TREE, _truncate_pack, vocker.InvalidInputError, "truncated"),
     ("manifest-not-its-id", GOOD_TREE, _manifest_swap, vocker.IntegrityError, "manifest"),
