@@ -3474,8 +3474,12 @@ class RepoDir:
         folder, _, name = rel.rpartition("/")
         with self.folder(folder) as d:
             path, kw = _at(d, name)
-            if WINDOWS and not flags & os.O_CREAT:
-                self._win_check(path, rel, False)
+            if WINDOWS:  # no O_NOFOLLOW there: refuse a link before opening
+                try:
+                    self._win_check(path, rel, False)
+                except NotFoundError:
+                    if not flags & os.O_CREAT:
+                        raise
             try:
                 fd = os.open(path, flags | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC, mode, **kw)
             except OSError as exc:
