@@ -293,26 +293,30 @@ def _fifo(rel):
 
 
 LAYOUT = [
-    # (id, corrupt, push exit, pull exit); 0: the command does not use that entry
-    ("tmp-is-symlink", _tmp_link, vocker.EXIT_INVALID, 0),
-    ("images-is-symlink", _link_outside("images"), vocker.EXIT_INVALID, vocker.EXIT_INVALID),
-    ("blobs-is-dev-zero", _dev_zero, vocker.EXIT_INVALID, 0),
-    ("index-is-fifo", _fifo("index.json"), vocker.EXIT_INVALID, vocker.EXIT_INVALID),
-    ("fifo-in-images", _fifo("images/{id}.blobs"), vocker.EXIT_INVALID, vocker.EXIT_INVALID),
-    ("manifest-is-fifo", _fifo("images/{id}.json"), 0, vocker.EXIT_INVALID),
-    ("packs-is-symlink", _link_outside("packs"), vocker.EXIT_INVALID, vocker.EXIT_INVALID),
+    # (id, corrupt, push exit, pull exit, repo init exit); 0: the command does not use
+    # that entry (init only makes what is missing, through no link)
+    ("tmp-is-symlink", _tmp_link, vocker.EXIT_INVALID, 0, vocker.EXIT_INVALID),
+    ("images-is-symlink", _link_outside("images"),
+    vocker.EXIT_INVALID, vocker.EXIT_INVALID, vocker.EXIT_INVALID),
+    ("blobs-is-dev-zero", _dev_zero, vocker.EXIT_INVALID, 0, 0),
+    ("index-is-fifo", _fifo("index.json"), vocker.EXIT_INVALID, vocker.EXIT_INVALID, 0),
+    ("fifo-in-images", _fifo("images/{id}.blobs"), vocker.EXIT_INVALID, vocker.EXIT_INVALID, 0),
+    ("manifest-is-fifo", _fifo("images/{id}.json"), 0, vocker.EXIT_INVALID, 0),
+    ("packs-is-symlink", _link_outside("packs"),
+    vocker.EXIT_INVALID, vocker.EXIT_INVALID, vocker.EXIT_INVALID),
     ("pack-is-symlink", _link_outside("packs/{pack}.pack"), vocker.EXIT_INVALID,
-     vocker.EXIT_INVALID),
+     vocker.EXIT_INVALID, 0),
     ("marker-is-symlink", _link_outside("vocker-repo.json"), vocker.EXIT_INVALID,
-     vocker.EXIT_INVALID),
-    ("index-is-symlink", _link_outside("index.json"), vocker.EXIT_INVALID, vocker.EXIT_INVALID),
-    ("lock-is-symlink", _link_outside(".lock"), vocker.EXIT_INVALID, 0),
+     vocker.EXIT_INVALID, 0),
+    ("index-is-symlink", _link_outside("index.json"),
+    vocker.EXIT_INVALID, vocker.EXIT_INVALID, 0),
+    ("lock-is-symlink", _link_outside(".lock"), vocker.EXIT_INVALID, 0, 0),
 ]
 
 
 @pytest.mark.parametrize("case", LAYOUT, ids=[c[0] for c in LAYOUT])
 def test_hostile_repository_layout(case, tmp_path, image):
-    name, corrupt, push_rc, pull_rc = case
+    name, corrupt, push_rc, pull_rc, init_rc = case
     home, image_id = image
     repo = pushed(tmp_path, image)
     backup = tmp_path / "backup"
@@ -325,10 +329,11 @@ def test_hostile_repository_layout(case, tmp_path, image):
     for argv, want in ((["pull", repo, "p:1"], pull_rc),
                        (["repo", "ls", repo], pull_rc if "index" in name or "marker" in name
                         else None),
+                       (["repo", "init", repo], init_rc),
                        (["push", "p:1", repo], push_rc)):  # last: push rewrites what it owns
         if want is None:
             continue
-        h = home if argv[0] == "push" else tmp_path / "pull-home"
+        h = home if argv[0] != "pull" else tmp_path / "pull-home"
         t0 = time.monotonic()
         p = cli(*argv, home=h, timeout=30)
         assert time.monotonic() - t0 < 20
