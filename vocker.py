@@ -3588,8 +3588,8 @@ class RepoDir:
                 path, kw = _at(t, name)
                 with contextlib.suppress(OSError):
                     st = os.stat(path, follow_symlinks=False, **kw)
-                    if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff and \
-                            not getattr(st, "st_file_attributes", 0) & _FILE_ATTRIBUTE_REPARSE_POINT:
+                    link = getattr(st, "st_file_attributes", 0) & _FILE_ATTRIBUTE_REPARSE_POINT
+                    if stat.S_ISREG(st.st_mode) and not link and st.st_mtime < cutoff:
                         os.unlink(path, **kw)
 
 
@@ -3839,7 +3839,8 @@ class HttpSource:
         if conn is None or fresh:
             if conn is not None:
                 conn.close()
-            base = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+            base = (http.client.HTTPSConnection if self.scheme == "https"
+                    else http.client.HTTPConnection)
             conn = self.local.conn = _paced_connection(base)(self.host, self.port,
                                                              timeout=self.timeout)
             conn.pace = _Pace(url, self.timeout, self.min_rate)

@@ -181,6 +181,12 @@ def test_frame_rules():
 # ------------------------------------------------ class 7: the empty blob
 
 
+def poison_empty_blob(store):
+    """What an older vocker recorded after a hostile pull: the empty blob, with no frame."""
+    store.db.execute("INSERT INTO blobs(id, size, csize, pack, offset) "
+                     "VALUES (?, 0, 0, NULL, NULL)", (hash_bytes(b""),))
+
+
 def test_a_repository_listing_the_empty_blob_without_a_frame_is_refused(tmp_path, capsys):
     empty = hash_bytes(b"")
 
@@ -218,8 +224,7 @@ def test_push_save_and_pull_mend_a_store_poisoned_by_a_frameless_empty_blob(tmp_
     home = tmp_path / "home"
     store = vocker.Store(home)
     try:  # what an older vocker recorded after a hostile pull
-        store.db.execute("INSERT INTO blobs(id, size, csize, pack, offset) VALUES (?,0,0,NULL,NULL)",
-                         (hash_bytes(b""),))
+        poison_empty_blob(store)
         image_id = vocker.commit(store, make_tree(tmp_path / "src"), tags=["p:1"],
                                  kind="plain")["id"]
     finally:
@@ -236,8 +241,7 @@ def test_push_save_and_pull_mend_a_store_poisoned_by_a_frameless_empty_blob(tmp_
     h3 = tmp_path / "h3"
     store = vocker.Store(h3)
     try:
-        store.db.execute("INSERT INTO blobs(id, size, csize, pack, offset) VALUES (?,0,0,NULL,NULL)",
-                         (hash_bytes(b""),))
+        poison_empty_blob(store)
         vocker.pull(store, str(repo), ["p:1"])
         size, csize, pack = store.db.execute("SELECT size, csize, pack FROM blobs WHERE id=?",
                                              (hash_bytes(b""),)).fetchone()
@@ -297,13 +301,13 @@ LAYOUT = [
     # that entry (init only makes what is missing, through no link)
     ("tmp-is-symlink", _tmp_link, vocker.EXIT_INVALID, 0, vocker.EXIT_INVALID),
     ("images-is-symlink", _link_outside("images"),
-    vocker.EXIT_INVALID, vocker.EXIT_INVALID, vocker.EXIT_INVALID),
+     vocker.EXIT_INVALID, vocker.EXIT_INVALID, vocker.EXIT_INVALID),
     ("blobs-is-dev-zero", _dev_zero, vocker.EXIT_INVALID, 0, 0),
     ("index-is-fifo", _fifo("index.json"), vocker.EXIT_INVALID, vocker.EXIT_INVALID, 0),
     ("fifo-in-images", _fifo("images/{id}.blobs"), vocker.EXIT_INVALID, vocker.EXIT_INVALID, 0),
     ("manifest-is-fifo", _fifo("images/{id}.json"), 0, vocker.EXIT_INVALID, 0),
     ("packs-is-symlink", _link_outside("packs"),
-    vocker.EXIT_INVALID, vocker.EXIT_INVALID, vocker.EXIT_INVALID),
+     vocker.EXIT_INVALID, vocker.EXIT_INVALID, vocker.EXIT_INVALID),
     ("pack-is-symlink", _link_outside("packs/{pack}.pack"), vocker.EXIT_INVALID,
      vocker.EXIT_INVALID, 0),
     ("marker-is-symlink", _link_outside("vocker-repo.json"), vocker.EXIT_INVALID,
@@ -620,8 +624,8 @@ def test_frames_larger_than_range_max_come_in_bounded_pieces(tmp_path, hostile, 
     home = tmp_path / "home"
     store = vocker.Store(home)
     try:
-        image_id = vocker.commit(store, make_tree(tmp_path / "src", big=vocker.RANGE_MAX + 3_000_000),
-                                 tags=["p:1"], kind="plain")["id"]
+        big = make_tree(tmp_path / "src", big=vocker.RANGE_MAX + 3_000_000)
+        image_id = vocker.commit(store, big, tags=["p:1"], kind="plain")["id"]
     finally:
         store.close()
     repo = pushed(tmp_path, (home, image_id))
