@@ -138,8 +138,8 @@ class VockerError(Exception):
         self.message = message
         self.hint = hint
 
-    def __str__(self):
-        return self.message + (f"; {self.hint}" if self.hint else "")
+    def __str__(self):  # one line, whatever names from outside it holds
+        return terminal_safe(self.message + (f"; {self.hint}" if self.hint else ""))
 
 
 class UsageError(VockerError):
@@ -295,6 +295,13 @@ MAX_LABEL_KEY = 128
 MAX_LABEL_VALUE = 4096
 MAX_LABELS = 256
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text):
+    """``text`` with control characters (C0, DEL, C1: terminal escapes,
+    newlines) written as ``\\xNN``: what came from outside cannot drive the
+    terminal or split a one-line message."""
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def name_key(name):
@@ -2458,7 +2465,10 @@ class Committer:
                 home_paths = [b for p in {home, str(PureWindowsPath(info["executable"]).parent)}
                               for b in windows_spellings(p)]
             else:
-                exe_paths = sorted({c for c in candidates[:2] + links if c}
+                # a path inside the environment is not the base interpreter: it is
+                # templated as the environment's own
+                exe_paths = sorted({c for c in candidates[:2] + links
+                                    if c and not _inside(c, root)}
                                    | {info["executable"], self.base_exe})
                 exe_paths = sorted(set(exe_paths) | {os.path.realpath(p) for p in exe_paths})
                 home_paths = sorted({home, os.path.realpath(home),
@@ -4286,13 +4296,6 @@ def load(store, path, progress=None):
 ###############################################################################
 # Commands ####################################################################
 ###############################################################################
-
-def terminal_safe(text):
-    """``text`` with control characters (C0, DEL, C1: terminal escapes,
-    newlines) written as ``\\xNN``: what came from outside cannot drive the
-    terminal or split a one-line message."""
-    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
 
 def _json_text(data):
     """JSON for a terminal: the same values, with DEL and C1 characters
