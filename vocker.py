@@ -577,8 +577,14 @@ def _error_chain(exc):
     return seen
 
 
+#: how a full disk reads once an OSError became text (LinkModeError keeps only that)
+_DISK_FULL_TEXTS = (os.strerror(errno.ENOSPC), "not enough space on the disk")
+
+
 def _disk_full(exc):
     """True for a write that failed because the disk is full."""
+    if isinstance(exc, LinkModeError) and any(t in exc.message for t in _DISK_FULL_TEXTS):
+        return True
     for e in _error_chain(exc):
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
             return True
@@ -701,8 +707,9 @@ class Store:
         """Open the store at ``home``, making it if needed. ``readonly``: True
         opens it for reading only; False needs it writable (else
         EnvironmentProblem); None detects, opening a store that cannot be
-        written read-only so that listing, inspecting and saving still work
-        (a write then fails in :meth:`transaction`)."""
+        written (read-only or full disk) read-only, so that listing,
+        inspecting and saving still work (a write then fails in
+        :meth:`transaction`)."""
         self.home = os.path.abspath(home)
         self.blobs_dir = os.path.join(self.home, "blobs")
         self.pool_dir = os.path.join(self.home, "pool")
@@ -716,7 +723,7 @@ class Store:
             try:
                 self._open_writable()
             except (OSError, sqlite3.OperationalError) as exc:
-                if readonly is False or not _cannot_write(exc):
+                if readonly is False or not (_cannot_write(exc) or self._full(exc)):
                     raise self.write_problem(exc) from None
                 self.readonly = True
         if self.readonly:
@@ -773,13 +780,22 @@ class Store:
 
     def full_error(self):
         return EnvironmentProblem(f"the disk holding the store at {self.home} is full",
-                                  "free some space (vocker rmi removes images) and retry")
+                                  "free some space on that disk and retry")
+
+    def _full(self, exc):
+        """A full disk; SQLite may call it an I/O error (its -shm cannot grow)."""
+        if _disk_full(exc):
+            return True
+        if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF != _SQLITE_IOERR:
+            return False
+        try:
+            return shutil.disk_usage(self.home).free < CHUNK
+        except OSError:
+            return False
 
     def write_problem(self, exc):
         """The EnvironmentProblem for a failed write into the store."""
-        if _disk_full(exc) or (
-                (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == _SQLITE_IOERR
-                and shutil.disk_usage(self.home).free < CHUNK):
+        if self._full(exc):
             return self.full_error()
         if _cannot_write(exc):
             return self.read_only_error()
@@ -2847,7 +2863,8 @@ def _inside(path, root):
 def _full_disk_error(exc, stage, target, store):
     """Name the disk that is full: the target's when the failing write was
     under the stage (or, unnamed, when it has less room), else the store's."""
-    names = [os.path.abspath(n) for n in (exc.filename, getattr(exc, "filename2", None))
+    names = [os.path.abspath(n) for n in (getattr(exc, "filename", None),
+                                          getattr(exc, "filename2", None))
              if isinstance(n, str)]
     if names:
         on_target = any(_inside(n, stage) for n in names)
@@ -3267,7 +3284,7 @@ class Creator:
         try:
             try:
                 self._materialize(stage, dirs, files, links, values)
-            except OSError as exc:
+            except (OSError, LinkModeError) as exc:
                 if _disk_full(exc):
                     raise _full_disk_error(exc, stage, target, store) from None
                 raise
