@@ -226,6 +226,24 @@ def test_pull_refuses(shape, tmp_path, store):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_load_refuses(shape, tmp_path, store):
+    import tarfile
+    name, _, crafted, kind = shape
+    if not _tightened(name):
+        pytest.xfail("check_link_template (Create section) does not refuse this yet")
+    repo = tmp_path / "repo"
+    _craft_repo(repo, crafted, kind)
+    archive = tmp_path / "evil.vocker"
+    with tarfile.open(archive, "w") as tar:
+        for dirpath, _, filenames in os.walk(repo):
+            for n in filenames:
+                p = os.path.join(dirpath, n)
+                tar.add(p, arcname=os.path.relpath(p, repo))
+    _refused_one_line(lambda: vocker.load(store, str(archive)))
+    assert vocker.list_images(store) == []
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_create_refuses(shape, tmp_path, store):
     name, _, crafted, kind = shape
     if not _tightened(name):
