@@ -138,8 +138,8 @@ class VockerError(Exception):
         self.message = message
         self.hint = hint
 
-    def __str__(self):
-        return self.message + (f"; {self.hint}" if self.hint else "")
+    def __str__(self):  # one line, whatever names from outside it holds
+        return terminal_safe(self.message + (f"; {self.hint}" if self.hint else ""))
 
 
 class UsageError(VockerError):
@@ -283,6 +283,50 @@ def read_json(data, what, limit, max_depth=MAX_JSON_DEPTH):
         raise InvalidInputError(f"{what} is not valid JSON: {str(exc)[:80]}") from None
 
 
+#: the one depth rule for commit, pull, load and create: at most this many
+#: directories nested below an environment's root
+MAX_DEPTH = 256
+#: the most paths one image may expand to (files, links and directories,
+#: counted through shared sub-trees); 20 times the largest environment vocker
+#: is built for (100,000 files), so an honest image never meets it
+MAX_PATHS = 2_000_000
+#: labels: bounded, and no control characters in keys
+MAX_LABEL_KEY = 128
+MAX_LABEL_VALUE = 4096
+MAX_LABELS = 256
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text):
+    """``text`` with control characters (C0, DEL, C1: terminal escapes,
+    newlines) written as ``\\xNN``: what came from outside cannot drive the
+    terminal or split a one-line message."""
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def name_key(name):
+    """Names with equal keys collide: equal after Unicode normalization (NFC
+    and NFD spell the same name on macOS) and case folding (Windows, macOS)."""
+    import unicodedata
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def check_labels(labels):
+    """Raise unless ``labels`` is a small dict of bounded strings whose keys
+    hold no control characters (the one rule for commit and for parsing)."""
+    if not isinstance(labels, dict) or len(labels) > MAX_LABELS:
+        raise InvalidInputError("image labels are malformed or too many",
+                                f"use at most {MAX_LABELS} KEY=VALUE labels")
+    for k, v in labels.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k \
+                or len(k) > MAX_LABEL_KEY or len(v) > MAX_LABEL_VALUE or _CONTROL_RE.search(k):
+            raise InvalidInputError(
+                f"bad image label {str(k)[:40]!r}",
+                f"label keys are 1-{MAX_LABEL_KEY} printable characters, "
+                f"values at most {MAX_LABEL_VALUE} characters")
+    return labels
+
+
 def validate_name(name):
     """Raise unless ``name`` is a safe single path component."""
     if not isinstance(name, str) or not name:
@@ -407,13 +451,36 @@ class Tree:
             if prev is not None and key <= prev:
                 raise InvalidInputError("tree entries are not sorted or not unique")
             prev = key
-            if name.casefold() in seen_lower and WINDOWS:
-                raise InvalidInputError(f"names collide by case: {name!r}")
-            seen_lower.add(name.casefold())
+            if WINDOWS:
+                key = name_key(name)
+                if key in seen_lower:
+                    raise InvalidInputError(f"names collide by case: {name!r}")
+                seen_lower.add(key)
             entries.append(TreeEntry(name, type_, ref))
         tree = cls.__new__(cls)
         tree.entries = entries
         return tree
+
+
+#: the ``python`` object of a manifest: exactly these keys, each matching its rule
+PYTHON_FACTS = {
+    "implementation": re.compile(r"[a-z][a-z0-9_]{0,31}"),
+    "version": re.compile(r"[0-9]{1,3}\.[0-9]{1,3}(\.[0-9]{1,4})?"),
+    "cache_tag": re.compile(r"[a-z0-9_]{1,32}-[0-9]{1,4}[a-z0-9_]{0,16}"),
+    "platform": re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"),
+}
+
+
+def check_python_facts(py):
+    """Raise unless ``py`` is exactly the python facts commit writes."""
+    if not isinstance(py, dict) or set(py) != set(PYTHON_FACTS):
+        raise InvalidInputError("image manifest has a malformed 'python' field",
+                                "it needs exactly: " + ", ".join(PYTHON_FACTS))
+    for key, rule in PYTHON_FACTS.items():
+        if not isinstance(py[key], str) or not rule.fullmatch(py[key]):
+            raise InvalidInputError(f"image manifest has a malformed python {key}: "
+                                    f"{str(py[key])[:40]!r}")
+    return py
 
 
 class Manifest:
@@ -458,18 +525,15 @@ class Manifest:
         check_id(obj["root"], "tree")
         if obj["parent"] is not None:
             check_id(obj["parent"], "parent image")
-        py = obj["python"]
-        if py is not None:
-            if not isinstance(py, dict) or not all(
-                    isinstance(py.get(k), str) for k in ("implementation", "version",
-                                                         "cache_tag", "platform")):
-                raise InvalidInputError("image manifest has a malformed 'python' field")
-            if not re.fullmatch(r"[a-z0-9_]+-[0-9]+[a-z0-9_]*", py["cache_tag"]):
-                raise InvalidInputError("image manifest has a malformed cache tag")
-        for key in ("pyvenv", "labels"):
-            if not isinstance(obj[key], dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in obj[key].items()):
-                raise InvalidInputError(f"image manifest has a malformed {key!r} field")
+        if obj["python"] is not None:
+            check_python_facts(obj["python"])
+        if not isinstance(obj["pyvenv"], dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in obj["pyvenv"].items()):
+            raise InvalidInputError("image manifest has a malformed 'pyvenv' field")
+        try:
+            check_labels(obj["labels"])
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"image manifest: {exc.message}") from None
         m = cls(**obj)
         if m.serialize() != data:
             raise InvalidInputError("image manifest is not in canonical form")
@@ -493,6 +557,52 @@ def _load_schema():
 def _store_problem(home, exc):
     return EnvironmentProblem(f"cannot write to the store at {home}: {exc}",
                               "check the disk is writable and not full, or pass --home DIR")
+
+
+#: SQLite result codes (primary) that mean the store's disk or file, not a bug
+_SQLITE_ENV_CODES = {3, 5, 6, 8, 10, 13, 14}  # PERM BUSY LOCKED READONLY IOERR FULL CANTOPEN
+_SQLITE_FULL, _SQLITE_READONLY, _SQLITE_IOERR = 13, 8, 10
+
+
+def _sqlite_env_error(exc):
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _SQLITE_ENV_CODES
+
+
+def _error_chain(exc):
+    """``exc`` and the exceptions it was raised from (zstd wraps write errors)."""
+    seen = []
+    while exc is not None and len(seen) < 8:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+#: how a full disk reads once an OSError became text (LinkModeError keeps only that)
+_DISK_FULL_TEXTS = (os.strerror(errno.ENOSPC), "not enough space on the disk")
+
+
+def _disk_full(exc):
+    """True for a write that failed because the disk is full."""
+    if isinstance(exc, LinkModeError) and any(t in exc.message for t in _DISK_FULL_TEXTS):
+        return True
+    for e in _error_chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return True
+        if isinstance(e, sqlite3.OperationalError) and \
+                (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == _SQLITE_FULL:
+            return True
+    return False
+
+
+def _cannot_write(exc):
+    """True for a write refused because the disk or file is read-only."""
+    for e in _error_chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return True
+        if isinstance(e, sqlite3.OperationalError) and \
+                (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == _SQLITE_READONLY:
+            return True
+    return False
 
 
 def decompress_blob(blob_id, cdata, size):
@@ -703,32 +813,103 @@ class PackWriter:
 class Store:
     """The local store: ``vocker.db`` plus ``blobs/``, ``pool/``, ``tmp/``."""
 
-    def __init__(self, home):
+    def __init__(self, home, readonly=None):
+        """Open the store at ``home``, making it if needed. ``readonly``: True
+        opens it for reading only; False needs it writable (else
+        EnvironmentProblem); None detects, opening a store that cannot be
+        written (read-only or full disk) read-only, so that listing,
+        inspecting and saving still work (a write then fails in
+        :meth:`transaction`)."""
         self.home = os.path.abspath(home)
         self.blobs_dir = os.path.join(self.home, "blobs")
         self.pool_dir = os.path.join(self.home, "pool")
         self.tmp_dir = os.path.join(self.home, "tmp")
         self.packs_dir = os.path.join(self.home, "packs")
         self._packs = {}
+        self._pool_gen = {}
+        self._valid = set()  # object IDs whose format digest_to_path has checked
+        self.readonly = bool(readonly)
+        if not self.readonly:
+            try:
+                self._open_writable()
+            except (OSError, sqlite3.OperationalError) as exc:
+                if readonly is False or not (_cannot_write(exc) or self._full(exc)):
+                    raise self.write_problem(exc) from None
+                self.readonly = True
+        if self.readonly:
+            self._open_readonly()
+        else:
+            self._clean_tmp()
+
+    def _open_writable(self):
+        for d in (self.home, self.blobs_dir, self.pool_dir, self.tmp_dir, self.packs_dir):
+            os.makedirs(d, exist_ok=True)
+        self._check_writable()
+        for d in (self.blobs_dir, self.pool_dir):
+            if not os.path.isdir(os.path.join(d, "ff")):
+                for i in range(256):
+                    os.makedirs(os.path.join(d, f"{i:02x}"), exist_ok=True)
+            _made_dirs.update(os.path.join(d, f"{i:02x}") for i in range(256))
+        self.db = sqlite3.connect(os.path.join(self.home, "vocker.db"),
+                                  timeout=60, isolation_level=None)
         try:
-            for d in (self.home, self.blobs_dir, self.pool_dir, self.tmp_dir, self.packs_dir):
-                os.makedirs(d, exist_ok=True)
-            for d in (self.blobs_dir, self.pool_dir):
-                if not os.path.isdir(os.path.join(d, "ff")):
-                    for i in range(256):
-                        os.makedirs(os.path.join(d, f"{i:02x}"), exist_ok=True)
-                _made_dirs.update(os.path.join(d, f"{i:02x}") for i in range(256))
-            self.db = sqlite3.connect(os.path.join(self.home, "vocker.db"),
-                                      timeout=60, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_load_schema())
-            self._check_writable()
-        except (OSError, sqlite3.OperationalError) as exc:
-            raise _store_problem(self.home, exc) from None
-        self._clean_tmp()
-        self._pool_gen = {}
-        self._valid = set()  # object IDs whose format digest_to_path has checked
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _open_readonly(self):
+        """Read-only SQLite: ``mode=ro`` reads a WAL database when its -wal and
+        -shm files exist or can be made; else (a read-only disk after a clean
+        close, so no WAL content) ``immutable=1``."""
+        path = os.path.join(self.home, "vocker.db")
+        if not os.path.isfile(path):
+            raise EnvironmentProblem(f"no store at {self.home}, and it cannot be made there",
+                                     "check the path and that the disk is writable, "
+                                     "or pass --home DIR")
+        uri = Path(path).as_uri()
+        for query in ("?mode=ro", "?immutable=1"):
+            db = sqlite3.connect(uri + query, uri=True, timeout=60, isolation_level=None)
+            try:
+                db.execute("SELECT count(*) FROM images").fetchone()
+            except sqlite3.Error as exc:
+                db.close()
+                error = exc
+                continue
+            self.db = db
+            return
+        raise EnvironmentProblem(f"cannot read the store at {self.home}: {error}",
+                                 "check the permissions of its vocker.db") from None
+
+    def read_only_error(self):
+        return EnvironmentProblem(f"the store at {self.home} is read-only",
+                                  "check the disk is writable (and mounted read-write), "
+                                  "or pass --home DIR")
+
+    def full_error(self):
+        return EnvironmentProblem(f"the disk holding the store at {self.home} is full",
+                                  "free some space on that disk and retry")
+
+    def _full(self, exc):
+        """A full disk; SQLite may call it an I/O error (its -shm cannot grow)."""
+        if _disk_full(exc):
+            return True
+        if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF != _SQLITE_IOERR:
+            return False
+        try:
+            return shutil.disk_usage(self.home).free < CHUNK
+        except OSError:
+            return False
+
+    def write_problem(self, exc):
+        """The EnvironmentProblem for a failed write into the store."""
+        if self._full(exc):
+            return self.full_error()
+        if _cannot_write(exc):
+            return self.read_only_error()
+        return _store_problem(self.home, exc)
 
     def _check_writable(self):
         probe = os.path.join(self.tmp_dir, f".probe-{uuid.uuid4().hex}")
@@ -777,14 +958,29 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        """One write transaction. A store that cannot take it (read-only,
+        full disk, unreadable) is an EnvironmentProblem here, for every caller."""
+        if self.readonly:
+            raise self.read_only_error()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self.write_problem(exc) from None
         try:
             yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
             self.db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _sqlite_env_error(exc):
+                raise self.write_problem(exc) from None
+            raise
+
+    def container_origin(self, path):
+        """(image ID, recorded interpreter) if ``path`` is a container, else None."""
+        row = self.db.execute("SELECT image, python FROM containers WHERE path=?",
+                              (os.path.abspath(path),)).fetchone()
+        return tuple(row) if row else None
 
     def tmp_path(self, hint="tmp"):
         return os.path.join(self.tmp_dir, f"{hint}-{uuid.uuid4().hex}")
@@ -802,6 +998,19 @@ class Store:
         except FileNotFoundError:
             pass
         tmp = self.tmp_path("blob")
+        try:
+            self._compress_file(blob_id, src_path, size, tmp)
+            _makedirs(os.path.dirname(path))
+            os.replace(tmp, path)
+        except BaseException as exc:
+            _unlink_quiet(tmp)
+            if _disk_full(exc):
+                raise self.full_error() from None
+            raise
+        return os.stat(path).st_size
+
+    @staticmethod
+    def _compress_file(blob_id, src_path, size, tmp):
         # single-threaded: zstd's worker threads cost ~30 MB each per file
         cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         h = blake3.blake3()
@@ -814,12 +1023,8 @@ class Store:
                     h.update(chunk)
                     w.write(chunk)
         if h.hexdigest() != blob_id:
-            os.unlink(tmp)
             raise InvalidInputError(f"{src_path} changed while it was being committed",
                                     "stop programs writing to the environment and retry")
-        _makedirs(os.path.dirname(path))
-        os.replace(tmp, path)
-        return os.stat(path).st_size
 
     def pack_writer(self):
         return PackWriter(self.tmp_path("pack"), self.packs_dir)
@@ -2321,6 +2526,7 @@ class Committer:
             raise NotFoundError("path", root, "check the path of the environment")
         if not os.path.isdir(root):
             raise InvalidInputError(f"{root} is not a directory", "give the environment's folder")
+        self.origin = self.store.container_origin(root)
         kind = self.kind or detect_kind(root)
         if kind is None:
             raise InvalidInputError(
@@ -2368,17 +2574,16 @@ class Committer:
             info = self.python_info
             if info is not None:
                 self.base_exe = info["executable"]
-                candidates = []
-            for c in candidates:
-                if os.path.exists(c):
-                    info = query_python(c)
-                    if info is not None:
-                        self.base_exe = c
-                        break
+            else:
+                info = self._base_python(candidates)
             if info is None:
-                raise PythonError(f"the base interpreter of {root} (home = {home}) does not run",
+                raise PythonError(f"the base interpreter of {root} (home = {home}) does not run "
+                                  "or lies inside the environment",
                                   "pass --python with the interpreter that made the venv")
             self.python = {k: info[k] for k in ("implementation", "version", "cache_tag", "platform")}
+            origin_py = self._origin_python()
+            if origin_py is not None and python_matches(info, origin_py):
+                self.python = origin_py  # a container: keep its image's facts
             if self.win:
                 from pathlib import PureWindowsPath
                 exe_paths = [b for p in {cfg.get("executable"), info["executable"]} if p
@@ -2386,7 +2591,10 @@ class Committer:
                 home_paths = [b for p in {home, str(PureWindowsPath(info["executable"]).parent)}
                               for b in windows_spellings(p)]
             else:
-                exe_paths = sorted({c for c in candidates[:2] + links if c}
+                # a path inside the environment is not the base interpreter: it is
+                # templated as the environment's own
+                exe_paths = sorted({c for c in candidates[:2] + links
+                                    if c and not _inside(c, root)}
                                    | {info["executable"], self.base_exe})
                 exe_paths = sorted(set(exe_paths) | {os.path.realpath(p) for p in exe_paths})
                 home_paths = sorted({home, os.path.realpath(home),
@@ -2399,45 +2607,90 @@ class Committer:
                 else:
                     prompt = os.path.basename(root)
         elif kind == "standalone":
+            # a container takes its image's facts: nothing in it runs. A folder
+            # vocker did not make is the user's own Python: running it to learn
+            # its version is what committing it asks for.
+            self.python = self._origin_python()
             for name in ("bin/python3", "bin/python", "python.exe", "python"):
                 p = os.path.join(root, name)
-                if os.path.isfile(p):
+                if self.python is None and os.path.isfile(p):
                     info = query_python(p)
                     if info is not None:
                         self.python = {k: info[k] for k in
                                        ("implementation", "version", "cache_tag", "platform")}
-                        break
             if self.python is None:
                 raise InvalidInputError(f"the python in {root} does not run",
                                         "pass --kind plain to commit it as a plain folder")
         self.env_norm = Normalizer(env_paths, prompt=prompt)
         self.cfg_norm = Normalizer(env_paths, exe_paths, home_paths)
 
+    def _origin_python(self):
+        """The python facts of the image this folder is a container of."""
+        if self.origin is None:
+            return None
+        try:
+            return self.store.manifest(self.origin[0]).python
+        except NotFoundError:
+            return None
+
+    def _base_python(self, candidates):
+        """Facts of the first candidate that runs, never one inside the
+        environment (its files come from the image: running one would run
+        the image). A container's recorded interpreter goes first."""
+        if self.origin is not None and self.origin[1]:
+            candidates = [self.origin[1], *candidates]
+        for c in candidates:
+            if c and os.path.exists(c) and not _inside(c, self.root):
+                info = query_python(c)
+                if info is not None and not _inside(info["executable"], self.root):
+                    self.base_exe = c
+                    return info
+        return None
+
     # -- walking ------------------------------------------------------------
 
-    def _walk(self, rel, dirs, files, links):
-        entries = []
-        dirs[rel] = entries
+    def _walk(self, dirs, files, links):
+        """Scan the folder into ``dirs`` {rel: entries}, ``files`` and ``links``.
+        Iterative, and bounded by MAX_DEPTH: the depth rule walk_image applies."""
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            entries = dirs[rel] = []
+            for e, st in self._scan(rel):
+                name, mode = e.name, st.st_mode
+                child = f"{rel}/{name}" if rel else name
+                if stat.S_ISDIR(mode):
+                    if child.count("/") >= MAX_DEPTH:
+                        raise InvalidInputError(
+                            f"cannot commit {e.path}: folders nest more than {MAX_DEPTH} deep",
+                            "flatten the folder tree; images cannot be created that deep")
+                    entries.append([name, T_DIR, child])
+                    stack.append(child)
+                elif stat.S_ISLNK(mode):
+                    entry = [name, T_SYMLINK, os.readlink(e.path)]
+                    entries.append(entry)
+                    links.append((child, entry))
+                elif stat.S_ISREG(mode):
+                    entry = [name, T_EXEC if mode & 0o111 else T_FILE, None]
+                    entries.append(entry)
+                    files.append(_FileJob(child, e.path, st, entry))
+                else:
+                    raise InvalidInputError(f"{e.path} is a socket, pipe or device file",
+                                            "remove it from the environment")
+
+    def _scan(self, rel):
+        """[(DirEntry, lstat)] of one folder, sorted, bytecode left out (it is
+        compiled again at create), names checked by the rules pull applies."""
         path = os.path.join(self.root, rel) if rel else self.root
         try:
             with os.scandir(path) as it:
                 items = sorted(it, key=lambda e: os.fsencode(e.name))
         except OSError as exc:
             raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from None
-        folded = set()
+        out, folded = [], set()
         for e in items:
             name = e.name
-            key = name.casefold()
-            if key in folded and not (name == "__pycache__" or name.endswith((".pyc", ".pyo"))):
-                raise InvalidInputError(
-                    f"cannot commit {e.path}: another name in that folder differs only by case",
-                    "rename one of them: images must work on case-insensitive disks")
-            folded.add(key)
-            st = e.stat(follow_symlinks=False)
-            mode = st.st_mode
-            if name == "__pycache__" and stat.S_ISDIR(mode):
-                continue
-            if name.endswith((".pyc", ".pyo")) and stat.S_ISREG(mode):
+            if name == "__pycache__" or name.endswith((".pyc", ".pyo")):
                 continue
             try:
                 validate_name(name)
@@ -2446,32 +2699,32 @@ class Committer:
             except InvalidInputError as exc:
                 raise InvalidInputError(f"cannot commit {e.path}: {exc.message}",
                                         "rename the file") from None
-            child = f"{rel}/{name}" if rel else name
-            if stat.S_ISDIR(mode):
-                entry = [name, T_DIR, child]
-                entries.append(entry)
-                self._walk(child, dirs, files, links)
-            elif stat.S_ISLNK(mode):
-                entry = [name, T_SYMLINK, os.readlink(e.path)]
-                entries.append(entry)
-                links.append((child, entry))
-            elif stat.S_ISREG(mode):
-                entry = [name, T_EXEC if mode & 0o111 else T_FILE, None]
-                entries.append(entry)
-                files.append(_FileJob(child, e.path, st, entry))
-            else:
-                raise InvalidInputError(f"{e.path} is a socket, pipe or device file",
-                                        "remove it from the environment")
+            key = name_key(name)
+            if key in folded:
+                raise InvalidInputError(
+                    f"cannot commit {e.path}: another name in that folder differs only by "
+                    "case or Unicode normalization",
+                    "rename one of them: images must work on case-insensitive disks")
+            folded.add(key)
+            out.append((e, e.stat(follow_symlinks=False)))
+        return out
 
     def _symlink(self, rel, entry):
+        """Literal targets follow check_link_target, templated ones
+        check_link_template: the rules create and pull apply."""
         target = entry[2]
         raw = os.fsencode(target)
         if os.path.isabs(target) or (WINDOWS and re.match(r"[A-Za-z]:", target)):
             tpl = self.cfg_norm.normalize(raw, entry[0])
-            if tpl is None or not tpl.startswith((PH_ENV, PH_PYEXE, PH_PYHOME)):
+            try:
+                if tpl is None:
+                    raise InvalidInputError(f"symlink {rel} points outside the environment")
+                check_link_template(rel, tpl)
+            except InvalidInputError:
                 raise InvalidInputError(
-                    f"symlink {rel} points outside the environment to {target}",
-                    "make it relative or replace it with the file")
+                    f"cannot commit {os.path.join(self.root, rel)}: symlink points outside "
+                    f"the environment to {target}",
+                    "make it relative or replace it with the file") from None
             entry[1], entry[2] = T_SYMLINK_TEMPLATE, tpl.hex()
         else:
             check_link_target(rel, target)
@@ -2648,7 +2901,7 @@ class Committer:
         self.prepare()
         self.pack = self.store.pack_writer()
         dirs, files, links = {}, [], []
-        self._walk("", dirs, files, links)
+        self._walk(dirs, files, links)
         for rel, entry in links:
             self._symlink(rel, entry)
         self.progress.total = len(files)
@@ -2689,12 +2942,10 @@ class Committer:
             tree_ids[rel] = tid
         manifest = Manifest(self.kind, tree_ids[""], python=self.python, pyvenv=self.pyvenv,
                             labels=self.labels)
-        row = self.store.db.execute("SELECT image FROM containers WHERE path=?",
-                                    (self.root,)).fetchone()
-        if row:
+        if self.origin:
             # a container: unchanged gives its image back; changed names it as parent
             try:
-                origin = self.store.manifest(row[0])
+                origin = self.store.manifest(self.origin[0])
             except NotFoundError:
                 origin = None
             if origin is not None:
@@ -2702,10 +2953,37 @@ class Committer:
                 if dict(origin.to_dict(), parent=None) == manifest.to_dict():
                     manifest = origin
                 else:
-                    manifest.parent = row[0]
+                    manifest.parent = self.origin[0]
         self.files = files
         self.trees = trees
         return manifest
+
+
+def _inside(path, root):
+    """True if ``path`` is ``root`` or lies below it, as written or resolved
+    (a symlink into the folder counts as inside)."""
+    for p, r in ((os.path.abspath(path), os.path.abspath(root)),
+                 (os.path.realpath(path), os.path.realpath(root))):
+        p, r = os.path.normcase(p), os.path.normcase(r).rstrip(os.sep)
+        if p == r or p.startswith(r + os.sep):
+            return True
+    return False
+
+
+def _full_disk_error(exc, stage, target, store):
+    """Name the disk that is full: the target's when the failing write was
+    under the stage (or, unnamed, when it has less room), else the store's."""
+    names = [os.path.abspath(n) for n in (getattr(exc, "filename", None),
+                                          getattr(exc, "filename2", None))
+             if isinstance(n, str)]
+    if names:
+        on_target = any(_inside(n, stage) for n in names)
+    else:
+        on_target = shutil.disk_usage(stage).free <= shutil.disk_usage(store.home).free
+    if not on_target:
+        return store.full_error()
+    return EnvironmentProblem(f"the disk holding {os.path.dirname(target)} is full",
+                              f"free some space there and retry, or create {target} elsewhere")
 
 
 def _bounded_map(pool, fn, items, window):
@@ -2817,14 +3095,17 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
     Windows-shaped venv as if it lived at that Windows path."""
     t0 = time.monotonic()
     tags = [normalize_tag(t) for t in tags]
+    check_labels(dict(labels or {}))
     c = Committer(store, path, kind=kind, python=python, labels=labels, progress=progress,
                   windows_path=windows_path, python_info=python_info)
     try:
         manifest = c.run()
         pack_id = c.pack.finish()
-    except BaseException:
+    except BaseException as exc:
         if c.pack is not None:
             c.pack.abort()
+        if _disk_full(exc):  # the pack and loose blobs are the only writes so far
+            raise store.full_error() from None
         raise
     finally:
         for db in c.reader_dbs:
@@ -2840,22 +3121,19 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
     for j in files:
         if j.read and j.st[2]:
             stat_rows.append((j.path, *j.st, j.blob, int(j.template)))
-    try:
-        with store.transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO blobs(id, size, csize, pack, offset) "
-                           "VALUES (?,?,?,?,?)", blob_rows)
-            db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)",
-                           list(c.trees.items()))
-            db.execute("INSERT OR IGNORE INTO images(id, manifest, created, source, base_exe, size, files)"
-                       " VALUES (?,?,?,?,?,?,?)",
-                       (image_id, data, now, c.root, c.base_exe, size, len(files)))
-            if c.base_exe:
-                db.execute("UPDATE images SET base_exe=? WHERE id=?", (c.base_exe, image_id))
-            for t in tags:
-                db.execute("INSERT OR REPLACE INTO tags(name, image) VALUES (?,?)", (t, image_id))
-            db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?,?)", stat_rows)
-    except sqlite3.OperationalError as exc:
-        raise _store_problem(store.home, exc) from None
+    with store.transaction() as db:
+        db.executemany("INSERT OR IGNORE INTO blobs(id, size, csize, pack, offset) "
+                       "VALUES (?,?,?,?,?)", blob_rows)
+        db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)",
+                       list(c.trees.items()))
+        db.execute("INSERT OR IGNORE INTO images(id, manifest, created, source, base_exe, size, files)"
+                   " VALUES (?,?,?,?,?,?,?)",
+                   (image_id, data, now, c.root, c.base_exe, size, len(files)))
+        if c.base_exe:
+            db.execute("UPDATE images SET base_exe=? WHERE id=?", (c.base_exe, image_id))
+        for t in tags:
+            db.execute("INSERT OR REPLACE INTO tags(name, image) VALUES (?,?)", (t, image_id))
+        db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?,?)", stat_rows)
     return {"id": image_id, "short_id": short_id(image_id), "tags": tags, "kind": manifest.kind,
             "python": manifest.python, "parent": manifest.parent, "files": len(files),
             "size": size, "files_read": sum(1 for j in files if j.read),
@@ -2890,29 +3168,77 @@ for idx, src, cfile, dfile in jobs:
 
 def walk_image(get_tree, root):
     """Yield ``(relative path, entry)`` for every entry below tree ``root``,
-    parents before children. Refuses names that collide by case (images must
-    work on case-insensitive disks) and absurdly deep or large trees.
+    parents before children. Before yielding anything, refuses names that
+    collide (images must work on case-insensitive disks), trees nested more
+    than MAX_DEPTH deep and images expanding to more than MAX_PATHS paths.
     ``get_tree(id)`` returns a parsed, verified Tree."""
-    stack, count = [("", root)], 0
+    trees = _expansion(get_tree, root)
+    stack = [("", root)]
     while stack:
         rel, tree_id = stack.pop()
-        tree = get_tree(tree_id)
-        count += 1
-        if count > 1_000_000:
-            raise InvalidInputError("image tree is too deep or too large")
-        folded = set()
+        tree = trees[tree_id][0]
         for e in tree.entries:
-            key = e.name.casefold()
-            if key in folded:
-                raise InvalidInputError(f"names collide by case in {rel or '.'}: {e.name!r}",
-                                        "this image cannot be created on a case-insensitive disk")
-            folded.add(key)
             child = f"{rel}/{e.name}" if rel else e.name
             if e.type == T_DIR:
-                if child.count("/") > 256:
-                    raise InvalidInputError("image tree is too deep or too large")
                 stack.append((child, e.ref))
             yield child, e
+
+
+def _too_large(what):
+    return InvalidInputError(f"image tree is too {what}",
+                             f"images hold at most {MAX_PATHS} paths, "
+                             f"{MAX_DEPTH} folders deep")
+
+
+def _expansion(get_tree, root):
+    """{tree id: (tree, paths below it, folders below it)} for every distinct
+    tree under ``root``: each tree is fetched and checked once, so the work is
+    linear in the size of the trees, not in the paths a DAG expands to."""
+    done = {}
+    stack = [(root, False)]
+    while stack:
+        tree_id, children_done = stack.pop()
+        if tree_id in done and done[tree_id] is not None:
+            continue
+        if not children_done:
+            if tree_id in done:  # entered again before finishing: a cycle
+                raise _too_large("deep (its trees form a cycle)")
+            tree = get_tree(tree_id)
+            done[tree_id] = None
+            _check_tree_names(tree)
+            stack.append((tree_id, tree))
+            for e in tree.entries:
+                if e.type == T_DIR and done.get(e.ref) is None:
+                    if e.ref in done:
+                        raise _too_large("deep (its trees form a cycle)")
+                    stack.append((e.ref, False))
+            continue
+        tree = children_done
+        paths, depth = 0, 0
+        for e in tree.entries:
+            paths += 1
+            if e.type == T_DIR:
+                _, sub_paths, sub_depth = done[e.ref]
+                paths += sub_paths
+                depth = max(depth, sub_depth + 1)
+        if paths > MAX_PATHS:
+            raise _too_large("large")
+        if depth > MAX_DEPTH:
+            raise _too_large("deep")
+        done[tree_id] = (tree, paths, depth)
+    return done
+
+
+def _check_tree_names(tree):
+    """Names in one folder must not collide (see :func:`name_key`)."""
+    folded = set()
+    for e in tree.entries:
+        key = name_key(e.name)
+        if key in folded:
+            raise InvalidInputError(f"names collide by case or Unicode normalization in an "
+                                    f"image tree: {e.name!r}",
+                                    "this image cannot be created on a case-insensitive disk")
+        folded.add(key)
 
 
 def check_link_template(rel, tpl):
@@ -3066,7 +3392,12 @@ class Creator:
             raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
                                      "check the folder is writable") from None
         try:
-            self._materialize(stage, dirs, files, links, values)
+            try:
+                self._materialize(stage, dirs, files, links, values)
+            except (OSError, LinkModeError) as exc:
+                if _disk_full(exc):
+                    raise _full_disk_error(exc, stage, target, store) from None
+                raise
             if os.path.lexists(target):
                 raise ConflictError(f"{target} appeared while it was being created")
             os.rename(stage, target)
@@ -4532,7 +4863,9 @@ def save(store, refs, out):
     """Write images into one portable archive (a tar of a repository)."""
     import tarfile
     out = os.path.abspath(out)
-    stage = store.tmp_path("save")
+    # staged beside the output, not in the store: save works on a read-only store
+    stage = os.path.join(os.path.dirname(out),
+                         f".{os.path.basename(out)}.vocker-{uuid.uuid4().hex[:8]}")
     try:
         result = push(store, refs, stage)
         tmp = out + f".tmp-{uuid.uuid4().hex[:8]}"
@@ -4576,10 +4909,17 @@ def load(store, path, progress=None):
 # Commands ####################################################################
 ###############################################################################
 
+def _json_text(data):
+    """JSON for a terminal: the same values, with DEL and C1 characters
+    ``\\u``-escaped too (json.dumps escapes only C0)."""
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    return re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _emit(args, data, text, quiet_text=None):
     """Print ``data`` as JSON, or ``text``; with --quiet only ``quiet_text``."""
     if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+        print(_json_text(data))
     elif args.quiet:
         if quiet_text:
             print(quiet_text)
@@ -4738,7 +5078,7 @@ def cmd_repo(store, args):
 
 def cmd_inspect(store, args):
     r = inspect(store, args.name)
-    print(json.dumps(r, indent=2, sort_keys=True, ensure_ascii=False))
+    print(_json_text(r))
     return EXIT_OK
 
 
@@ -4847,6 +5187,10 @@ def build_parser():
 # main ########################################################################
 ###############################################################################
 
+#: commands that only read the store: they work on a read-only store too
+READ_ONLY_COMMANDS = (cmd_images, cmd_inspect, cmd_ps, cmd_save)
+
+
 def main(argv=None):
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -4872,13 +5216,14 @@ def main(argv=None):
             parser.print_help()
             return EXIT_USAGE
         if args.func is not cmd_repo:  # repo init/ls need no local store
-            store = Store(args.home or default_home())
+            store = Store(args.home or default_home(),
+                          readonly=None if args.func in READ_ONLY_COMMANDS else False)
         return args.func(store, args)
     except VockerError as exc:
         if debug:
             import traceback
             traceback.print_exc()
-        print(f"vocker: error: {exc}", file=sys.stderr)
+        print(f"vocker: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into head & co.
         with contextlib.suppress(OSError):
@@ -4892,8 +5237,8 @@ def main(argv=None):
             import traceback
             traceback.print_exc()
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"vocker: error: {exc.strerror or exc}{where}; check the path, free space "
-              "and permissions", file=sys.stderr)
+        print(terminal_safe(f"vocker: error: {exc.strerror or exc}{where}; check the path, "
+                            "free space and permissions"), file=sys.stderr)
         return EXIT_ENVIRONMENT
     except Exception as exc:  # a bug
         import traceback

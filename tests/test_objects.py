@@ -461,6 +461,26 @@ BAD_MANIFESTS = [
     pytest.param(_variant(python=_python(version=3.11)), id="python-version-number"),
     pytest.param(_variant(python=_python(cache_tag="../x")), id="python-bad-cache-tag"),
     pytest.param(_variant(python=["cpython", "3.11"]), id="python-list"),
+    pytest.param(_variant(python=_python(version="3")), id="python-version-major-only"),
+    pytest.param(_variant(python=_python(version="3.11.7rc1")), id="python-version-suffix"),
+    pytest.param(_variant(python=_python(version="")), id="python-version-empty"),
+    pytest.param(_variant(python=_python(abi="cp311")), id="python-unknown-key"),
+    pytest.param(_variant(python=_python(implementation="CPython")),
+                 id="python-implementation-uppercase"),
+    pytest.param(_variant(python=_python(implementation="1python")),
+                 id="python-implementation-digit-first"),
+    pytest.param(_variant(python=_python(platform="linux x86_64")), id="python-platform-space"),
+    pytest.param(_variant(python=_python(platform="linux\x1b[2J")),
+                 id="python-platform-escape"),
+    pytest.param(_variant(python=_python(platform="p" * 65)), id="python-platform-long"),
+    pytest.param(_variant(python=_python(cache_tag=["cpython-311"])), id="python-cache-tag-list"),
+    pytest.param(_variant(labels={"a\x1b[31m": "x"}), id="labels-escape-in-key"),
+    pytest.param(_variant(labels={"a\nb": "x"}), id="labels-newline-in-key"),
+    pytest.param(_variant(labels={"a\x9b": "x"}), id="labels-c1-in-key"),
+    pytest.param(_variant(labels={"": "x"}), id="labels-empty-key"),
+    pytest.param(_variant(labels={"k" * 129: "x"}), id="labels-long-key"),
+    pytest.param(_variant(labels={"k": "v" * 4097}), id="labels-long-value"),
+    pytest.param(_variant(labels={f"k{i:03d}": "v" for i in range(257)}), id="labels-too-many"),
     pytest.param(_variant(labels={"app": 1}), id="labels-int-value"),
     pytest.param(_variant(labels={"app": None}), id="labels-null-value"),
     pytest.param(_variant(labels=["app"]), id="labels-list"),
@@ -492,6 +512,18 @@ BAD_MANIFESTS = [
 def test_manifest_parse_rejects(data):
     with pytest.raises(InvalidInputError):
         Manifest.parse(data)
+
+
+def test_python_version_3_is_refused_at_parse_not_at_create():
+    with pytest.raises(InvalidInputError, match="python version"):
+        Manifest.parse(_variant(python=_python(version="3")))
+
+
+@pytest.mark.parametrize("labels", [{"note": "line one\nline two\x1b[31m"},
+                                    {"k" * 128: "v" * 4096}])
+def test_label_values_may_hold_any_text_within_bounds(labels):
+    m = Manifest("plain", EMPTY_HASH, labels=labels)
+    assert Manifest.parse(m.serialize(), m.id).labels == labels
 
 
 def test_noncanonical_key_order_case_is_really_out_of_order():
