@@ -301,7 +301,7 @@ def terminal_safe(text):
     """``text`` with control characters (C0, DEL, C1: terminal escapes,
     newlines) written as ``\\xNN``: what came from outside cannot drive the
     terminal or split a one-line message."""
-    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def name_key(name):
@@ -4834,15 +4834,6 @@ def _fetch_blobs(store, src, missing, index, progress):
     for r in rows:
         r[3] = pack_id
     return [tuple(r) for r in rows]
-
-
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def terminal_safe(text):
-    """``text`` with terminal control characters escaped (\\x1b, \\n ...), for
-    printing what a repository or image says; JSON output stays exact."""
-    return _CONTROL_RE.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
 def repo_ls(location, headers=None):
