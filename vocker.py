@@ -994,7 +994,7 @@ def reflink_file(src, dst):
     import fcntl
     sfd = os.open(src, os.O_RDONLY)
     try:
-        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        dfd = create_exclusive(dst)
         try:
             fcntl.ioctl(dfd, FICLONE, sfd)
         except OSError:
@@ -1006,8 +1006,21 @@ def reflink_file(src, dst):
         os.close(sfd)
 
 
-def copy_file(src, dst):
-    shutil.copyfile(src, dst)
+_O_EXCL_NEW = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+               | getattr(os, "O_BINARY", 0))
+
+
+def create_exclusive(path, mode=0o644):
+    """Open a new file for writing; fails if anything (a symlink included)
+    is already at ``path``, so a write never goes through a link."""
+    return os.open(path, _O_EXCL_NEW, mode)
+
+
+def copy_file(src, dst, mode=0o644):
+    """Copy ``src`` to a new file ``dst`` (never through an existing name)."""
+    with open(src, "rb") as fin:
+        with os.fdopen(create_exclusive(dst, mode), "wb") as fout:
+            shutil.copyfileobj(fin, fout, CHUNK)
 
 
 class Linker:
@@ -2781,7 +2794,8 @@ for idx, src, cfile, dfile in jobs:
 def walk_image(get_tree, root):
     """Yield ``(relative path, entry)`` for every entry below tree ``root``,
     parents before children. Refuses names that collide by case (images must
-    work on case-insensitive disks) and absurdly deep or large trees.
+    work on case-insensitive disks), bytecode entries (``__pycache__``,
+    ``*.pyc``) and absurdly deep or large trees.
     ``get_tree(id)`` returns a parsed, verified Tree."""
     stack, count = [("", root)], 0
     while stack:
@@ -2798,6 +2812,7 @@ def walk_image(get_tree, root):
                                         "this image cannot be created on a case-insensitive disk")
             folded.add(key)
             child = f"{rel}/{e.name}" if rel else e.name
+            check_bytecode_name(child, e.name)
             if e.type == T_DIR:
                 if child.count("/") > 256:
                     raise InvalidInputError("image tree is too deep or too large")
@@ -2805,14 +2820,36 @@ def walk_image(get_tree, root):
             yield child, e
 
 
+#: the documented interpreter links: ``bin/python*`` (``Scripts\\python*``) at
+#: the top of the environment may point at the base interpreter
+_INTERPRETER_LINK_RE = re.compile(r"(?:bin|Scripts)/(?:python|pypy)[^/]*")
+
+
 def check_link_template(rel, tpl):
-    """Raise unless a templated symlink target starts with exactly one
-    placeholder and never climbs with ``..`` (so it cannot leave the
-    environment, nor wander from the base interpreter)."""
-    rest = tpl.replace(b"\\", b"/")
-    if not tpl.startswith((PH_ENV, PH_PYEXE, PH_PYHOME)) or \
-            b".." in rest.split(b"/") or tpl.count(PH_MARK) != 1:
-        raise InvalidInputError(f"symlink {rel} points outside the environment")
+    """Raise unless a templated symlink target stays inside the environment:
+    ``@@VOCKER:ENV@@`` alone, or ``@@VOCKER:ENV@@/`` + a relative path with no
+    ``..``, empty component, backslash or other placeholder; or exactly
+    ``@@VOCKER:PYEXE@@`` for an interpreter link (``bin/python*``).
+    Shared by commit, pull and create: one rule set."""
+    if tpl == PH_ENV:
+        return
+    if tpl == PH_PYEXE and _INTERPRETER_LINK_RE.fullmatch(rel):
+        return
+    prefix = PH_ENV + b"/"
+    rest = tpl[len(prefix):]
+    if not tpl.startswith(prefix) or b"\\" in rest or PH_MARK in rest or \
+            any(comp in (b"", b"..") for comp in rest.split(b"/")):
+        raise InvalidInputError(f"symlink {rel} points outside the environment",
+                                "a link may point only inside the environment, "
+                                "or be bin/python* -> the base interpreter")
+
+
+def check_bytecode_name(rel, name):
+    """Raise for a tree entry that is bytecode or a bytecode folder: commit
+    never stores them, and vocker places the store's own ``.pyc`` files."""
+    if name == "__pycache__" or name.endswith((".pyc", ".pyo")):
+        raise InvalidInputError(f"image holds bytecode at {rel}",
+                                "vocker compiles bytecode itself; commit the image without it")
 
 
 def _image_plan(store, manifest):
@@ -2892,6 +2929,8 @@ class Creator:
         self.pyc_compiled = 0
         self.pyc_cached = 0
         self.pyc_rows = []
+        self.warnings = []
+        self.repaired = 0
 
     def resolve_python(self):
         m = self.manifest
@@ -2980,9 +3019,7 @@ class Creator:
             if e.type in FILE_TYPES:
                 executable = e.type == T_EXEC
                 if e.ref == empty:
-                    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                                 0o755 if executable else 0o644)
-                    os.close(fd)
+                    os.close(create_exclusive(dst, 0o755 if executable else 0o644))
                     os.utime(dst, (FIXED_MTIME, FIXED_MTIME))
                 else:
                     place(e.ref, executable, dst)
@@ -2991,16 +3028,16 @@ class Creator:
             else:
                 data = render_template(self.store.read_blob(e.ref), values,
                                        posix_header=not self.win)
-                fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                             0o755 if e.type == T_TEMPLATE_EXEC else 0o644)
+                fd = create_exclusive(dst, 0o755 if e.type == T_TEMPLATE_EXEC else 0o644)
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                 self.templates.append((rel, e.ref))
             self.progress.update()
-        for rel, e in links:
-            os.symlink(self._link_target(rel, e, values), join(stage, rel))
         if py_files and self.manifest.kind != "plain":
             self._pycs(stage, py_files)
+        # links last: no file or folder is ever made through one
+        for rel, e in links:
+            os.symlink(self._link_target(rel, e, values), join(stage, rel))
         # stat cache rows: files that are not pool inodes
         self.stat_rows = []
         for rel, blob in self.templates:
@@ -3014,21 +3051,25 @@ class Creator:
                     rel = os.path.relpath(path, stage)
                     self.stat_rows.append((join(self.target, rel), st, blob_of[path], 0))
 
-    def _pyc_interpreter(self, stage):
+    def _pyc_interpreter(self):
+        """The interpreter that compiles: never one from the image (nothing
+        from an image runs); for a standalone image, a matching one on this
+        machine, else no compile and a warning."""
         if self.exe:
             return self.exe, self.info["cache_tag"]
-        if self.manifest.kind == "standalone":
-            for name in ("bin/python3", "bin/python", "python.exe"):
-                p = os.path.join(stage, name)
-                if os.path.isfile(p):
-                    info = query_python(p)
-                    if info:
-                        return p, info["cache_tag"]
+        m = self.manifest
+        if m.kind == "standalone" and m.python is not None:
+            try:
+                exe, info = find_python(m.python, self.python_arg)
+            except PythonError as exc:
+                self.warnings.append(f"no .pyc files compiled: {exc.message}")
+                return None, None
+            return exe, info["cache_tag"]
         return None, None
 
     def _pycs(self, stage, py_files):
         store, db = self.store, self.store.db
-        exe, tag = self._pyc_interpreter(stage)
+        exe, tag = self._pyc_interpreter()
         if not exe:
             return
         known = dict(select_in(
@@ -3068,7 +3109,7 @@ class Creator:
             d, _, name = rel.rpartition("/")
             cache_dir = os.path.join(stage, d, "__pycache__")
             if cache_dir not in made_dirs:
-                os.makedirs(cache_dir, exist_ok=True)
+                os.mkdir(cache_dir)  # never an existing name: trees hold no __pycache__
                 made_dirs.add(cache_dir)
             dst = os.path.join(cache_dir, f"{name[:-3]}.{tag}.pyc")
             self.linker.place_file(store.pool_path(pyc), dst)
@@ -3118,7 +3159,8 @@ class Creator:
             raise _store_problem(store.home, exc) from None
         return {"path": self.target, "image": self.image_id, "short_id": short_id(self.image_id),
                 "link_mode": self.linker.mode or "none", "python": self.exe,
-                "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached}
+                "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached,
+                "repaired": self.repaired, "warnings": self.warnings}
 
 
 def create(store, image, path, link_mode="auto", python=None, compile=True, progress=None,
@@ -4026,8 +4068,12 @@ def cmd_commit(store, args):
 def cmd_create(store, args):
     r = create(store, args.image, args.path, link_mode=args.link_mode, python=args.python,
                compile=not args.no_compile, progress=_progress(args, "creating"))
+    for w in r["warnings"]:
+        if not args.quiet:
+            print(f"vocker: warning: {w}", file=sys.stderr)
     text = (f"created {r['path']} from {r['short_id']} "
-            f"({r['link_mode']}, {r['pyc_compiled']} compiled, {r['pyc_cached']} cached .pyc)")
+            f"({r['link_mode']}, {r['pyc_compiled']} compiled, {r['pyc_cached']} cached .pyc"
+            + (f", {r['repaired']} damaged store files repaired" if r["repaired"] else "") + ")")
     _emit(args, r, text)
     return EXIT_OK
 
