@@ -82,3 +82,14 @@ CREATE TABLE IF NOT EXISTS pyc_cache (
     pyc       TEXT NOT NULL,
     PRIMARY KEY (cache_tag, source, opt)
 ) WITHOUT ROWID;
+
+-- Compiled .pyc files in pool/ (named by the hash of their bytes): the size
+-- checked before each is linked into a container, and the inode (to restore
+-- its read-only attribute on Windows when a container's hardlink is deleted).
+CREATE TABLE IF NOT EXISTS pyc_files (
+    id   TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    dev  INTEGER NOT NULL,
+    ino  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pyc_files_inode ON pyc_files(dev, ino);

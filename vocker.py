@@ -797,12 +797,15 @@ class Store:
         else:  # left by an interrupted run: complete (renamed into place), not recorded
             new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
             return path
+        self._write_pool_file(blob_id, executable, path, new_inodes)
+        return path
+
+    def _write_pool_file(self, blob_id, executable, path, new_inodes):
+        """A fresh pool file from the compressed blob, renamed over ``path``
+        (a new inode: never a write into a file other containers may share)."""
         tmp = self.tmp_path("pool")
         try:
-            if gen:
-                shutil.copyfile(self.pool_path(blob_id, executable, 0), tmp)
-            else:
-                self.extract_blob(blob_id, tmp)
+            self.extract_blob(blob_id, tmp)
             os.chmod(tmp, 0o555 if executable else 0o444)
             os.utime(tmp, (FIXED_MTIME, FIXED_MTIME))
             _makedirs(os.path.dirname(path))
@@ -812,7 +815,37 @@ class Store:
             raise
         st = os.stat(path)
         new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
-        return path
+
+    def blob_sizes(self, blob_ids):
+        """{blob: size} for the given blob IDs."""
+        return dict(select_in(self.db, "SELECT id, size FROM blobs WHERE id IN ({q})", blob_ids))
+
+    @staticmethod
+    def pool_file_damaged(path, size, executable=False):
+        """Fast check of a pool file before it is linked: True unless it is a
+        regular file of ``size`` bytes, with the fixed mtime and read-only;
+        False when it is missing (it is simply made)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        mode = stat.S_IMODE(st.st_mode)
+        ok_mode = not mode & 0o222 if WINDOWS else mode == (0o555 if executable else 0o444)
+        return not (stat.S_ISREG(st.st_mode) and st.st_size == size and ok_mode
+                    and st.st_mtime_ns == FIXED_MTIME * 1_000_000_000)
+
+    def repair_pool(self, blob_id, executable, path, new_inodes):
+        """Replace a damaged pool file by a fresh copy from its blob and forget
+        the old inode (containers holding it keep their own damaged copy)."""
+        old = os.lstat(path)
+        if stat.S_ISDIR(old.st_mode):
+            rmtree(path)
+        self._write_pool_file(blob_id, executable, path, new_inodes)
+        try:
+            with self.transaction() as db:
+                db.execute("DELETE FROM pool_inodes WHERE dev=? AND ino=?", (old.st_dev, old.st_ino))
+        except sqlite3.OperationalError as exc:
+            raise _store_problem(self.home, exc) from None
 
     def pooled(self, blob_ids):
         """{(blob, executable)} that have a recorded pool copy."""
@@ -835,18 +868,50 @@ class Store:
         return path
 
     def ingest_pool_file(self, tmp):
-        """Move a finished file (a compiled .pyc) into the pool by its hash."""
+        """Move a finished file (a compiled .pyc) into the pool by its hash;
+        returns (ID, path, size). A pool file already there is kept only if
+        it passes the fast check and holds the same bytes."""
         with open(tmp, "rb") as f:
             data = f.read()
         object_id = hash_bytes(data)
         path = self.pool_path(object_id)
-        if os.path.exists(path):
+        if not self.pool_file_damaged(path, len(data)) and self._same_bytes(path, data):
             os.unlink(tmp)
         else:
             os.chmod(tmp, 0o444)
             os.utime(tmp, (FIXED_MTIME, FIXED_MTIME))
             os.replace(tmp, path)
-        return object_id, path
+        return object_id, path, len(data)
+
+    @staticmethod
+    def _same_bytes(path, data):
+        try:
+            with open(path, "rb") as f:
+                return f.read(len(data) + 1) == data
+        except OSError:
+            return False
+
+    def pyc_sizes(self, pyc_ids):
+        """{pyc: size} of compiled pool files whose size is recorded."""
+        return dict(select_in(self.db, "SELECT id, size FROM pyc_files WHERE id IN ({q})", pyc_ids))
+
+    def check_pyc(self, pyc_id, size):
+        """"ok", "missing" or "damaged" for the pool copy of a compiled .pyc.
+        With no recorded size (a store from an older vocker) its bytes are
+        hashed once: its ID is the hash of its bytes."""
+        path = self.pool_path(pyc_id)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "missing"
+        if size is None:
+            if not stat.S_ISREG(st.st_mode):
+                return "damaged"
+            size = st.st_size
+            with open(path, "rb") as f:
+                if hash_bytes(f.read(size + 1)) != pyc_id:
+                    return "damaged"
+        return "damaged" if self.pool_file_damaged(path, size) else "ok"
 
     # -- images and tags -----------------------------------------------------
 
@@ -1036,6 +1101,9 @@ class Linker:
         self.copies = []  # files that are not pool inodes (for the stat cache)
         self.decided = False
         self.pooled = set()  # (blob, executable) known to have a pool copy
+        self.sizes = {}      # blob -> size, for the check of pool files
+        self.checked = set()  # (blob, executable) whose pool file was checked
+        self.repaired = 0
 
     def _one(self, mode, src, dst, executable):
         if mode == "hardlink":
@@ -1051,11 +1119,10 @@ class Linker:
 
     def place(self, blob_id, executable, dst):
         """Put pool object ``blob_id`` at ``dst`` by the link mode."""
-        if (blob_id, executable) in self.pooled:
+        if (blob_id, executable) in self.checked:
             src = self.store.current_pool_path(blob_id, executable)
         else:
-            src = self.store.materialize_pool(blob_id, executable, self.new_inodes)
-            self.pooled.add((blob_id, executable))
+            src = self._checked_pool(blob_id, executable)
         try:
             self._place(blob_id, executable, src, dst)
         except FileNotFoundError:
@@ -1066,6 +1133,25 @@ class Linker:
             self._place(blob_id, executable, src, dst)
         if self.mode != "hardlink":
             self.copies.append(dst)
+
+    def _checked_pool(self, blob_id, executable):
+        """The pool file to link, checked first (type, size, fixed mtime,
+        read-only); a damaged one is replaced from the compressed blob."""
+        store, key = self.store, (blob_id, executable)
+        path = store.current_pool_path(blob_id, executable)
+        size = self.sizes.get(blob_id)
+        if size is None:
+            size = store.blob_sizes([blob_id]).get(blob_id, -1)
+        self.checked.add(key)
+        if store.pool_file_damaged(path, size, executable):
+            store.repair_pool(blob_id, executable, path, self.new_inodes)
+            self.repaired += 1
+            self.pooled.add(key)
+            return path
+        if key in self.pooled:
+            return path
+        self.pooled.add(key)
+        return store.materialize_pool(blob_id, executable, self.new_inodes)
 
     def _place(self, blob_id, executable, src, dst):
         if self.mode is None:
@@ -2929,6 +3015,7 @@ class Creator:
         self.pyc_compiled = 0
         self.pyc_cached = 0
         self.pyc_rows = []
+        self.pyc_file_rows = []
         self.warnings = []
         self.repaired = 0
 
@@ -3013,7 +3100,9 @@ class Creator:
         empty = _empty_id()
         py_files = []
         place = self.linker.place
-        self.linker.pooled = self.store.pooled({e.ref for _, e in files if e.type in FILE_TYPES})
+        blobs = {e.ref for _, e in files if e.type in FILE_TYPES}
+        self.linker.pooled = self.store.pooled(blobs)
+        self.linker.sizes = self.store.blob_sizes(blobs)
         for rel, e in files:
             dst = join(stage, rel)
             if e.type in FILE_TYPES:
@@ -3075,9 +3164,7 @@ class Creator:
         known = dict(select_in(
             db, "SELECT source, pyc FROM pyc_cache WHERE cache_tag=? AND opt=0 AND source IN ({q})",
             sorted({b for _, b, _ in py_files}), (tag,)))
-        for b in list(known):
-            if known[b] and not os.path.exists(store.pool_path(known[b])):
-                del known[b]
+        self._check_pycs(known)
         todo, first = [], {}
         for rel, blob, executable in py_files:
             if blob not in known and blob not in first:
@@ -3094,7 +3181,9 @@ class Creator:
             results = self._run_compilers(exe, todo)
             for (idx, src, cfile, rel), blob in zip(todo, first):
                 if results.get(idx):
-                    pyc, _ = store.ingest_pool_file(cfile)
+                    pyc, path, size = store.ingest_pool_file(cfile)
+                    st = os.lstat(path)
+                    self.pyc_file_rows.append((pyc, size, st.st_dev, st.st_ino))
                     known[blob] = pyc
                     self.pyc_compiled += 1
                 else:
@@ -3115,6 +3204,27 @@ class Creator:
             self.linker.place_file(store.pool_path(pyc), dst)
             if blob not in first:
                 self.pyc_cached += 1
+
+    def _check_pycs(self, known):
+        """Drop from ``known`` (source -> pyc) the pycs whose pool file is
+        missing or damaged (fast check): those are compiled again. A damaged
+        one is unlinked first, never written into (containers share it)."""
+        store = self.store
+        sizes = store.pyc_sizes({p for p in known.values() if p})
+        for b, pyc in list(known.items()):
+            if not pyc:
+                continue
+            state = store.check_pyc(pyc, sizes.get(pyc))
+            if state == "ok":
+                if pyc not in sizes:  # checked by its hash: remember its size
+                    st = os.lstat(store.pool_path(pyc))
+                    sizes[pyc] = st.st_size
+                    self.pyc_file_rows.append((pyc, st.st_size, st.st_dev, st.st_ino))
+                continue
+            if state == "damaged":
+                _unlink_quiet(store.pool_path(pyc))
+                self.repaired += 1
+            del known[b]
 
     def _run_compilers(self, exe, todo):
         """Compile in parallel worker processes of the target interpreter."""
@@ -3151,6 +3261,8 @@ class Creator:
                                "VALUES (?,?,?,?,?)",
                                self.new_inodes)
                 db.executemany("INSERT OR REPLACE INTO pyc_cache VALUES (?,?,?,?)", self.pyc_rows)
+                db.executemany("INSERT OR REPLACE INTO pyc_files VALUES (?,?,?,?)",
+                               self.pyc_file_rows)
                 db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?,?)", rows)
                 db.execute("INSERT OR REPLACE INTO containers(path, image, created, link_mode, python)"
                            " VALUES (?,?,?,?,?)",
@@ -3160,7 +3272,7 @@ class Creator:
         return {"path": self.target, "image": self.image_id, "short_id": short_id(self.image_id),
                 "link_mode": self.linker.mode or "none", "python": self.exe,
                 "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached,
-                "repaired": self.repaired, "warnings": self.warnings}
+                "repaired": self.repaired + self.linker.repaired, "warnings": self.warnings}
 
 
 def create(store, image, path, link_mode="auto", python=None, compile=True, progress=None,
