@@ -913,6 +913,44 @@ class Store:
                     return "damaged"
         return "damaged" if self.pool_file_damaged(path, size) else "ok"
 
+    # -- creates in progress ------------------------------------------------
+
+    def pending_create(self, path):
+        """The in-progress row of a create at ``path``, as a dict, or None."""
+        row = self.db.execute("SELECT path, stage, pid, host, started, dev, ino FROM "
+                              "pending_creates WHERE path=?", (path,)).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("path", "stage", "pid", "host", "started", "dev", "ino"), row))
+
+    def add_pending_create(self, path, stage, host):
+        """Record a create before its staging folder exists; refuses while
+        another live process creates the same path."""
+        try:
+            with self.transaction() as db:
+                row = self.pending_create(path)
+                if row is not None and not _create_dead(row, host):
+                    raise ConflictError(f"{path} is being created by vocker process {row['pid']}",
+                                        "wait for it to finish, or choose another path")
+                db.execute("INSERT OR REPLACE INTO pending_creates VALUES (?,?,?,?,?,NULL,NULL)",
+                           (path, stage, os.getpid(), host, time.time()))
+        except sqlite3.OperationalError as exc:
+            raise _store_problem(self.home, exc) from None
+
+    def set_pending_stage(self, path, stage, st):
+        """Remember the staging folder's inode: PATH is vocker's leftover only
+        while it is that folder."""
+        try:
+            with self.transaction() as db:
+                db.execute("UPDATE pending_creates SET dev=?, ino=? WHERE path=? AND stage=?",
+                           (st.st_dev, st.st_ino, path, stage))
+        except sqlite3.OperationalError as exc:
+            raise _store_problem(self.home, exc) from None
+
+    def drop_pending_create(self, path, stage):
+        with self.transaction() as db:
+            db.execute("DELETE FROM pending_creates WHERE path=? AND stage=?", (path, stage))
+
     # -- images and tags -----------------------------------------------------
 
     def resolve_image(self, ref):
@@ -2964,6 +3002,46 @@ def _pid_alive(pid):
     return True
 
 
+def _pid_started(pid):
+    """When process ``pid`` started (epoch seconds), where the system says
+    (Linux /proc), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(l.split()[1]) for l in f if l.startswith(b"btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _create_dead(row, host):
+    """True when the process that recorded pending create ``row`` is gone:
+    same host, and its pid is not alive (or is a newer process)."""
+    if row["host"] != host:
+        return False
+    if not _pid_alive(row["pid"]):
+        return True
+    started = _pid_started(row["pid"])
+    return started is not None and started > row["started"] + 2
+
+
+def _remove_leftover(store, row):
+    """Remove what an interrupted create left: its staging folder, and PATH
+    if it is still that folder (same inode); then forget the row."""
+    path, stage = row["path"], row["stage"]
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (row["dev"], row["ino"]):
+            rmtree(extended_path(path), trash=store.trash_dir_for(path))
+    if os.path.isdir(stage) and not os.path.islink(stage):
+        rmtree(stage, trash=store.trash_dir_for(path))
+    store.drop_pending_create(path, stage)
+
+
 def _remove_stale_stages(parent, name):
     """Remove staging folders that killed vocker processes left beside ``name``."""
     prefix = f".{name}.vocker-"
@@ -2992,8 +3070,12 @@ class Creator:
     """Materializes one image at one path."""
 
     def __init__(self, store, image_id, target, link_mode="auto", python=None,
-                 compile=True, progress=None, windows_path=None, python_info=None):
+                 compile=True, progress=None, windows_path=None, python_info=None,
+                 checkpoint=None):
         self.store = store
+        # checkpoint: test-only, called with the name of each crash window
+        # ("pending", "staged", "materialized", "renamed")
+        self.checkpoint = checkpoint or (lambda window: None)
         self.image_id = image_id
         self.manifest = store.manifest(image_id)
         self.target = os.path.abspath(target)
@@ -3061,9 +3143,7 @@ class Creator:
     def run(self):
         store, m = self.store, self.manifest
         target = self.target
-        if os.path.lexists(target):
-            raise ConflictError(f"{target} already exists",
-                                "choose a new path, or remove it first (vocker rm PATH)")
+        self._clear_leftover()
         self.resolve_python()
         dirs, files, links = _image_plan(store, m)
         if self.win:  # names Windows cannot hold are refused before anything is written
@@ -3077,21 +3157,52 @@ class Creator:
             _remove_stale_stages(parent, os.path.basename(target))
             stage = extended_path(os.path.join(parent, f".{os.path.basename(target)}.vocker-"
                                                        f"{os.getpid()}-{uuid.uuid4().hex[:8]}"))
-            os.mkdir(stage)
         except OSError as exc:
             raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
                                      "check the folder is writable") from None
+        self.stage = stage
+        store.add_pending_create(target, stage, _hostname())
         try:
+            self.checkpoint("pending")
+            try:
+                os.mkdir(stage)
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
+                                         "check the folder is writable") from None
+            store.set_pending_stage(target, stage, os.lstat(stage))
+            self.checkpoint("staged")
             self._materialize(stage, dirs, files, links, values)
             if os.path.lexists(target):
                 raise ConflictError(f"{target} appeared while it was being created")
             os.rename(stage, target)
         except BaseException:
-            rmtree(stage)
+            with contextlib.suppress(OSError):
+                rmtree(stage)
+            with contextlib.suppress(sqlite3.Error):
+                store.drop_pending_create(target, stage)
             raise
         finally:
             self.progress.close()
+        self.checkpoint("renamed")
         return self._record()
+
+    def _clear_leftover(self):
+        """Refuse an existing target, unless it is what an interrupted create
+        of vocker left there: then remove that and go on."""
+        store, target = self.store, self.target
+        row = store.pending_create(target)
+        if row is not None:
+            if not _create_dead(row, _hostname()):
+                raise ConflictError(f"{target} is being created by vocker process {row['pid']}",
+                                    "wait for it to finish, or choose another path")
+            try:
+                _remove_leftover(store, row)
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot remove the interrupted create at {target}: "
+                                         f"{exc.strerror}", "remove it by hand") from None
+        if os.path.lexists(target):
+            raise ConflictError(f"{target} already exists",
+                                "choose a new path, or remove it first (vocker rm PATH)")
 
     def _materialize(self, stage, dirs, files, links, values):
         join = os.path.join
@@ -3125,6 +3236,7 @@ class Creator:
         if py_files and self.manifest.kind != "plain":
             self._pycs(stage, py_files)
         # links last: no file or folder is ever made through one
+        self.checkpoint("materialized")
         for rel, e in links:
             os.symlink(self._link_target(rel, e, values), join(stage, rel))
         # stat cache rows: files that are not pool inodes
@@ -3267,6 +3379,8 @@ class Creator:
                 db.execute("INSERT OR REPLACE INTO containers(path, image, created, link_mode, python)"
                            " VALUES (?,?,?,?,?)",
                            (self.target, self.image_id, now, self.linker.mode or "none", self.exe))
+                db.execute("DELETE FROM pending_creates WHERE path=? AND stage=?",
+                           (self.target, self.stage))
         except sqlite3.OperationalError as exc:
             raise _store_problem(store.home, exc) from None
         return {"path": self.target, "image": self.image_id, "short_id": short_id(self.image_id),
@@ -3276,16 +3390,17 @@ class Creator:
 
 
 def create(store, image, path, link_mode="auto", python=None, compile=True, progress=None,
-           windows_path=None, python_info=None):
+           windows_path=None, python_info=None, checkpoint=None):
     """Create a container of ``image`` at ``path``; returns a dict describing it.
 
-    ``windows_path``/``python_info`` are for tests (see :func:`commit`)."""
+    ``windows_path``/``python_info`` are for tests (see :func:`commit`), and
+    ``checkpoint`` (called with the name of each crash window)."""
     t0 = time.monotonic()
     if link_mode not in LINK_MODES:
         raise UsageError(f"unknown link mode {link_mode!r}", "use auto, reflink, hardlink or copy")
     image_id = store.resolve_image(image)
     c = Creator(store, image_id, path, link_mode, python, compile, progress,
-                windows_path, python_info)
+                windows_path, python_info, checkpoint)
     result = c.run()
     result["seconds"] = round(time.monotonic() - t0, 3)
     return result
@@ -3356,8 +3471,24 @@ def find_container(store, path):
 
 
 def remove_container(store, path):
-    """Delete a container's directory and its record."""
-    info = find_container(store, path)
+    """Delete a container's directory and its record, or what an interrupted
+    create left at ``path``."""
+    target = os.path.abspath(path)
+    row = store.pending_create(target)
+    try:
+        info = find_container(store, target)
+    except NotFoundError:
+        if row is None:
+            raise
+        if not _create_dead(row, _hostname()):
+            raise ConflictError(f"{target} is being created by vocker process {row['pid']}",
+                                "wait for it to finish, then retry") from None
+        try:
+            _remove_leftover(store, row)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot delete {target}: {exc.strerror}",
+                                     "close programs using it and retry") from None
+        return {"path": target, "removed": True, "interrupted": True}
     target = info["path"]
     if os.path.lexists(target):
         if not os.path.isdir(target) or os.path.islink(target):
@@ -4233,7 +4364,8 @@ def cmd_rmi(store, args):
 
 def cmd_rm(store, args):
     results = [remove_container(store, p) for p in args.paths]
-    _emit(args, results, "\n".join(r["path"] for r in results))
+    _emit(args, results, "\n".join(("removed an interrupted create at " if r.get("interrupted")
+                                    else "") + r["path"] for r in results))
     return EXIT_OK
 
 
