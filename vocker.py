@@ -913,6 +913,31 @@ class Store:
                     return "damaged"
         return "damaged" if self.pool_file_damaged(path, size) else "ok"
 
+    def restore_readonly(self, st):
+        """A container's hardlink of inode ``st`` lost its read-only attribute
+        to be deleted (Windows: the attribute is per inode): set it back on
+        the pool file of that inode, if there is one."""
+        dev, ino = st.st_dev, st.st_ino
+        paths = []
+        row = self.db.execute("SELECT blob, exec FROM pool_inodes WHERE dev=? AND ino=?",
+                              (dev, ino)).fetchone()
+        if row is not None:
+            paths = [(self.pool_path(row[0], bool(row[1]), gen), bool(row[1])) for gen in range(64)]
+        else:
+            row = self.db.execute("SELECT id FROM pyc_files WHERE dev=? AND ino=?",
+                                  (dev, ino)).fetchone()
+            if row is not None:
+                paths = [(self.pool_path(row[0]), False)]
+        for path, executable in paths:
+            try:
+                pst = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if (pst.st_dev, pst.st_ino) == (dev, ino):
+                os.chmod(path, 0o555 if executable else 0o444)
+                return path
+        return None
+
     # -- creates in progress ------------------------------------------------
 
     def pending_create(self, path):
@@ -1038,30 +1063,88 @@ def _unlink_quiet(path):
         pass
 
 
-def rmtree(path, trash=None):
-    """Delete a tree. Read-only bits are cleared before a delete (Windows
-    refuses to delete read-only files); a file that still cannot be deleted
-    (Windows: in use) is renamed into ``trash``, to be deleted later."""
-    def onerror(func, p, exc_info):
-        exc = exc_info[1]
-        if isinstance(exc, FileNotFoundError):
-            return
+def rmtree(path, trash=None, restore_readonly=None, windows=None):
+    """Delete a tree without ever changing a file's mode: files may be
+    hardlinks of the pool, shared by every container.
+
+    POSIX: deleting needs only the folder writable; a folder of the tree that
+    refuses is made writable (folders are never shared). Windows (``windows``
+    overrides the platform, for tests): a read-only file must lose its
+    attribute before it can be deleted, and the attribute belongs to the
+    inode; ``restore_readonly(st)`` is then called with the deleted file's
+    lstat so the store can set it back on its pool copy. A file that still
+    cannot be deleted (Windows: in use) is renamed into ``trash``."""
+    win = WINDOWS if windows is None else windows
+
+    def writable_dir(d):
+        with contextlib.suppress(OSError):
+            mode = stat.S_IMODE(os.lstat(d).st_mode)
+            os.chmod(d, (mode | stat.S_IWRITE) if win else (mode | stat.S_IRWXU))
+
+    def retry(fn, p, fix):
         try:
-            os.chmod(p, stat.S_IWRITE | stat.S_IREAD | stat.S_IEXEC)
-            os.chmod(os.path.dirname(p), 0o755)
-            func(p)
-            return
+            return fn(p)
         except FileNotFoundError:
-            return
+            return None
+        except PermissionError:
+            fix()
+        return fn(p)
+
+    def remove_file(p, st):
+        parent = os.path.dirname(p)
+        try:
+            if win and not st.st_mode & stat.S_IWRITE:
+                st = os.lstat(p)  # scandir gives no inode or link count on Windows
+                os.chmod(p, stat.S_IWRITE | stat.S_IREAD)
+                try:
+                    retry(os.unlink, p, lambda: writable_dir(parent))
+                finally:
+                    if restore_readonly is not None and st.st_nlink > 1:
+                        restore_readonly(st)
+            elif win and stat.S_ISLNK(st.st_mode) and _is_dir_link(p):
+                retry(os.rmdir, p, lambda: writable_dir(parent))
+            else:
+                retry(os.unlink, p, lambda: writable_dir(parent))
+        except FileNotFoundError:
+            pass
         except OSError:
-            if trash is None or func not in (os.unlink, os.remove):
+            if trash is None:
                 raise
-        os.makedirs(trash, exist_ok=True)
-        os.replace(p, os.path.join(trash, uuid.uuid4().hex))
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=lambda f, p, e: onerror(f, p, (type(e), e, None)))
-    else:
-        shutil.rmtree(path, onerror=onerror)
+            os.makedirs(trash, exist_ok=True)
+            os.replace(p, os.path.join(trash, uuid.uuid4().hex))
+
+    def entries(d):
+        with os.scandir(d) as it:
+            return [(e.path, e.stat(follow_symlinks=False)) for e in it]
+
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(top.st_mode):
+        remove_file(path, top)
+        return
+    stack = [(path, None)]
+    while stack:
+        d, children = stack.pop()
+        if children is None:
+            children = retry(entries, d, lambda: writable_dir(d)) or []
+            stack.append((d, []))
+            for p, st in children:
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((p, None))
+                else:
+                    remove_file(p, st)
+        else:  # Windows: a read-only folder refuses; POSIX: its parent decides
+            retry(os.rmdir, d, lambda: (win and writable_dir(d), writable_dir(os.path.dirname(d))))
+
+
+def _is_dir_link(p):
+    """A Windows directory symlink or junction (deleted with rmdir)."""
+    try:
+        return os.path.isdir(p)
+    except OSError:
+        return False
 
 
 def extended_path(path, windows=None):
@@ -3494,7 +3577,8 @@ def remove_container(store, path):
         if not os.path.isdir(target) or os.path.islink(target):
             raise InvalidInputError(f"{target} is not a directory", "remove it by hand")
         try:
-            rmtree(extended_path(target), trash=store.trash_dir_for(target))
+            rmtree(extended_path(target), trash=store.trash_dir_for(target),
+                   restore_readonly=store.restore_readonly)
         except OSError as exc:
             raise EnvironmentProblem(f"cannot delete {target}: {exc.strerror}",
                                      "close programs using it and retry") from None
