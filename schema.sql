@@ -97,13 +97,14 @@ CREATE INDEX IF NOT EXISTS pyc_files_inode ON pyc_files(dev, ino);
 -- Creates in progress: written before the staging folder is made, deleted in
 -- the transaction that records the container. A row whose process is dead
 -- names vocker's own leftovers: its staging folder, and PATH itself if PATH is
--- still that folder (same inode) after the final rename.
+-- still that folder (same inode and mtime) after the final rename.
 CREATE TABLE IF NOT EXISTS pending_creates (
     path    TEXT PRIMARY KEY,
     stage   TEXT NOT NULL,
     pid     INTEGER NOT NULL,
     host    TEXT NOT NULL,
     started REAL NOT NULL,
-    dev     INTEGER,          -- the staging folder, once it is made
-    ino     INTEGER
+    dev      INTEGER,         -- the staging folder once materialized: its
+    ino      INTEGER,         --   inode and mtime (kept by the rename)
+    mtime_ns INTEGER
 ) WITHOUT ROWID;

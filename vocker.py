@@ -942,11 +942,10 @@ class Store:
 
     def pending_create(self, path):
         """The in-progress row of a create at ``path``, as a dict, or None."""
-        row = self.db.execute("SELECT path, stage, pid, host, started, dev, ino FROM "
-                              "pending_creates WHERE path=?", (path,)).fetchone()
-        if row is None:
-            return None
-        return dict(zip(("path", "stage", "pid", "host", "started", "dev", "ino"), row))
+        keys = ("path", "stage", "pid", "host", "started", "dev", "ino", "mtime_ns")
+        row = self.db.execute(f"SELECT {', '.join(keys)} FROM pending_creates WHERE path=?",
+                              (path,)).fetchone()
+        return None if row is None else dict(zip(keys, row))
 
     def add_pending_create(self, path, stage, host):
         """Record a create before its staging folder exists; refuses while
@@ -957,18 +956,20 @@ class Store:
                 if row is not None and not _create_dead(row, host):
                     raise ConflictError(f"{path} is being created by vocker process {row['pid']}",
                                         "wait for it to finish, or choose another path")
-                db.execute("INSERT OR REPLACE INTO pending_creates VALUES (?,?,?,?,?,NULL,NULL)",
+                db.execute("INSERT OR REPLACE INTO pending_creates VALUES "
+                           "(?,?,?,?,?,NULL,NULL,NULL)",
                            (path, stage, os.getpid(), host, time.time()))
         except sqlite3.OperationalError as exc:
             raise _store_problem(self.home, exc) from None
 
     def set_pending_stage(self, path, stage, st):
-        """Remember the staging folder's inode: PATH is vocker's leftover only
-        while it is that folder."""
+        """Remember the finished staging folder (inode and mtime, which the
+        rename keeps): PATH is vocker's leftover only while it is that folder."""
         try:
             with self.transaction() as db:
-                db.execute("UPDATE pending_creates SET dev=?, ino=? WHERE path=? AND stage=?",
-                           (st.st_dev, st.st_ino, path, stage))
+                db.execute("UPDATE pending_creates SET dev=?, ino=?, mtime_ns=? "
+                           "WHERE path=? AND stage=?",
+                           (st.st_dev, st.st_ino, st.st_mtime_ns, path, stage))
         except sqlite3.OperationalError as exc:
             raise _store_problem(self.home, exc) from None
 
@@ -3060,12 +3061,17 @@ def check_bytecode_name(rel, name):
 
 
 def _image_plan(store, manifest):
-    """Walk an image's trees: (dirs, files, links) with validated relative paths."""
+    """Walk an image's trees: (dirs, files, links) with validated relative
+    paths and link targets (refused before anything is written)."""
     dirs, files, links = [], [], []
     for child, e in walk_image(store.tree, manifest.root):
         if e.type == T_DIR:
             dirs.append(child)
         elif e.type in LINK_TYPES:
+            if e.type == T_SYMLINK:
+                check_link_target(child, e.target)
+            else:
+                check_link_template(child, bytes.fromhex(e.ref))
             links.append((child, e))
         else:
             files.append((child, e))
@@ -3117,8 +3123,9 @@ def _remove_leftover(store, row):
         st = os.lstat(path)
     except FileNotFoundError:
         pass
-    else:
-        if stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (row["dev"], row["ino"]):
+    else:  # anything else at PATH is not vocker's: it stays
+        if stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino, st.st_mtime_ns) == \
+                (row["dev"], row["ino"], row["mtime_ns"]):
             rmtree(extended_path(path), trash=store.trash_dir_for(path))
     if os.path.isdir(stage) and not os.path.islink(stage):
         rmtree(stage, trash=store.trash_dir_for(path))
@@ -3252,9 +3259,9 @@ class Creator:
             except OSError as exc:
                 raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
                                          "check the folder is writable") from None
-            store.set_pending_stage(target, stage, os.lstat(stage))
             self.checkpoint("staged")
             self._materialize(stage, dirs, files, links, values)
+            store.set_pending_stage(target, stage, os.lstat(stage))
             if os.path.lexists(target):
                 raise ConflictError(f"{target} appeared while it was being created")
             os.rename(stage, target)
@@ -3560,7 +3567,7 @@ def remove_container(store, path):
     row = store.pending_create(target)
     try:
         info = find_container(store, target)
-    except NotFoundError:
+    except NotFoundError as not_found:
         if row is None:
             raise
         if not _create_dead(row, _hostname()):
@@ -3571,6 +3578,8 @@ def remove_container(store, path):
         except OSError as exc:
             raise EnvironmentProblem(f"cannot delete {target}: {exc.strerror}",
                                      "close programs using it and retry") from None
+        if os.path.lexists(target):  # not what the interrupted create left
+            raise not_found from None
         return {"path": target, "removed": True, "interrupted": True}
     target = info["path"]
     if os.path.lexists(target):
