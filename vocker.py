@@ -3081,7 +3081,7 @@ def _image_plan(store, manifest):
 
 def _pid_alive(pid):
     if WINDOWS:
-        return True  # cannot tell cheaply; leave it for a later run
+        return _windows_pid_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -3089,6 +3089,21 @@ def _pid_alive(pid):
     except OSError:
         return True
     return True
+
+
+def _windows_pid_alive(pid):  # pragma: no cover - Windows only
+    import ctypes
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() != 87  # ERROR_INVALID_PARAMETER: no such process
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def _pid_started(pid):
@@ -3260,7 +3275,13 @@ class Creator:
                 raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
                                          "check the folder is writable") from None
             self.checkpoint("staged")
-            self._materialize(stage, dirs, files, links, values)
+            try:
+                self._materialize(stage, dirs, files, links, values)
+            except FileExistsError as exc:  # names this disk folds together (case, Unicode form)
+                raise InvalidInputError(
+                    f"two entries of the image name one file on this disk: "
+                    f"{os.path.relpath(exc.filename, stage)}",
+                    "create it on a disk that keeps such names apart") from None
             store.set_pending_stage(target, stage, os.lstat(stage))
             if os.path.lexists(target):
                 raise ConflictError(f"{target} appeared while it was being created")
