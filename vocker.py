@@ -616,9 +616,9 @@ class Store:
             self._check_writable()
         except (OSError, sqlite3.OperationalError) as exc:
             raise _store_problem(self.home, exc) from None
-        self._clean_tmp()
         self._pool_gen = {}
         self._valid = set()  # object IDs whose format digest_to_path has checked
+        self._clean_tmp()
 
     def _check_writable(self):
         probe = os.path.join(self.tmp_dir, f".probe-{uuid.uuid4().hex}")
@@ -631,9 +631,9 @@ class Store:
         files that could not be deleted earlier (tmp/trash)."""
         cutoff = time.time() - 3600
         trash = os.path.join(self.tmp_dir, "trash")
-        if os.path.isdir(trash):
-            with contextlib.suppress(OSError):
-                rmtree(trash)
+        if os.path.isdir(trash):  # hardlinks of the pool may wait here (Windows)
+            with contextlib.suppress(OSError, sqlite3.Error):
+                rmtree(trash, restore_readonly=self.restore_readonly)
         with os.scandir(self.tmp_dir) as it:
             for entry in it:
                 try:
@@ -3132,7 +3132,7 @@ def _create_dead(row, host):
 
 def _remove_leftover(store, row):
     """Remove what an interrupted create left: its staging folder, and PATH
-    if it is still that folder (same inode); then forget the row."""
+    if it is still that folder (same inode and mtime); then forget the row."""
     path, stage = row["path"], row["stage"]
     try:
         st = os.lstat(path)
