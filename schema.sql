@@ -82,3 +82,29 @@ CREATE TABLE IF NOT EXISTS pyc_cache (
     pyc       TEXT NOT NULL,
     PRIMARY KEY (cache_tag, source, opt)
 ) WITHOUT ROWID;
+
+-- Compiled .pyc files in pool/ (named by the hash of their bytes): the size
+-- checked before each is linked into a container, and the inode (to restore
+-- its read-only attribute on Windows when a container's hardlink is deleted).
+CREATE TABLE IF NOT EXISTS pyc_files (
+    id   TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    dev  INTEGER NOT NULL,
+    ino  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pyc_files_inode ON pyc_files(dev, ino);
+
+-- Creates in progress: written before the staging folder is made, deleted in
+-- the transaction that records the container. A row whose process is dead
+-- names vocker's own leftovers: its staging folder, and PATH itself if PATH is
+-- still that folder (same inode and mtime) after the final rename.
+CREATE TABLE IF NOT EXISTS pending_creates (
+    path    TEXT PRIMARY KEY,
+    stage   TEXT NOT NULL,
+    pid     INTEGER NOT NULL,
+    host    TEXT NOT NULL,
+    started REAL NOT NULL,
+    dev      INTEGER,         -- the staging folder once materialized: its
+    ino      INTEGER,         --   inode and mtime (kept by the rename)
+    mtime_ns INTEGER
+) WITHOUT ROWID;

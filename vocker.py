@@ -922,9 +922,9 @@ class Store:
         files that could not be deleted earlier (tmp/trash)."""
         cutoff = time.time() - 3600
         trash = os.path.join(self.tmp_dir, "trash")
-        if os.path.isdir(trash):
-            with contextlib.suppress(OSError):
-                rmtree(trash)
+        if os.path.isdir(trash):  # hardlinks of the pool may wait here (Windows)
+            with contextlib.suppress(OSError, sqlite3.Error):
+                rmtree(trash, restore_readonly=self.restore_readonly)
         with os.scandir(self.tmp_dir) as it:
             for entry in it:
                 try:
@@ -1112,12 +1112,15 @@ class Store:
         else:  # left by an interrupted run: complete (renamed into place), not recorded
             new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
             return path
+        self._write_pool_file(blob_id, executable, path, new_inodes)
+        return path
+
+    def _write_pool_file(self, blob_id, executable, path, new_inodes):
+        """A fresh pool file from the compressed blob, renamed over ``path``
+        (a new inode: never a write into a file other containers may share)."""
         tmp = self.tmp_path("pool")
         try:
-            if gen:
-                shutil.copyfile(self.pool_path(blob_id, executable, 0), tmp)
-            else:
-                self.extract_blob(blob_id, tmp)
+            self.extract_blob(blob_id, tmp)
             os.chmod(tmp, 0o555 if executable else 0o444)
             os.utime(tmp, (FIXED_MTIME, FIXED_MTIME))
             _makedirs(os.path.dirname(path))
@@ -1127,7 +1130,37 @@ class Store:
             raise
         st = os.stat(path)
         new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
-        return path
+
+    def blob_sizes(self, blob_ids):
+        """{blob: size} for the given blob IDs."""
+        return dict(select_in(self.db, "SELECT id, size FROM blobs WHERE id IN ({q})", blob_ids))
+
+    @staticmethod
+    def pool_file_damaged(path, size, executable=False):
+        """Fast check of a pool file before it is linked: True unless it is a
+        regular file of ``size`` bytes, with the fixed mtime and read-only;
+        False when it is missing (it is simply made)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        mode = stat.S_IMODE(st.st_mode)
+        ok_mode = not mode & 0o222 if WINDOWS else mode == (0o555 if executable else 0o444)
+        return not (stat.S_ISREG(st.st_mode) and st.st_size == size and ok_mode
+                    and st.st_mtime_ns == FIXED_MTIME * 1_000_000_000)
+
+    def repair_pool(self, blob_id, executable, path, new_inodes):
+        """Replace a damaged pool file by a fresh copy from its blob and forget
+        the old inode (containers holding it keep their own damaged copy)."""
+        old = os.lstat(path)
+        if stat.S_ISDIR(old.st_mode):
+            rmtree(path)
+        self._write_pool_file(blob_id, executable, path, new_inodes)
+        try:
+            with self.transaction() as db:
+                db.execute("DELETE FROM pool_inodes WHERE dev=? AND ino=?", (old.st_dev, old.st_ino))
+        except sqlite3.OperationalError as exc:
+            raise _store_problem(self.home, exc) from None
 
     def pooled(self, blob_ids):
         """{(blob, executable)} that have a recorded pool copy."""
@@ -1150,18 +1183,114 @@ class Store:
         return path
 
     def ingest_pool_file(self, tmp):
-        """Move a finished file (a compiled .pyc) into the pool by its hash."""
+        """Move a finished file (a compiled .pyc) into the pool by its hash;
+        returns (ID, path, size). A pool file already there is kept only if
+        it passes the fast check and holds the same bytes."""
         with open(tmp, "rb") as f:
             data = f.read()
         object_id = hash_bytes(data)
         path = self.pool_path(object_id)
-        if os.path.exists(path):
+        if not self.pool_file_damaged(path, len(data)) and self._same_bytes(path, data):
             os.unlink(tmp)
         else:
             os.chmod(tmp, 0o444)
             os.utime(tmp, (FIXED_MTIME, FIXED_MTIME))
             os.replace(tmp, path)
-        return object_id, path
+        return object_id, path, len(data)
+
+    @staticmethod
+    def _same_bytes(path, data):
+        try:
+            with open(path, "rb") as f:
+                return f.read(len(data) + 1) == data
+        except OSError:
+            return False
+
+    def pyc_sizes(self, pyc_ids):
+        """{pyc: size} of compiled pool files whose size is recorded."""
+        return dict(select_in(self.db, "SELECT id, size FROM pyc_files WHERE id IN ({q})", pyc_ids))
+
+    def check_pyc(self, pyc_id, size):
+        """"ok", "missing" or "damaged" for the pool copy of a compiled .pyc.
+        With no recorded size (a store from an older vocker) its bytes are
+        hashed once: its ID is the hash of its bytes."""
+        path = self.pool_path(pyc_id)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "missing"
+        if size is None:
+            if not stat.S_ISREG(st.st_mode):
+                return "damaged"
+            size = st.st_size
+            with open(path, "rb") as f:
+                if hash_bytes(f.read(size + 1)) != pyc_id:
+                    return "damaged"
+        return "damaged" if self.pool_file_damaged(path, size) else "ok"
+
+    def restore_readonly(self, st):
+        """A container's hardlink of inode ``st`` lost its read-only attribute
+        to be deleted (Windows: the attribute is per inode): set it back on
+        the pool file of that inode, if there is one."""
+        dev, ino = st.st_dev, st.st_ino
+        paths = []
+        row = self.db.execute("SELECT blob, exec FROM pool_inodes WHERE dev=? AND ino=?",
+                              (dev, ino)).fetchone()
+        if row is not None:
+            paths = [(self.pool_path(row[0], bool(row[1]), gen), bool(row[1])) for gen in range(64)]
+        else:
+            row = self.db.execute("SELECT id FROM pyc_files WHERE dev=? AND ino=?",
+                                  (dev, ino)).fetchone()
+            if row is not None:
+                paths = [(self.pool_path(row[0]), False)]
+        for path, executable in paths:
+            try:
+                pst = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if (pst.st_dev, pst.st_ino) == (dev, ino):
+                os.chmod(path, 0o555 if executable else 0o444)
+                return path
+        return None
+
+    # -- creates in progress ------------------------------------------------
+
+    def pending_create(self, path):
+        """The in-progress row of a create at ``path``, as a dict, or None."""
+        keys = ("path", "stage", "pid", "host", "started", "dev", "ino", "mtime_ns")
+        row = self.db.execute(f"SELECT {', '.join(keys)} FROM pending_creates WHERE path=?",
+                              (path,)).fetchone()
+        return None if row is None else dict(zip(keys, row))
+
+    def add_pending_create(self, path, stage, host):
+        """Record a create before its staging folder exists; refuses while
+        another live process creates the same path."""
+        try:
+            with self.transaction() as db:
+                row = self.pending_create(path)
+                if row is not None and not _create_dead(row, host):
+                    raise ConflictError(f"{path} is being created by vocker process {row['pid']}",
+                                        "wait for it to finish, or choose another path")
+                db.execute("INSERT OR REPLACE INTO pending_creates VALUES "
+                           "(?,?,?,?,?,NULL,NULL,NULL)",
+                           (path, stage, os.getpid(), host, time.time()))
+        except sqlite3.OperationalError as exc:
+            raise _store_problem(self.home, exc) from None
+
+    def set_pending_stage(self, path, stage, st):
+        """Remember the finished staging folder (inode and mtime, which the
+        rename keeps): PATH is vocker's leftover only while it is that folder."""
+        try:
+            with self.transaction() as db:
+                db.execute("UPDATE pending_creates SET dev=?, ino=?, mtime_ns=? "
+                           "WHERE path=? AND stage=?",
+                           (st.st_dev, st.st_ino, st.st_mtime_ns, path, stage))
+        except sqlite3.OperationalError as exc:
+            raise _store_problem(self.home, exc) from None
+
+    def drop_pending_create(self, path, stage):
+        with self.transaction() as db:
+            db.execute("DELETE FROM pending_creates WHERE path=? AND stage=?", (path, stage))
 
     # -- images and tags -----------------------------------------------------
 
@@ -1250,30 +1379,88 @@ def _unlink_quiet(path):
         pass
 
 
-def rmtree(path, trash=None):
-    """Delete a tree. Read-only bits are cleared before a delete (Windows
-    refuses to delete read-only files); a file that still cannot be deleted
-    (Windows: in use) is renamed into ``trash``, to be deleted later."""
-    def onerror(func, p, exc_info):
-        exc = exc_info[1]
-        if isinstance(exc, FileNotFoundError):
-            return
+def rmtree(path, trash=None, restore_readonly=None, windows=None):
+    """Delete a tree without ever changing a file's mode: files may be
+    hardlinks of the pool, shared by every container.
+
+    POSIX: deleting needs only the folder writable; a folder of the tree that
+    refuses is made writable (folders are never shared). Windows (``windows``
+    overrides the platform, for tests): a read-only file must lose its
+    attribute before it can be deleted, and the attribute belongs to the
+    inode; ``restore_readonly(st)`` is then called with the deleted file's
+    lstat so the store can set it back on its pool copy. A file that still
+    cannot be deleted (Windows: in use) is renamed into ``trash``."""
+    win = WINDOWS if windows is None else windows
+
+    def writable_dir(d):
+        with contextlib.suppress(OSError):
+            mode = stat.S_IMODE(os.lstat(d).st_mode)
+            os.chmod(d, (mode | stat.S_IWRITE) if win else (mode | stat.S_IRWXU))
+
+    def retry(fn, p, fix):
         try:
-            os.chmod(p, stat.S_IWRITE | stat.S_IREAD | stat.S_IEXEC)
-            os.chmod(os.path.dirname(p), 0o755)
-            func(p)
-            return
+            return fn(p)
         except FileNotFoundError:
-            return
+            return None
+        except PermissionError:
+            fix()
+        return fn(p)
+
+    def remove_file(p, st):
+        parent = os.path.dirname(p)
+        try:
+            if win and not st.st_mode & stat.S_IWRITE:
+                st = os.lstat(p)  # scandir gives no inode or link count on Windows
+                os.chmod(p, stat.S_IWRITE | stat.S_IREAD)
+                try:
+                    retry(os.unlink, p, lambda: writable_dir(parent))
+                finally:
+                    if restore_readonly is not None and st.st_nlink > 1:
+                        restore_readonly(st)
+            elif win and stat.S_ISLNK(st.st_mode) and _is_dir_link(p):
+                retry(os.rmdir, p, lambda: writable_dir(parent))
+            else:
+                retry(os.unlink, p, lambda: writable_dir(parent))
+        except FileNotFoundError:
+            pass
         except OSError:
-            if trash is None or func not in (os.unlink, os.remove):
+            if trash is None:
                 raise
-        os.makedirs(trash, exist_ok=True)
-        os.replace(p, os.path.join(trash, uuid.uuid4().hex))
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=lambda f, p, e: onerror(f, p, (type(e), e, None)))
-    else:
-        shutil.rmtree(path, onerror=onerror)
+            os.makedirs(trash, exist_ok=True)
+            os.replace(p, os.path.join(trash, uuid.uuid4().hex))
+
+    def entries(d):
+        with os.scandir(d) as it:
+            return [(e.path, e.stat(follow_symlinks=False)) for e in it]
+
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(top.st_mode):
+        remove_file(path, top)
+        return
+    stack = [(path, None)]
+    while stack:
+        d, children = stack.pop()
+        if children is None:
+            children = retry(entries, d, lambda: writable_dir(d)) or []
+            stack.append((d, []))
+            for p, st in children:
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((p, None))
+                else:
+                    remove_file(p, st)
+        else:  # Windows: a read-only folder refuses; POSIX: its parent decides
+            retry(os.rmdir, d, lambda: (win and writable_dir(d), writable_dir(os.path.dirname(d))))
+
+
+def _is_dir_link(p):
+    """A Windows directory symlink or junction (deleted with rmdir)."""
+    try:
+        return os.path.isdir(p)
+    except OSError:
+        return False
 
 
 def extended_path(path, windows=None):
@@ -1309,7 +1496,7 @@ def reflink_file(src, dst):
     import fcntl
     sfd = os.open(src, os.O_RDONLY)
     try:
-        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        dfd = create_exclusive(dst)
         try:
             fcntl.ioctl(dfd, FICLONE, sfd)
         except OSError:
@@ -1321,8 +1508,21 @@ def reflink_file(src, dst):
         os.close(sfd)
 
 
-def copy_file(src, dst):
-    shutil.copyfile(src, dst)
+_O_EXCL_NEW = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+               | getattr(os, "O_BINARY", 0))
+
+
+def create_exclusive(path, mode=0o644):
+    """Open a new file for writing; fails if anything (a symlink included)
+    is already at ``path``, so a write never goes through a link."""
+    return os.open(path, _O_EXCL_NEW, mode)
+
+
+def copy_file(src, dst, mode=0o644):
+    """Copy ``src`` to a new file ``dst`` (never through an existing name)."""
+    with open(src, "rb") as fin:
+        with os.fdopen(create_exclusive(dst, mode), "wb") as fout:
+            shutil.copyfileobj(fin, fout, CHUNK)
 
 
 class Linker:
@@ -1338,6 +1538,9 @@ class Linker:
         self.copies = []  # files that are not pool inodes (for the stat cache)
         self.decided = False
         self.pooled = set()  # (blob, executable) known to have a pool copy
+        self.sizes = {}      # blob -> size, for the check of pool files
+        self.checked = set()  # (blob, executable) whose pool file was checked
+        self.repaired = 0
 
     def _one(self, mode, src, dst, executable):
         if mode == "hardlink":
@@ -1353,11 +1556,10 @@ class Linker:
 
     def place(self, blob_id, executable, dst):
         """Put pool object ``blob_id`` at ``dst`` by the link mode."""
-        if (blob_id, executable) in self.pooled:
+        if (blob_id, executable) in self.checked:
             src = self.store.current_pool_path(blob_id, executable)
         else:
-            src = self.store.materialize_pool(blob_id, executable, self.new_inodes)
-            self.pooled.add((blob_id, executable))
+            src = self._checked_pool(blob_id, executable)
         try:
             self._place(blob_id, executable, src, dst)
         except FileNotFoundError:
@@ -1368,6 +1570,25 @@ class Linker:
             self._place(blob_id, executable, src, dst)
         if self.mode != "hardlink":
             self.copies.append(dst)
+
+    def _checked_pool(self, blob_id, executable):
+        """The pool file to link, checked first (type, size, fixed mtime,
+        read-only); a damaged one is replaced from the compressed blob."""
+        store, key = self.store, (blob_id, executable)
+        path = store.current_pool_path(blob_id, executable)
+        size = self.sizes.get(blob_id)
+        if size is None:
+            size = store.blob_sizes([blob_id]).get(blob_id, -1)
+        self.checked.add(key)
+        if store.pool_file_damaged(path, size, executable):
+            store.repair_pool(blob_id, executable, path, self.new_inodes)
+            self.repaired += 1
+            self.pooled.add(key)
+            return path
+        if key in self.pooled:
+            return path
+        self.pooled.add(key)
+        return store.materialize_pool(blob_id, executable, self.new_inodes)
 
     def _place(self, blob_id, executable, src, dst):
         if self.mode is None:
@@ -3170,7 +3391,8 @@ def walk_image(get_tree, root):
     """Yield ``(relative path, entry)`` for every entry below tree ``root``,
     parents before children. Before yielding anything, refuses names that
     collide (images must work on case-insensitive disks), trees nested more
-    than MAX_DEPTH deep and images expanding to more than MAX_PATHS paths.
+    than MAX_DEPTH deep and images expanding to more than MAX_PATHS paths;
+    while walking, bytecode entries (``__pycache__``, ``*.pyc``).
     ``get_tree(id)`` returns a parsed, verified Tree."""
     trees = _expansion(get_tree, root)
     stack = [("", root)]
@@ -3179,6 +3401,7 @@ def walk_image(get_tree, root):
         tree = trees[tree_id][0]
         for e in tree.entries:
             child = f"{rel}/{e.name}" if rel else e.name
+            check_bytecode_name(child, e.name)
             if e.type == T_DIR:
                 stack.append((child, e.ref))
             yield child, e
@@ -3241,23 +3464,50 @@ def _check_tree_names(tree):
         folded.add(key)
 
 
+#: the documented interpreter links: ``bin/python*`` (``Scripts\\python*``) at
+#: the top of the environment may point at the base interpreter
+_INTERPRETER_LINK_RE = re.compile(r"(?:bin|Scripts)/(?:python|pypy)[^/]*")
+
+
 def check_link_template(rel, tpl):
-    """Raise unless a templated symlink target starts with exactly one
-    placeholder and never climbs with ``..`` (so it cannot leave the
-    environment, nor wander from the base interpreter)."""
-    rest = tpl.replace(b"\\", b"/")
-    if not tpl.startswith((PH_ENV, PH_PYEXE, PH_PYHOME)) or \
-            b".." in rest.split(b"/") or tpl.count(PH_MARK) != 1:
-        raise InvalidInputError(f"symlink {rel} points outside the environment")
+    """Raise unless a templated symlink target stays inside the environment:
+    ``@@VOCKER:ENV@@`` alone, or ``@@VOCKER:ENV@@/`` + a relative path with no
+    ``..``, empty component, backslash or other placeholder; or exactly
+    ``@@VOCKER:PYEXE@@`` for an interpreter link (``bin/python*``).
+    Shared by commit, pull and create: one rule set."""
+    if tpl == PH_ENV:
+        return
+    if tpl == PH_PYEXE and _INTERPRETER_LINK_RE.fullmatch(rel):
+        return
+    prefix = PH_ENV + b"/"
+    rest = tpl[len(prefix):]
+    if not tpl.startswith(prefix) or b"\\" in rest or PH_MARK in rest or \
+            any(comp in (b"", b"..") for comp in rest.split(b"/")):
+        raise InvalidInputError(f"symlink {rel} points outside the environment",
+                                "a link may point only inside the environment, "
+                                "or be bin/python* -> the base interpreter")
+
+
+def check_bytecode_name(rel, name):
+    """Raise for a tree entry that is bytecode or a bytecode folder: commit
+    never stores them, and vocker places the store's own ``.pyc`` files."""
+    if name == "__pycache__" or name.endswith((".pyc", ".pyo")):
+        raise InvalidInputError(f"image holds bytecode at {rel}",
+                                "vocker compiles bytecode itself; commit the image without it")
 
 
 def _image_plan(store, manifest):
-    """Walk an image's trees: (dirs, files, links) with validated relative paths."""
+    """Walk an image's trees: (dirs, files, links) with validated relative
+    paths and link targets (refused before anything is written)."""
     dirs, files, links = [], [], []
     for child, e in walk_image(store.tree, manifest.root):
         if e.type == T_DIR:
             dirs.append(child)
         elif e.type in LINK_TYPES:
+            if e.type == T_SYMLINK:
+                check_link_target(child, e.target)
+            else:
+                check_link_template(child, bytes.fromhex(e.ref))
             links.append((child, e))
         else:
             files.append((child, e))
@@ -3267,7 +3517,7 @@ def _image_plan(store, manifest):
 
 def _pid_alive(pid):
     if WINDOWS:
-        return True  # cannot tell cheaply; leave it for a later run
+        return _windows_pid_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -3275,6 +3525,62 @@ def _pid_alive(pid):
     except OSError:
         return True
     return True
+
+
+def _windows_pid_alive(pid):  # pragma: no cover - Windows only
+    import ctypes
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() != 87  # ERROR_INVALID_PARAMETER: no such process
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def _pid_started(pid):
+    """When process ``pid`` started (epoch seconds), where the system says
+    (Linux /proc), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(l.split()[1]) for l in f if l.startswith(b"btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _create_dead(row, host):
+    """True when the process that recorded pending create ``row`` is gone:
+    same host, and its pid is not alive (or is a newer process)."""
+    if row["host"] != host:
+        return False
+    if not _pid_alive(row["pid"]):
+        return True
+    started = _pid_started(row["pid"])
+    return started is not None and started > row["started"] + 2
+
+
+def _remove_leftover(store, row):
+    """Remove what an interrupted create left: its staging folder, and PATH
+    if it is still that folder (same inode and mtime); then forget the row."""
+    path, stage = row["path"], row["stage"]
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:  # anything else at PATH is not vocker's: it stays
+        if stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino, st.st_mtime_ns) == \
+                (row["dev"], row["ino"], row["mtime_ns"]):
+            rmtree(extended_path(path), trash=store.trash_dir_for(path))
+    if os.path.isdir(stage) and not os.path.islink(stage):
+        rmtree(stage, trash=store.trash_dir_for(path))
+    store.drop_pending_create(path, stage)
 
 
 def _remove_stale_stages(parent, name):
@@ -3305,8 +3611,12 @@ class Creator:
     """Materializes one image at one path."""
 
     def __init__(self, store, image_id, target, link_mode="auto", python=None,
-                 compile=True, progress=None, windows_path=None, python_info=None):
+                 compile=True, progress=None, windows_path=None, python_info=None,
+                 checkpoint=None):
         self.store = store
+        # checkpoint: test-only, called with the name of each crash window
+        # ("pending", "staged", "materialized", "renamed")
+        self.checkpoint = checkpoint or (lambda window: None)
         self.image_id = image_id
         self.manifest = store.manifest(image_id)
         self.target = os.path.abspath(target)
@@ -3328,6 +3638,9 @@ class Creator:
         self.pyc_compiled = 0
         self.pyc_cached = 0
         self.pyc_rows = []
+        self.pyc_file_rows = []
+        self.warnings = []
+        self.repaired = 0
 
     def resolve_python(self):
         m = self.manifest
@@ -3371,9 +3684,7 @@ class Creator:
     def run(self):
         store, m = self.store, self.manifest
         target = self.target
-        if os.path.lexists(target):
-            raise ConflictError(f"{target} already exists",
-                                "choose a new path, or remove it first (vocker rm PATH)")
+        self._clear_leftover()
         self.resolve_python()
         dirs, files, links = _image_plan(store, m)
         if self.win:  # names Windows cannot hold are refused before anything is written
@@ -3387,26 +3698,62 @@ class Creator:
             _remove_stale_stages(parent, os.path.basename(target))
             stage = extended_path(os.path.join(parent, f".{os.path.basename(target)}.vocker-"
                                                        f"{os.getpid()}-{uuid.uuid4().hex[:8]}"))
-            os.mkdir(stage)
         except OSError as exc:
             raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
                                      "check the folder is writable") from None
+        self.stage = stage
+        store.add_pending_create(target, stage, _hostname())
         try:
+            self.checkpoint("pending")
+            try:
+                os.mkdir(stage)
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
+                                         "check the folder is writable") from None
+            self.checkpoint("staged")
             try:
                 self._materialize(stage, dirs, files, links, values)
+            except FileExistsError as exc:  # names this disk folds together (case, Unicode form)
+                raise InvalidInputError(
+                    f"two entries of the image name one file on this disk: "
+                    f"{os.path.relpath(exc.filename, stage)}",
+                    "create it on a disk that keeps such names apart") from None
             except (OSError, LinkModeError) as exc:
                 if _disk_full(exc):
                     raise _full_disk_error(exc, stage, target, store) from None
                 raise
+            store.set_pending_stage(target, stage, os.lstat(stage))
             if os.path.lexists(target):
                 raise ConflictError(f"{target} appeared while it was being created")
             os.rename(stage, target)
         except BaseException:
-            rmtree(stage)
+            with contextlib.suppress(OSError):
+                rmtree(stage)
+            with contextlib.suppress(sqlite3.Error):
+                store.drop_pending_create(target, stage)
             raise
         finally:
             self.progress.close()
+        self.checkpoint("renamed")
         return self._record()
+
+    def _clear_leftover(self):
+        """Refuse an existing target, unless it is what an interrupted create
+        of vocker left there: then remove that and go on."""
+        store, target = self.store, self.target
+        row = store.pending_create(target)
+        if row is not None:
+            if not _create_dead(row, _hostname()):
+                raise ConflictError(f"{target} is being created by vocker process {row['pid']}",
+                                    "wait for it to finish, or choose another path")
+            try:
+                _remove_leftover(store, row)
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot remove the interrupted create at {target}: "
+                                         f"{exc.strerror}", "remove it by hand") from None
+        if os.path.lexists(target):
+            raise ConflictError(f"{target} already exists",
+                                "choose a new path, or remove it first (vocker rm PATH)")
 
     def _materialize(self, stage, dirs, files, links, values):
         join = os.path.join
@@ -3415,15 +3762,15 @@ class Creator:
         empty = _empty_id()
         py_files = []
         place = self.linker.place
-        self.linker.pooled = self.store.pooled({e.ref for _, e in files if e.type in FILE_TYPES})
+        blobs = {e.ref for _, e in files if e.type in FILE_TYPES}
+        self.linker.pooled = self.store.pooled(blobs)
+        self.linker.sizes = self.store.blob_sizes(blobs)
         for rel, e in files:
             dst = join(stage, rel)
             if e.type in FILE_TYPES:
                 executable = e.type == T_EXEC
                 if e.ref == empty:
-                    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                                 0o755 if executable else 0o644)
-                    os.close(fd)
+                    os.close(create_exclusive(dst, 0o755 if executable else 0o644))
                     os.utime(dst, (FIXED_MTIME, FIXED_MTIME))
                 else:
                     place(e.ref, executable, dst)
@@ -3432,16 +3779,17 @@ class Creator:
             else:
                 data = render_template(self.store.read_blob(e.ref), values,
                                        posix_header=not self.win)
-                fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                             0o755 if e.type == T_TEMPLATE_EXEC else 0o644)
+                fd = create_exclusive(dst, 0o755 if e.type == T_TEMPLATE_EXEC else 0o644)
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                 self.templates.append((rel, e.ref))
             self.progress.update()
-        for rel, e in links:
-            os.symlink(self._link_target(rel, e, values), join(stage, rel))
         if py_files and self.manifest.kind != "plain":
             self._pycs(stage, py_files)
+        # links last: no file or folder is ever made through one
+        self.checkpoint("materialized")
+        for rel, e in links:
+            os.symlink(self._link_target(rel, e, values), join(stage, rel))
         # stat cache rows: files that are not pool inodes
         self.stat_rows = []
         for rel, blob in self.templates:
@@ -3455,29 +3803,31 @@ class Creator:
                     rel = os.path.relpath(path, stage)
                     self.stat_rows.append((join(self.target, rel), st, blob_of[path], 0))
 
-    def _pyc_interpreter(self, stage):
+    def _pyc_interpreter(self):
+        """The interpreter that compiles: never one from the image (nothing
+        from an image runs); for a standalone image, a matching one on this
+        machine, else no compile and a warning."""
         if self.exe:
             return self.exe, self.info["cache_tag"]
-        if self.manifest.kind == "standalone":
-            for name in ("bin/python3", "bin/python", "python.exe"):
-                p = os.path.join(stage, name)
-                if os.path.isfile(p):
-                    info = query_python(p)
-                    if info:
-                        return p, info["cache_tag"]
+        m = self.manifest
+        if m.kind == "standalone" and m.python is not None:
+            try:
+                exe, info = find_python(m.python, self.python_arg)
+            except PythonError as exc:
+                self.warnings.append(f"no .pyc files compiled: {exc.message}")
+                return None, None
+            return exe, info["cache_tag"]
         return None, None
 
     def _pycs(self, stage, py_files):
         store, db = self.store, self.store.db
-        exe, tag = self._pyc_interpreter(stage)
+        exe, tag = self._pyc_interpreter()
         if not exe:
             return
         known = dict(select_in(
             db, "SELECT source, pyc FROM pyc_cache WHERE cache_tag=? AND opt=0 AND source IN ({q})",
             sorted({b for _, b, _ in py_files}), (tag,)))
-        for b in list(known):
-            if known[b] and not os.path.exists(store.pool_path(known[b])):
-                del known[b]
+        self._check_pycs(known)
         todo, first = [], {}
         for rel, blob, executable in py_files:
             if blob not in known and blob not in first:
@@ -3494,7 +3844,9 @@ class Creator:
             results = self._run_compilers(exe, todo)
             for (idx, src, cfile, rel), blob in zip(todo, first):
                 if results.get(idx):
-                    pyc, _ = store.ingest_pool_file(cfile)
+                    pyc, path, size = store.ingest_pool_file(cfile)
+                    st = os.lstat(path)
+                    self.pyc_file_rows.append((pyc, size, st.st_dev, st.st_ino))
                     known[blob] = pyc
                     self.pyc_compiled += 1
                 else:
@@ -3509,12 +3861,33 @@ class Creator:
             d, _, name = rel.rpartition("/")
             cache_dir = os.path.join(stage, d, "__pycache__")
             if cache_dir not in made_dirs:
-                os.makedirs(cache_dir, exist_ok=True)
+                os.mkdir(cache_dir)  # never an existing name: trees hold no __pycache__
                 made_dirs.add(cache_dir)
             dst = os.path.join(cache_dir, f"{name[:-3]}.{tag}.pyc")
             self.linker.place_file(store.pool_path(pyc), dst)
             if blob not in first:
                 self.pyc_cached += 1
+
+    def _check_pycs(self, known):
+        """Drop from ``known`` (source -> pyc) the pycs whose pool file is
+        missing or damaged (fast check): those are compiled again. A damaged
+        one is unlinked first, never written into (containers share it)."""
+        store = self.store
+        sizes = store.pyc_sizes({p for p in known.values() if p})
+        for b, pyc in list(known.items()):
+            if not pyc:
+                continue
+            state = store.check_pyc(pyc, sizes.get(pyc))
+            if state == "ok":
+                if pyc not in sizes:  # checked by its hash: remember its size
+                    st = os.lstat(store.pool_path(pyc))
+                    sizes[pyc] = st.st_size
+                    self.pyc_file_rows.append((pyc, st.st_size, st.st_dev, st.st_ino))
+                continue
+            if state == "damaged":
+                _unlink_quiet(store.pool_path(pyc))
+                self.repaired += 1
+            del known[b]
 
     def _run_compilers(self, exe, todo):
         """Compile in parallel worker processes of the target interpreter."""
@@ -3551,28 +3924,34 @@ class Creator:
                                "VALUES (?,?,?,?,?)",
                                self.new_inodes)
                 db.executemany("INSERT OR REPLACE INTO pyc_cache VALUES (?,?,?,?)", self.pyc_rows)
+                db.executemany("INSERT OR REPLACE INTO pyc_files VALUES (?,?,?,?)",
+                               self.pyc_file_rows)
                 db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?,?)", rows)
                 db.execute("INSERT OR REPLACE INTO containers(path, image, created, link_mode, python)"
                            " VALUES (?,?,?,?,?)",
                            (self.target, self.image_id, now, self.linker.mode or "none", self.exe))
+                db.execute("DELETE FROM pending_creates WHERE path=? AND stage=?",
+                           (self.target, self.stage))
         except sqlite3.OperationalError as exc:
             raise _store_problem(store.home, exc) from None
         return {"path": self.target, "image": self.image_id, "short_id": short_id(self.image_id),
                 "link_mode": self.linker.mode or "none", "python": self.exe,
-                "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached}
+                "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached,
+                "repaired": self.repaired + self.linker.repaired, "warnings": self.warnings}
 
 
 def create(store, image, path, link_mode="auto", python=None, compile=True, progress=None,
-           windows_path=None, python_info=None):
+           windows_path=None, python_info=None, checkpoint=None):
     """Create a container of ``image`` at ``path``; returns a dict describing it.
 
-    ``windows_path``/``python_info`` are for tests (see :func:`commit`)."""
+    ``windows_path``/``python_info`` are for tests (see :func:`commit`), and
+    ``checkpoint`` (called with the name of each crash window)."""
     t0 = time.monotonic()
     if link_mode not in LINK_MODES:
         raise UsageError(f"unknown link mode {link_mode!r}", "use auto, reflink, hardlink or copy")
     image_id = store.resolve_image(image)
     c = Creator(store, image_id, path, link_mode, python, compile, progress,
-                windows_path, python_info)
+                windows_path, python_info, checkpoint)
     result = c.run()
     result["seconds"] = round(time.monotonic() - t0, 3)
     return result
@@ -3643,14 +4022,33 @@ def find_container(store, path):
 
 
 def remove_container(store, path):
-    """Delete a container's directory and its record."""
-    info = find_container(store, path)
+    """Delete a container's directory and its record, or what an interrupted
+    create left at ``path``."""
+    target = os.path.abspath(path)
+    row = store.pending_create(target)
+    try:
+        info = find_container(store, target)
+    except NotFoundError as not_found:
+        if row is None:
+            raise
+        if not _create_dead(row, _hostname()):
+            raise ConflictError(f"{target} is being created by vocker process {row['pid']}",
+                                "wait for it to finish, then retry") from None
+        try:
+            _remove_leftover(store, row)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot delete {target}: {exc.strerror}",
+                                     "close programs using it and retry") from None
+        if os.path.lexists(target):  # not what the interrupted create left
+            raise not_found from None
+        return {"path": target, "removed": True, "interrupted": True}
     target = info["path"]
     if os.path.lexists(target):
         if not os.path.isdir(target) or os.path.islink(target):
             raise InvalidInputError(f"{target} is not a directory", "remove it by hand")
         try:
-            rmtree(extended_path(target), trash=store.trash_dir_for(target))
+            rmtree(extended_path(target), trash=store.trash_dir_for(target),
+                   restore_readonly=store.restore_readonly)
         except OSError as exc:
             raise EnvironmentProblem(f"cannot delete {target}: {exc.strerror}",
                                      "close programs using it and retry") from None
@@ -4952,8 +5350,12 @@ def cmd_commit(store, args):
 def cmd_create(store, args):
     r = create(store, args.image, args.path, link_mode=args.link_mode, python=args.python,
                compile=not args.no_compile, progress=_progress(args, "creating"))
+    for w in r["warnings"]:
+        if not args.quiet:
+            print(f"vocker: warning: {w}", file=sys.stderr)
     text = (f"created {r['path']} from {r['short_id']} "
-            f"({r['link_mode']}, {r['pyc_compiled']} compiled, {r['pyc_cached']} cached .pyc)")
+            f"({r['link_mode']}, {r['pyc_compiled']} compiled, {r['pyc_cached']} cached .pyc"
+            + (f", {r['repaired']} damaged store files repaired" if r["repaired"] else "") + ")")
     _emit(args, r, text)
     return EXIT_OK
 
@@ -5001,7 +5403,8 @@ def cmd_rmi(store, args):
 
 def cmd_rm(store, args):
     results = [remove_container(store, p) for p in args.paths]
-    _emit(args, results, "\n".join(r["path"] for r in results))
+    _emit(args, results, "\n".join(("removed an interrupted create at " if r.get("interrupted")
+                                    else "") + r["path"] for r in results))
     return EXIT_OK
 
 

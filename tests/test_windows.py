@@ -681,7 +681,7 @@ def test_read_only_files_are_cleared_before_delete(tmp_path, monkeypatch):
             raise PermissionError(13, "Access is denied", path)
         return real_unlink(path, *a, dir_fd=dir_fd, **kw)
     monkeypatch.setattr(os, "unlink", unlink)
-    vocker.rmtree(str(d))
+    vocker.rmtree(str(d), windows=True)
     assert not d.exists()
 
 
