@@ -176,21 +176,6 @@ def _put_image(store, entries_by_dir, kind):
     return m.id
 
 
-def _tightened(shape_id):
-    """The base-interpreter and sibling rows need check_link_template's
-    tightened rule (Create section): until it lands, pull and create accept
-    those links (commit refuses the sibling already: it cannot template it)."""
-    probe = {"symlink-to-base-python-dir-plus-path": PH_PYHOME + b"/x",
-             "symlink-to-env-sibling": PH_ENV + b"-2/x"}.get(shape_id)
-    if probe is None:
-        return True
-    try:
-        vocker.check_link_template("bin/evil", probe)
-    except InvalidInputError:
-        return True
-    return False
-
-
 def _refused_one_line(fn):
     with pytest.raises(InvalidInputError) as info:
         fn()
@@ -204,8 +189,6 @@ def _refused_one_line(fn):
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_commit_refuses(shape, folder, store):
     name, make, _, kind = shape
-    if name.startswith("symlink-to-base") and not _tightened(name):
-        pytest.xfail("check_link_template (Create section) does not refuse this yet")
     make(folder)
     text = _refused_one_line(lambda: vocker.commit(store, folder, kind=kind,
                                                    python_info=dict(FAKE_PY)))
@@ -217,8 +200,6 @@ def test_commit_refuses(shape, folder, store):
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_pull_refuses(shape, tmp_path, store):
     name, _, crafted, kind = shape
-    if not _tightened(name):
-        pytest.xfail("check_link_template (Create section) does not refuse this yet")
     repo = tmp_path / "repo"
     _craft_repo(repo, crafted, kind)
     _refused_one_line(lambda: vocker.pull(store, str(repo), ["evil:1"]))
@@ -229,8 +210,6 @@ def test_pull_refuses(shape, tmp_path, store):
 def test_load_refuses(shape, tmp_path, store):
     import tarfile
     name, _, crafted, kind = shape
-    if not _tightened(name):
-        pytest.xfail("check_link_template (Create section) does not refuse this yet")
     repo = tmp_path / "repo"
     _craft_repo(repo, crafted, kind)
     archive = tmp_path / "evil.vocker"
@@ -246,8 +225,6 @@ def test_load_refuses(shape, tmp_path, store):
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_create_refuses(shape, tmp_path, store):
     name, _, crafted, kind = shape
-    if not _tightened(name):
-        pytest.xfail("check_link_template (Create section) does not refuse this yet")
     image = _put_image(store, crafted, kind)
     target = tmp_path / "c"
     _refused_one_line(lambda: vocker.create(store, image, target, python_info=dict(FAKE_PY),
@@ -260,8 +237,6 @@ def test_create_refuses(shape, tmp_path, store):
                          ids=[s[0] for s in SHAPES if s[3] == "plain"])
 def test_cli_commit_and_pull_exit_5_with_one_line(shape, folder, tmp_path, capsys):
     name, make, crafted, _ = shape
-    if not _tightened(name):
-        pytest.xfail("check_link_template (Create section) does not refuse this yet")
     make(folder)
     home = str(tmp_path / "home")
     assert vocker.main(["--home", home, "commit", str(folder), "--kind", "plain"]) == 5

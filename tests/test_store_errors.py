@@ -70,16 +70,14 @@ def fill(disk, leave=0):
         with open(filler, "wb") as f:
             f.write(b"\0" * (shutil.disk_usage(disk).free - leave))
         return filler
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: close() has nothing to flush
         with contextlib.suppress(OSError):
             while True:
                 f.write(b"\0" * (1 << 16))
-                f.flush()
     with contextlib.suppress(OSError):
-        with open(disk / "filler2", "wb") as f:  # the last partial block
+        with open(disk / "filler2", "wb", buffering=0) as f:  # the last partial block
             while True:
                 f.write(b"\0" * 512)
-                f.flush()
     return filler
 
 
