@@ -1065,26 +1065,11 @@ class Store:
         return decompress_blob(blob_id, cdata, size)
 
     def extract_blob(self, blob_id, dest):
-        """Decompress a blob to ``dest`` (streaming), verifying it."""
+        """Decompress a blob to ``dest`` (streaming), verifying it as a
+        complete frame (:func:`verify_frame`)."""
         size, fin, csize = self._open_blob(blob_id)
-        h = blake3.blake3()
-        n = 0
         with fin, open(dest, "wb") as fout:
-            try:
-                reader = zstandard.ZstdDecompressor().stream_reader(fin, closefd=False)
-                while True:
-                    chunk = reader.read(CHUNK)
-                    if not chunk:
-                        break
-                    n += len(chunk)
-                    if n > size:
-                        raise IntegrityError("blob", blob_id, "expands past its declared size")
-                    h.update(chunk)
-                    fout.write(chunk)
-            except zstandard.ZstdError as exc:
-                raise IntegrityError("blob", blob_id, f"cannot decompress: {exc}") from None
-        if n != size or h.hexdigest() != blob_id:
-            raise IntegrityError("blob", blob_id, "content does not match its ID")
+            verify_frame(blob_id, size, fin, csize, out=fout.write)
 
     # -- pool ----------------------------------------------------------------
 
