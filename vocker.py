@@ -3351,25 +3351,64 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
 # Create: image -> container ##################################################
 ###############################################################################
 
+#: runs in the target interpreter (-I): compiles each job with py_compile into
+#: a timestamp .pyc (valid for FIXED_MTIME sources) and prints one JSON line a
+#: job, ``[idx, null]`` or ``[idx, "the error, one line"]``
 _COMPILE_WORKER = r"""
-import sys, os, json, marshal
-from importlib._bootstrap_external import _code_to_timestamp_pyc
-jobs = json.loads(sys.stdin.read())
-out = sys.stdout
-for idx, src, cfile, dfile in jobs:
+import sys, json, py_compile
+mode = py_compile.PycInvalidationMode.TIMESTAMP
+for idx, src, cfile, dfile in json.loads(sys.stdin.read()):
     try:
-        with open(src, "rb") as f:
-            source = f.read()
-        st = os.stat(src)
-        code = compile(source, dfile, "exec", dont_inherit=True)
-        with open(cfile, "wb") as f:
-            f.write(_code_to_timestamp_pyc(code, st.st_mtime, st.st_size))
-        ok = 1
-    except Exception:
-        ok = 0
-    out.write("%d %d\n" % (idx, ok))
-    out.flush()
+        py_compile.compile(src, cfile, dfile, doraise=True, invalidation_mode=mode)
+        err = None
+    except py_compile.PyCompileError as exc:
+        v = exc.exc_value
+        err = "%s: %s" % (exc.exc_type_name, getattr(v, "msg", None) or v)
+        if getattr(v, "lineno", None):
+            err += " (line %d)" % v.lineno
+    except Exception as exc:
+        err = "%s: %s" % (type(exc).__name__, exc)
+    sys.stdout.write(json.dumps([idx, err and err[:300]]) + "\n")
+    sys.stdout.flush()
 """
+def compile_pycs(exe, jobs, progress):
+    """Compile ``jobs`` ([idx, source, .pyc path, name in tracebacks]) in
+    parallel worker processes of the interpreter ``exe``; returns {idx: None
+    when compiled, else the error}. Jobs no worker reported are absent."""
+    n = max(1, min(os.cpu_count() or 1, (len(jobs) + 49) // 50))
+    by_size = sorted(jobs, key=lambda j: -os.path.getsize(j[1]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    results = {}
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        list(pool.map(lambda part: _compile_part(exe, part, env, results, progress),
+                      [by_size[i::n] for i in range(n)]))
+    return results
+
+
+def _compile_part(exe, jobs, env, results, progress):
+    """One worker process: feed it ``jobs``, read its lines into ``results``."""
+    proc = subprocess.Popen([exe, "-I", "-c", _COMPILE_WORKER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    with proc:
+        proc.stdin.write(json.dumps(jobs).encode("utf-8"))
+        proc.stdin.close()
+        wanted = {j[0] for j in jobs}
+        for line in proc.stdout:
+            with contextlib.suppress(ValueError, TypeError):
+                idx, err = json.loads(line)
+                if idx in wanted and (err is None or isinstance(err, str)):
+                    results[idx] = err
+                    progress.update()
+
+
+def pyc_warning(failed, errors):
+    """One warning line for the sources with no .pyc: ``failed`` [(name,
+    source blob)] in image order, ``errors`` {blob: error} of this compile."""
+    rel, blob = failed[0]
+    why = errors.get(blob) or "it did not compile in an earlier create"
+    n = len(failed)
+    return terminal_safe(f"{n} .py file{'s' if n > 1 else ''} not compiled to .pyc "
+                         f"(first: {rel}: {why[:300]})")
 
 
 def walk_image(get_tree, root):
@@ -3622,6 +3661,7 @@ class Creator:
         self.info = None
         self.pyc_compiled = 0
         self.pyc_cached = 0
+        self.pyc_failed = 0
         self.pyc_rows = []
         self.pyc_file_rows = []
         self.warnings = []
@@ -3813,7 +3853,7 @@ class Creator:
             db, "SELECT source, pyc FROM pyc_cache WHERE cache_tag=? AND opt=0 AND source IN ({q})",
             sorted({b for _, b, _ in py_files}), (tag,)))
         self._check_pycs(known)
-        todo, first = [], {}
+        todo, first, errors = [], {}, {}
         for rel, blob, executable in py_files:
             if blob not in known and blob not in first:
                 first[blob] = (rel, executable)
@@ -3826,9 +3866,9 @@ class Creator:
                 if not os.path.exists(src):
                     src = store.materialize_pool(blob, executable, self.new_inodes)
                 todo.append([idx, src, store.tmp_path("pyc"), rel])
-            results = self._run_compilers(exe, todo)
+            results = compile_pycs(exe, todo, self.progress)
             for (idx, src, cfile, rel), blob in zip(todo, first):
-                if results.get(idx):
+                if idx in results and results[idx] is None:
                     pyc, path, size = store.ingest_pool_file(cfile)
                     st = os.lstat(path)
                     self.pyc_file_rows.append((pyc, size, st.st_dev, st.st_ino))
@@ -3837,11 +3877,14 @@ class Creator:
                 else:
                     _unlink_quiet(cfile)
                     known[blob] = ""
-                self.pyc_rows.append((tag, blob, 0, known[blob]))
-        made_dirs = set()
+                    errors[blob] = results.get(idx, "the compiler process stopped early")
+                if idx in results:  # a compiler that died says nothing of the source
+                    self.pyc_rows.append((tag, blob, 0, known[blob]))
+        made_dirs, failed = set(), []
         for rel, blob, _ in py_files:
             pyc = known.get(blob)
             if not pyc:
+                failed.append((rel, blob))
                 continue
             d, _, name = rel.rpartition("/")
             cache_dir = os.path.join(stage, d, "__pycache__")
@@ -3852,6 +3895,9 @@ class Creator:
             self.linker.place_file(store.pool_path(pyc), dst)
             if blob not in first:
                 self.pyc_cached += 1
+        if failed:
+            self.pyc_failed = len(failed)
+            self.warnings.append(pyc_warning(failed, errors))
 
     def _check_pycs(self, known):
         """Drop from ``known`` (source -> pyc) the pycs whose pool file is
@@ -3873,30 +3919,6 @@ class Creator:
                 _unlink_quiet(store.pool_path(pyc))
                 self.repaired += 1
             del known[b]
-
-    def _run_compilers(self, exe, todo):
-        """Compile in parallel worker processes of the target interpreter."""
-        n = max(1, min(os.cpu_count() or 1, (len(todo) + 49) // 50))
-        by_size = sorted(todo, key=lambda j: -os.path.getsize(j[1]))
-        parts = [by_size[i::n] for i in range(n)]
-        results = {}
-        env = dict(os.environ)
-        for k in [k for k in env if k.startswith("PYTHON")]:
-            del env[k]
-
-        def one(jobs):
-            proc = subprocess.Popen([exe, "-I", "-c", _COMPILE_WORKER], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-            proc.stdin.write(json.dumps(jobs).encode("utf-8"))
-            proc.stdin.close()
-            for line in proc.stdout:
-                idx, ok = line.split()
-                results[int(idx)] = ok == b"1"
-                self.progress.update()
-            proc.wait()
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            list(pool.map(one, parts))
-        return results
 
     def _record(self):
         store = self.store
@@ -3922,6 +3944,7 @@ class Creator:
         return {"path": self.target, "image": self.image_id, "short_id": short_id(self.image_id),
                 "link_mode": self.linker.mode or "none", "python": self.exe,
                 "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached,
+                "pyc_failed": self.pyc_failed,
                 "repaired": self.repaired + self.linker.repaired, "warnings": self.warnings}
 
 
