@@ -1853,6 +1853,135 @@ def path_spellings(path):
     return sorted(out)
 
 
+# A venv copied (cp -a) or moved keeps naming the place it was made at: its
+# scripts' "#!" lines, bin/activate's VIRTUAL_ENV, pyvenv.cfg's command. That
+# old path is one more spelling of the environment when the evidence agrees;
+# otherwise commit refuses: a container must never run another environment.
+
+#: VIRTUAL_ENV set to a literal path in activate (sh), activate.csh, activate.fish
+_VIRTUAL_ENV_RE = re.compile(
+    r"""^[ \t]*(?:(?:export[ \t]+)?VIRTUAL_ENV=|(?:setenv|set[ \t]+-gx)[ \t]+VIRTUAL_ENV[ \t]+)"""
+    r"""(?:"([^"$`\\\n]*)"|'([^'\n]*)')[ \t]*$""", re.M)
+COPIED_VENV_HINT = ("commit the original environment, or recreate this one where it is "
+                    "(python -m venv, then reinstall its packages)")
+
+
+def activate_prefix(root):
+    """The literal path the activate scripts set VIRTUAL_ENV to, or None (no
+    such script, or computed values). Different literal values are refused."""
+    found = set()
+    for name in ("activate", "activate.csh", "activate.fish"):
+        try:
+            with open(os.path.join(root, "bin", name), "rb") as f:
+                text = f.read(1 << 20).decode("utf-8", "surrogateescape")
+        except OSError:
+            continue
+        found |= {a or b for a, b in _VIRTUAL_ENV_RE.findall(text)}
+    if len(found) > 1:
+        raise InvalidInputError(f"cannot commit {root}: its activate scripts name more than "
+                                f"one environment ({', '.join(sorted(found))})", COPIED_VENV_HINT)
+    return found.pop() if found else None
+
+
+def shebang_exe(head):
+    """The interpreter a script's first bytes run (both of distlib's header
+    forms), or None."""
+    m = _EXEC_HEADER.match(head)
+    if m:
+        exe = m.group(1)
+        return os.fsdecode(exe[1:-1] if exe[:1] in (b'"', b"'") else exe)
+    if head.startswith(b"#!"):
+        words = head[2:].split(b"\n", 1)[0].split()
+        return os.fsdecode(words[0]) if words else None
+    return None
+
+
+def script_prefixes(root):
+    """{prefix: script} for the scripts in bin/ that run ``<prefix>/bin/<name>``
+    where this environment has a bin/<name>: where its interpreter was."""
+    bindir, out = os.path.join(root, "bin"), {}
+    try:
+        names = sorted(os.listdir(bindir))
+    except OSError:
+        return out
+    for name in names:
+        path = os.path.join(bindir, name)
+        try:
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as f:
+                exe = shebang_exe(f.read(4096))
+        except OSError:
+            continue  # the walk reports what cannot be read
+        if exe and os.path.isabs(exe):
+            exe_dir, exe_name = os.path.split(exe)
+            if (os.path.basename(exe_dir) == "bin" and exe_name.startswith("python")
+                    and os.path.lexists(os.path.join(bindir, exe_name))):
+                out.setdefault(os.path.dirname(exe_dir), f"bin/{name}")
+    return out
+
+
+def old_prefix(root, cfg, base_paths):
+    """The path the venv at ``root`` was made at, when it was copied or moved
+    from there (bin/activate and, to confirm, a script or pyvenv.cfg's command
+    name it), else None. Raise when its files name another environment and
+    the evidence does not agree."""
+    own = set(path_spellings(root))
+    base_bins = set(base_paths) | {os.path.realpath(p) for p in base_paths}
+    scripts = {p: s for p, s in script_prefixes(root).items()
+               if p not in own and os.path.join(p, "bin") not in base_bins}
+    act = activate_prefix(root)
+    if act is not None and act in own:
+        act = None
+    if act is None:
+        if scripts:
+            p, script = next(iter(scripts.items()))
+            raise InvalidInputError(f"cannot commit {root}: {script} runs the Python of "
+                                    f"another environment ({p})", COPIED_VENV_HINT)
+        return None
+    if set(scripts) - {act}:
+        raise InvalidInputError(f"cannot commit {root}: its scripts name other environments "
+                                f"than the one bin/activate names ({act})", COPIED_VENV_HINT)
+    if os.path.realpath(act) == os.path.realpath(root):
+        return act  # the same folder through a symlink
+    _check_old_prefix(root, act, base_paths)
+    command = cfg.get("command", "")
+    if act not in scripts and not (" -m venv " in command and command.endswith(" " + act)):
+        raise InvalidInputError(f"cannot commit {root}: bin/activate names {act}, and neither "
+                                "a script nor pyvenv.cfg confirms it was made there",
+                                COPIED_VENV_HINT)
+    return act
+
+
+def _check_old_prefix(root, old, base_paths):
+    """Raise unless ``old`` may be templated as the environment's path: a
+    plain absolute path, apart from the folder and from the base Python, and
+    either gone (moved) or a venv (the original)."""
+    why = None
+    if (not os.path.isabs(old) or os.path.normpath(old) != old or old == os.sep
+            or _CONTROL_RE.search(old)):
+        why = "not a plain absolute path"
+    elif any(_inside(root, s) or _inside(s, root) for s in path_spellings(old)):
+        why = f"it holds or lies inside {root}"
+    elif any(_inside(b, s) or _inside(s, b) for s in path_spellings(old) for b in base_paths):
+        why = "it holds or lies inside the base Python"
+    elif os.path.lexists(old) and not os.path.isfile(os.path.join(old, "pyvenv.cfg")):
+        why = "it exists and is not a venv"
+    if why:
+        raise InvalidInputError(f"cannot commit {root}: it names {old} as its old location, "
+                                f"and {why}", COPIED_VENV_HINT)
+
+
+def venv_old_paths(root, cfg, env_paths, prompt, base_paths):
+    """(env_paths, prompt) of the venv at ``root``, with the old path of a
+    copied or moved venv (old_prefix) as one more spelling and its name as
+    the prompt it was made with."""
+    old = old_prefix(root, cfg, base_paths)
+    if old is None:
+        return env_paths, prompt
+    return sorted(set(env_paths) | set(path_spellings(old))), prompt and os.path.basename(old)
+
+
 ###############################################################################
 # Windows launchers ###########################################################
 ###############################################################################
@@ -2812,6 +2941,9 @@ class Committer:
                     prompt = PureWindowsPath(self.windows_path).name
                 else:
                     prompt = os.path.basename(root)
+            if not self.win:  # a copied or moved venv: its old path is one more spelling
+                env_paths, prompt = venv_old_paths(root, cfg, env_paths, prompt,
+                                                   exe_paths + home_paths)
         elif kind == "standalone":
             # a container takes its image's facts: nothing in it runs. A folder
             # vocker did not make is the user's own Python: running it to learn
