@@ -1922,10 +1922,9 @@ def script_prefixes(root):
 
 
 def old_prefix(root, cfg, base_paths):
-    """The path the venv at ``root`` was made at, when it was copied or moved
-    from there (bin/activate and, to confirm, a script or pyvenv.cfg's command
-    name it), else None. Raise when its files name another environment and
-    the evidence does not agree."""
+    """Where the venv at ``root`` was made, if it was copied or moved from there
+    (its activate scripts name it, confirmed by a script or pyvenv.cfg's
+    command), else None; raise when the evidence of another place disagrees."""
     own = set(path_spellings(root))
     base_bins = set(base_paths) | {os.path.realpath(p) for p in base_paths}
     scripts = {p: s for p, s in script_prefixes(root).items()
@@ -3503,6 +3502,8 @@ for idx, src, cfile, dfile in json.loads(sys.stdin.read()):
     sys.stdout.write(json.dumps([idx, err and err[:300]]) + "\n")
     sys.stdout.flush()
 """
+
+
 def compile_pycs(exe, jobs, progress):
     """Compile ``jobs`` ([idx, source, .pyc path, name in tracebacks]) in
     parallel worker processes of the interpreter ``exe``; returns {idx: None
@@ -3522,13 +3523,14 @@ def _compile_part(exe, jobs, env, results, progress):
     proc = subprocess.Popen([exe, "-I", "-c", _COMPILE_WORKER], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     with proc:
-        proc.stdin.write(json.dumps(jobs).encode("utf-8"))
-        proc.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # it died: its jobs stay unreported
+            proc.stdin.write(json.dumps(jobs).encode("utf-8"))
+            proc.stdin.close()
         wanted = {j[0] for j in jobs}
         for line in proc.stdout:
             with contextlib.suppress(ValueError, TypeError):
                 idx, err = json.loads(line)
-                if idx in wanted and (err is None or isinstance(err, str)):
+                if type(idx) is int and idx in wanted and (err is None or isinstance(err, str)):
                     results[idx] = err
                     progress.update()
 

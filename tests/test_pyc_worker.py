@@ -7,6 +7,7 @@ import importlib.util
 import os
 import struct
 import sys
+from unittest import mock
 
 import pytest
 
@@ -107,24 +108,28 @@ def _saved(store, image, tmp_path):
 
 FAKE_WORKERS = [
     ("exits-at-once", "exit 3"),
-    ("not-json", "echo 'compiled everything'"),
-    ("unknown-job", "echo '[99, null]'"),
-    ("bad-error-type", "echo '[0, 7]'"),
-    ("bad-shape", "echo '[0]'; echo '{\"0\": null}'"),
+    ("exits-unread", "exit 3"),   # the job list fills the pipe: writing it fails
+    ("not-json", "cat >/dev/null; echo 'compiled everything'"),
+    ("unknown-job", "cat >/dev/null; echo '[99, null]'"),
+    ("bool-job", "cat >/dev/null; echo '[true, null]'"),
+    ("bad-error-type", "cat >/dev/null; echo '[0, 7]'"),
+    ("bad-shape", "cat >/dev/null; echo '[0]'; echo '{\"0\": null}'"),
 ]
 
 
 @pytest.mark.skipif(os.name == "nt", reason="the fake interpreters are shell scripts")
-@pytest.mark.parametrize("body", [b for _, b in FAKE_WORKERS], ids=[n for n, _ in FAKE_WORKERS])
-def test_compile_pycs_keeps_only_well_formed_reports_of_its_jobs(body, tmp_path):
+@pytest.mark.parametrize("name, body", FAKE_WORKERS, ids=[n for n, _ in FAKE_WORKERS])
+def test_compile_pycs_keeps_only_well_formed_reports_of_its_jobs(name, body, tmp_path):
     fake = tmp_path / "python"
-    fake.write_text(f"#!/bin/sh\ncat >/dev/null\n{body}\n")
+    fake.write_text(f"#!/bin/sh\n{body}\n")
     fake.chmod(0o755)
     src = tmp_path / "m.py"
     src.write_bytes(GOOD)
     progress = vocker.Progress("compiling", enabled=False)
-    jobs = [[0, str(src), str(tmp_path / "m.pyc"), "m.py"]]
-    assert vocker.compile_pycs(str(fake), jobs, progress) == {}
+    n = 2000 if name == "exits-unread" else 1   # over a pipe's buffer
+    jobs = [[i, str(src), str(tmp_path / f"m{i}.pyc"), "m" * 100 + ".py"] for i in range(n)]
+    with mock.patch.object(os, "cpu_count", return_value=1):
+        assert vocker.compile_pycs(str(fake), jobs, progress) == {}
 
 
 def test_compile_pycs_reports_each_job(tmp_path):
