@@ -73,12 +73,13 @@ def _names(root, needle):
 def test_copy_is_the_originals_image_and_its_container_runs_itself(key, real_venvs, tmp_path):
     orig = real_venvs(key)
     copy = _copy(orig, tmp_path / "copy")
-    with _store(tmp_path / "a") as a, _store(tmp_path / "b") as b:
+    with _store(tmp_path / "a") as a:
         want = vocker.commit(a, orig)["id"]
-        r = vocker.commit(b, copy)
-        assert r["id"] == want and r["warnings"] == []
-        c = tmp_path / "container"
-        vocker.create(b, r["id"], c)
+    p = cli("commit", copy, home=tmp_path / "b")     # what the user runs: no warning
+    assert p.returncode == 0 and p.stderr == "" and p.stdout.strip() == want
+    c = tmp_path / "container"
+    with _store(tmp_path / "b") as b:
+        vocker.create(b, want, c)
     for script in ("vockprefix", *(["pip"] if key.startswith("pip") else [])):
         head = (c / "bin" / script).read_bytes()[:300]
         assert os.fsencode(c / "bin" / "python") in head and os.fsencode(orig) not in head
@@ -262,3 +263,15 @@ def test_a_symlinked_spelling_of_the_folder_is_its_own(bare_venv, tmp_path, stor
     vocker.create(store, image, c)
     assert (c / "bin" / "tool").read_text().startswith(f"#!{c}/bin/python\n")
     assert _names(c, os.fsencode(link)) == []
+
+
+def test_copy_of_a_container_is_its_image(tmp_path):
+    """cp -a of a container is not a container (vocker did not make it), but
+    it names the container's path: it commits to the container's image."""
+    run([require_python("3.13"), "-m", "venv", "--without-pip", tmp_path / "venv"])
+    with _store(tmp_path / "home") as store:
+        image = vocker.commit(store, tmp_path / "venv")["id"]
+        vocker.create(store, image, tmp_path / "c")
+        _copy(tmp_path / "c", tmp_path / "copy")
+        r = vocker.commit(store, tmp_path / "copy")
+        assert r["id"] == image and r["parent"] is None
