@@ -1317,6 +1317,9 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
     """The local store: ``vocker.db`` plus ``blobs/``, ``pool/``, ``tmp/``. Every
     SQL statement of vocker is one of its verbs. ``with Store(home) as store:``"""
 
+    #: seconds to wait for another process's write to the store
+    LOCK_TIMEOUT = 60
+
     def __init__(self, home, readonly=None):
         """Open the store at ``home``, making it if needed. ``readonly``: True
         opens it for reading only; False needs it writable (else
@@ -1338,7 +1341,7 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
         if not self.readonly:
             try:
                 self._open_writable()
-            except (OSError, sqlite3.OperationalError) as exc:
+            except (OSError, sqlite3.DatabaseError) as exc:
                 if readonly is False or not (_cannot_write(exc) or self._full(exc)):
                     raise self.write_problem(exc) from None
                 self.readonly = True
@@ -1358,7 +1361,7 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
             _made_dirs.update(os.path.join(d, f"{i:02x}") for i in range(256))
         path = os.path.join(self.home, "vocker.db")
         self._uri = Path(path).as_uri()
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.db = sqlite3.connect(path, timeout=self.LOCK_TIMEOUT, isolation_level=None)
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -1378,7 +1381,8 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
                                      "or pass --home DIR")
         uri = Path(path).as_uri()
         for query in ("?mode=ro", "?immutable=1"):
-            db = sqlite3.connect(uri + query, uri=True, timeout=60, isolation_level=None)
+            db = sqlite3.connect(uri + query, uri=True, timeout=self.LOCK_TIMEOUT,
+                                 isolation_level=None)
             try:
                 db.execute("SELECT count(*) FROM images").fetchone()
             except sqlite3.Error as exc:
@@ -1497,8 +1501,8 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
         db = getattr(self._local, "db", None)
         if db is None:
             try:
-                db = sqlite3.connect(self._uri, uri=True, timeout=60, check_same_thread=False,
-                                     isolation_level=None)
+                db = sqlite3.connect(self._uri, uri=True, timeout=self.LOCK_TIMEOUT,
+                                     check_same_thread=False, isolation_level=None)
             except sqlite3.Error as exc:
                 self._fail(exc)
             self._local.db = db
