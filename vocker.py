@@ -1435,7 +1435,7 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
         cutoff = time.time() - 3600
         trash = os.path.join(self.tmp_dir, "trash")
         if os.path.isdir(trash):  # hardlinks of the pool may wait here (Windows)
-            with contextlib.suppress(OSError, sqlite3.Error):
+            with contextlib.suppress(OSError, EnvironmentProblem):
                 rmtree(trash, restore_readonly=self.restore_readonly)
         with os.scandir(self.tmp_dir) as it:
             for entry in it:
@@ -3909,7 +3909,7 @@ class Creator:
         except BaseException:
             with contextlib.suppress(OSError):
                 rmtree(stage)
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(EnvironmentProblem):
                 store.drop_pending_create(target, stage)
             raise
         finally:
