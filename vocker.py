@@ -53,6 +53,8 @@ ID_HEX_LEN = 64
 SHORT_ID_LEN = 12
 ID_RE = re.compile(r"[0-9a-f]{64}")
 PREFIX_RE = re.compile(r"[0-9a-f]{1,64}")
+#: the blob of an empty file (BLAKE3 of b"")
+EMPTY_ID = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
 
 #: mtime of every pool file and every materialized source file; timestamp
 #: ``.pyc`` files compiled against it are valid in every container.
@@ -554,18 +556,8 @@ def _load_schema():
                           "reinstall vocker") from None
 
 
-def _store_problem(home, exc):
-    return EnvironmentProblem(f"cannot write to the store at {home}: {exc}",
-                              "check the disk is writable and not full, or pass --home DIR")
-
-
-#: SQLite result codes (primary) that mean the store's disk or file, not a bug
-_SQLITE_ENV_CODES = {3, 5, 6, 8, 10, 13, 14}  # PERM BUSY LOCKED READONLY IOERR FULL CANTOPEN
+#: SQLite result codes (primary)
 _SQLITE_FULL, _SQLITE_READONLY, _SQLITE_IOERR = 13, 8, 10
-
-
-def _sqlite_env_error(exc):
-    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _SQLITE_ENV_CODES
 
 
 def _error_chain(exc):
@@ -810,182 +802,15 @@ class PackWriter:
             _unlink_quiet(self.tmp)
 
 
-class Store:
-    """The local store: ``vocker.db`` plus ``blobs/``, ``pool/``, ``tmp/``."""
+def _store_fault(exc):
+    """True for an SQLite error from the store's disk or file (full,
+    read-only, locked, corrupt), False for a bug in a statement."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError))
 
-    def __init__(self, home, readonly=None):
-        """Open the store at ``home``, making it if needed. ``readonly``: True
-        opens it for reading only; False needs it writable (else
-        EnvironmentProblem); None detects, opening a store that cannot be
-        written (read-only or full disk) read-only, so that listing,
-        inspecting and saving still work (a write then fails in
-        :meth:`transaction`)."""
-        self.home = os.path.abspath(home)
-        self.blobs_dir = os.path.join(self.home, "blobs")
-        self.pool_dir = os.path.join(self.home, "pool")
-        self.tmp_dir = os.path.join(self.home, "tmp")
-        self.packs_dir = os.path.join(self.home, "packs")
-        self._packs = {}
-        self._pool_gen = {}
-        self._valid = set()  # object IDs whose format digest_to_path has checked
-        self.readonly = bool(readonly)
-        if not self.readonly:
-            try:
-                self._open_writable()
-            except (OSError, sqlite3.OperationalError) as exc:
-                if readonly is False or not (_cannot_write(exc) or self._full(exc)):
-                    raise self.write_problem(exc) from None
-                self.readonly = True
-        if self.readonly:
-            self._open_readonly()
-        else:
-            self._clean_tmp()
 
-    def _open_writable(self):
-        for d in (self.home, self.blobs_dir, self.pool_dir, self.tmp_dir, self.packs_dir):
-            os.makedirs(d, exist_ok=True)
-        self._check_writable()
-        for d in (self.blobs_dir, self.pool_dir):
-            if not os.path.isdir(os.path.join(d, "ff")):
-                for i in range(256):
-                    os.makedirs(os.path.join(d, f"{i:02x}"), exist_ok=True)
-            _made_dirs.update(os.path.join(d, f"{i:02x}") for i in range(256))
-        self.db = sqlite3.connect(os.path.join(self.home, "vocker.db"),
-                                  timeout=60, isolation_level=None)
-        try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_load_schema())
-        except BaseException:
-            self.db.close()
-            raise
-
-    def _open_readonly(self):
-        """Read-only SQLite: ``mode=ro`` reads a WAL database when its -wal and
-        -shm files exist or can be made; else (a read-only disk after a clean
-        close, so no WAL content) ``immutable=1``."""
-        path = os.path.join(self.home, "vocker.db")
-        if not os.path.isfile(path):
-            raise EnvironmentProblem(f"no store at {self.home}, and it cannot be made there",
-                                     "check the path and that the disk is writable, "
-                                     "or pass --home DIR")
-        uri = Path(path).as_uri()
-        for query in ("?mode=ro", "?immutable=1"):
-            db = sqlite3.connect(uri + query, uri=True, timeout=60, isolation_level=None)
-            try:
-                db.execute("SELECT count(*) FROM images").fetchone()
-            except sqlite3.Error as exc:
-                db.close()
-                error = exc
-                continue
-            self.db = db
-            return
-        raise EnvironmentProblem(f"cannot read the store at {self.home}: {error}",
-                                 "check the permissions of its vocker.db") from None
-
-    def read_only_error(self):
-        return EnvironmentProblem(f"the store at {self.home} is read-only",
-                                  "check the disk is writable (and mounted read-write), "
-                                  "or pass --home DIR")
-
-    def full_error(self):
-        return EnvironmentProblem(f"the disk holding the store at {self.home} is full",
-                                  "free some space on that disk and retry")
-
-    def _full(self, exc):
-        """A full disk; SQLite may call it an I/O error (its -shm cannot grow)."""
-        if _disk_full(exc):
-            return True
-        if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF != _SQLITE_IOERR:
-            return False
-        try:
-            return shutil.disk_usage(self.home).free < CHUNK
-        except OSError:
-            return False
-
-    def write_problem(self, exc):
-        """The EnvironmentProblem for a failed write into the store."""
-        if self._full(exc):
-            return self.full_error()
-        if _cannot_write(exc):
-            return self.read_only_error()
-        return _store_problem(self.home, exc)
-
-    def _check_writable(self):
-        probe = os.path.join(self.tmp_dir, f".probe-{uuid.uuid4().hex}")
-        with open(probe, "wb"):
-            pass
-        os.unlink(probe)
-
-    def _clean_tmp(self):
-        """Remove staging left by crashed processes (older than an hour) and
-        files that could not be deleted earlier (tmp/trash)."""
-        cutoff = time.time() - 3600
-        trash = os.path.join(self.tmp_dir, "trash")
-        if os.path.isdir(trash):  # hardlinks of the pool may wait here (Windows)
-            with contextlib.suppress(OSError, sqlite3.Error):
-                rmtree(trash, restore_readonly=self.restore_readonly)
-        with os.scandir(self.tmp_dir) as it:
-            for entry in it:
-                try:
-                    if entry.name == "trash":
-                        continue
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                        if entry.is_dir(follow_symlinks=False):
-                            rmtree(entry.path)
-                        else:
-                            os.unlink(entry.path)
-                except OSError:
-                    pass
-
-    def trash_dir_for(self, path):
-        """Where files that cannot be deleted now go: the store's tmp/trash
-        when on the same volume (a rename cannot cross volumes), else a
-        hidden folder beside ``path``."""
-        trash = os.path.join(self.tmp_dir, "trash")
-        try:
-            if os.stat(self.tmp_dir).st_dev == os.stat(os.path.dirname(path)).st_dev:
-                return trash
-        except OSError:
-            pass
-        return os.path.join(os.path.dirname(path), ".vocker-trash")
-
-    def close(self):
-        for f in self._packs.values():
-            f.close()
-        self._packs.clear()
-        self.db.close()
-
-    @contextlib.contextmanager
-    def transaction(self):
-        """One write transaction. A store that cannot take it (read-only,
-        full disk, unreadable) is an EnvironmentProblem here, for every caller."""
-        if self.readonly:
-            raise self.read_only_error()
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise self.write_problem(exc) from None
-        try:
-            yield self.db
-            self.db.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self.db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError) and _sqlite_env_error(exc):
-                raise self.write_problem(exc) from None
-            raise
-
-    def container_origin(self, path):
-        """(image ID, recorded interpreter) if ``path`` is a container, else None."""
-        row = self.db.execute("SELECT image, python FROM containers WHERE path=?",
-                              (os.path.abspath(path),)).fetchone()
-        return tuple(row) if row else None
-
-    def tmp_path(self, hint="tmp"):
-        return os.path.join(self.tmp_dir, f"{hint}-{uuid.uuid4().hex}")
-
-    # -- blobs ---------------------------------------------------------------
+class _StoreBlobs:
+    """Blobs: compressed file contents, loose in ``blobs/`` or in ``packs/``."""
 
     def blob_path(self, blob_id):
         return digest_to_path(self.blobs_dir, blob_id)
@@ -1032,17 +857,17 @@ class Store:
     def pack_path(self, pack_id):
         return os.path.join(self.packs_dir, check_id(pack_id, "pack") + ".pack")
 
-    def _blob_row(self, blob_id):
-        row = self.db.execute("SELECT size, csize, pack, offset FROM blobs WHERE id=?",
-                              (blob_id,)).fetchone()
+    def blob_row(self, blob_id):
+        """(size, csize, pack, offset) of a stored blob."""
+        row = self._one("SELECT size, csize, pack, offset FROM blobs WHERE id=?", (blob_id,))
         if row is None:
             raise NotFoundError("blob", blob_id,
                                 "the store is incomplete; commit or pull the image again")
         return row
 
-    def _open_blob(self, blob_id):
-        """(size, compressed stream) of a blob, wherever it lives."""
-        size, csize, pack, offset = self._blob_row(blob_id)
+    def open_blob(self, blob_id):
+        """(size, compressed stream, csize) of a blob, wherever it lives."""
+        size, csize, pack, offset = self.blob_row(blob_id)
         try:
             if pack is None:
                 return size, open(self.blob_path(blob_id), "rb"), csize
@@ -1057,7 +882,7 @@ class Store:
 
     def read_blob(self, blob_id):
         """Return a blob's bytes, verified against its ID."""
-        size, f, csize = self._open_blob(blob_id)
+        size, f, csize = self.open_blob(blob_id)
         with f:
             cdata = f.read()
         if len(cdata) != csize:
@@ -1067,11 +892,36 @@ class Store:
     def extract_blob(self, blob_id, dest):
         """Decompress a blob to ``dest`` (streaming), verifying it as a
         complete frame (:func:`verify_frame`)."""
-        size, fin, csize = self._open_blob(blob_id)
+        size, fin, csize = self.open_blob(blob_id)
         with fin, open(dest, "wb") as fout:
             verify_frame(blob_id, size, fin, csize, out=fout.write)
 
-    # -- pool ----------------------------------------------------------------
+    def blob_sizes(self, blob_ids):
+        """{blob: size} for the given blob IDs."""
+        return dict(self._select_in("SELECT id, size FROM blobs WHERE id IN ({q})", blob_ids))
+
+    def present_blobs(self, blob_ids, framed=False):
+        """The given blob IDs the store has (``framed``: with a frame; a row
+        of csize 0, left by older versions, is not a blob)."""
+        sql = "SELECT id FROM blobs WHERE id IN ({q})" + (" AND csize > 0" if framed else "")
+        return {r[0] for r in self._select_in(sql, blob_ids)}
+
+    def has_blob(self, blob_id):
+        """Whether ``blob_id`` is recorded; safe from any thread (:meth:`reader`)."""
+        return self._one("SELECT 1 FROM blobs WHERE id=?", (blob_id,), self.reader()) is not None
+
+    def _add_blobs(self, rows):
+        """Record blobs (id, size, csize, pack, offset); a recorded one is kept
+        unless it has no frame (csize 0, left by older versions)."""
+        self.db.executemany("INSERT INTO blobs(id, size, csize, pack, offset) "
+                            "VALUES (?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                            "size=excluded.size, csize=excluded.csize, pack=excluded.pack, "
+                            "offset=excluded.offset WHERE blobs.csize = 0", rows)
+
+
+class _StorePool:
+    """The pool: read-only decompressed copies that containers link to, the
+    inodes that name them, and compiled ``.pyc`` files."""
 
     def pool_path(self, object_id, executable=False, gen=0):
         suffix = (".x" if executable else "") + (f".{gen}" if gen else "")
@@ -1116,10 +966,6 @@ class Store:
         st = os.stat(path)
         new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
 
-    def blob_sizes(self, blob_ids):
-        """{blob: size} for the given blob IDs."""
-        return dict(select_in(self.db, "SELECT id, size FROM blobs WHERE id IN ({q})", blob_ids))
-
     @staticmethod
     def pool_file_damaged(path, size, executable=False):
         """Fast check of a pool file before it is linked: True unless it is a
@@ -1141,16 +987,27 @@ class Store:
         if stat.S_ISDIR(old.st_mode):
             rmtree(path)
         self._write_pool_file(blob_id, executable, path, new_inodes)
-        try:
-            with self.transaction() as db:
-                db.execute("DELETE FROM pool_inodes WHERE dev=? AND ino=?", (old.st_dev, old.st_ino))
-        except sqlite3.OperationalError as exc:
-            raise _store_problem(self.home, exc) from None
+        self.drop_pool_inode(old.st_dev, old.st_ino)
 
     def pooled(self, blob_ids):
         """{(blob, executable)} that have a recorded pool copy."""
-        return {(b, bool(x)) for b, x in select_in(
-            self.db, "SELECT blob, exec FROM pool_inodes WHERE blob IN ({q})", blob_ids)}
+        return {(b, bool(x)) for b, x in self._select_in(
+            "SELECT blob, exec FROM pool_inodes WHERE blob IN ({q})", blob_ids)}
+
+    def pool_inodes_on(self, dev, inos):
+        """Rows (ino, blob, size, exec) of the pool files among inodes ``inos`` of ``dev``."""
+        return self._select_in("SELECT ino, blob, size, exec FROM pool_inodes "
+                               "WHERE dev=? AND ino IN ({q})", inos, (dev,))
+
+    def add_pool_inodes(self, rows):
+        """Record pool files by inode: rows (dev, ino, blob, size, exec)."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO pool_inodes(dev, ino, blob, size, exec) "
+                           "VALUES (?,?,?,?,?)", rows)
+
+    def drop_pool_inode(self, dev, ino):
+        with self.transaction() as db:
+            db.execute("DELETE FROM pool_inodes WHERE dev=? AND ino=?", (dev, ino))
 
     def next_pool_generation(self, blob_id, executable, new_inodes):
         """The pool file hit its link limit: start a fresh copy."""
@@ -1191,9 +1048,21 @@ class Store:
         except OSError:
             return False
 
+    def cached_pycs(self, cache_tag, sources):
+        """{source blob: pyc ID} compiled for interpreter ``cache_tag``."""
+        return dict(self._select_in("SELECT source, pyc FROM pyc_cache WHERE cache_tag=? "
+                                    "AND opt=0 AND source IN ({q})", sorted(sources), (cache_tag,)))
+
+    def add_pycs(self, cache_rows, file_rows):
+        """Record compiled files: cache rows (cache_tag, source, opt, pyc) and
+        pool rows (pyc, size, dev, ino)."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO pyc_cache VALUES (?,?,?,?)", cache_rows)
+            db.executemany("INSERT OR REPLACE INTO pyc_files VALUES (?,?,?,?)", file_rows)
+
     def pyc_sizes(self, pyc_ids):
         """{pyc: size} of compiled pool files whose size is recorded."""
-        return dict(select_in(self.db, "SELECT id, size FROM pyc_files WHERE id IN ({q})", pyc_ids))
+        return dict(self._select_in("SELECT id, size FROM pyc_files WHERE id IN ({q})", pyc_ids))
 
     def check_pyc(self, pyc_id, size):
         """"ok", "missing" or "damaged" for the pool copy of a compiled .pyc.
@@ -1219,13 +1088,11 @@ class Store:
         the pool file of that inode, if there is one."""
         dev, ino = st.st_dev, st.st_ino
         paths = []
-        row = self.db.execute("SELECT blob, exec FROM pool_inodes WHERE dev=? AND ino=?",
-                              (dev, ino)).fetchone()
+        row = self._one("SELECT blob, exec FROM pool_inodes WHERE dev=? AND ino=?", (dev, ino))
         if row is not None:
             paths = [(self.pool_path(row[0], bool(row[1]), gen), bool(row[1])) for gen in range(64)]
         else:
-            row = self.db.execute("SELECT id FROM pyc_files WHERE dev=? AND ino=?",
-                                  (dev, ino)).fetchone()
+            row = self._one("SELECT id FROM pyc_files WHERE dev=? AND ino=?", (dev, ino))
             if row is not None:
                 paths = [(self.pool_path(row[0]), False)]
         for path, executable in paths:
@@ -1238,84 +1105,458 @@ class Store:
                 return path
         return None
 
-    # -- creates in progress ------------------------------------------------
+
+class _StoreContainers:
+    """Containers, creates in progress, and the stat cache of committed folders."""
+
+    _CONTAINER = "SELECT path, image, created, link_mode, python FROM containers"
+
+    def container_row(self, path):
+        """(path, image, created, link_mode, python) of the container at ``path``, or None."""
+        return self._one(self._CONTAINER + " WHERE path=?", (path,))
+
+    def container_rows(self):
+        """Every container's row (as :meth:`container_row`), newest first."""
+        return self._all(self._CONTAINER + " ORDER BY created DESC")
+
+    def container_origin(self, path):
+        """(image ID, recorded interpreter) if ``path`` is a container, else None."""
+        row = self.container_row(os.path.abspath(path))
+        return (row[1], row[4]) if row else None
+
+    def containers_using(self, image_id):
+        """Paths of the containers made from ``image_id``, sorted."""
+        return [r[0] for r in self._all("SELECT path FROM containers WHERE image=? "
+                                        "ORDER BY path", (image_id,))]
+
+    def add_container(self, path, image_id, link_mode, python):
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO containers(path, image, created, link_mode, python)"
+                       " VALUES (?,?,?,?,?)", (path, image_id, time.time(), link_mode, python))
+
+    def remove_container_row(self, path):
+        """Forget the container at ``path`` and the stat cache of its files."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM containers WHERE path=?", (path,))
+            db.execute("DELETE FROM stat_cache WHERE path >= ? AND path < ?", _below(path))
+
+    # -- stat cache -----------------------------------------------------------
+
+    def stat_cache_under(self, root):
+        """{path: (dev, ino, size, mtime_ns, ctime_ns, blob, template)} below ``root``."""
+        return {r[0]: r[1:] for r in self._all(
+            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, blob, template "
+            "FROM stat_cache WHERE path >= ? AND path < ?", _below(root))}
+
+    def cache_stats(self, rows):
+        """Remember rows (path, dev, ino, size, mtime_ns, ctime_ns, blob, template)."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    # -- creates in progress --------------------------------------------------
 
     def pending_create(self, path):
         """The in-progress row of a create at ``path``, as a dict, or None."""
         keys = ("path", "stage", "pid", "host", "started", "dev", "ino", "mtime_ns")
-        row = self.db.execute(f"SELECT {', '.join(keys)} FROM pending_creates WHERE path=?",
-                              (path,)).fetchone()
+        row = self._one(f"SELECT {', '.join(keys)} FROM pending_creates WHERE path=?", (path,))
         return None if row is None else dict(zip(keys, row))
 
     def add_pending_create(self, path, stage, host):
         """Record a create before its staging folder exists; refuses while
         another live process creates the same path."""
-        try:
-            with self.transaction() as db:
-                row = self.pending_create(path)
-                if row is not None and not _create_dead(row, host):
-                    raise ConflictError(f"{path} is being created by vocker process {row['pid']}",
-                                        "wait for it to finish, or choose another path")
-                db.execute("INSERT OR REPLACE INTO pending_creates VALUES "
-                           "(?,?,?,?,?,NULL,NULL,NULL)",
-                           (path, stage, os.getpid(), host, time.time()))
-        except sqlite3.OperationalError as exc:
-            raise _store_problem(self.home, exc) from None
+        with self.transaction() as db:
+            row = self.pending_create(path)
+            if row is not None and not _create_dead(row, host):
+                raise ConflictError(f"{path} is being created by vocker process {row['pid']}",
+                                    "wait for it to finish, or choose another path")
+            db.execute("INSERT OR REPLACE INTO pending_creates VALUES (?,?,?,?,?,NULL,NULL,NULL)",
+                       (path, stage, os.getpid(), host, time.time()))
 
     def set_pending_stage(self, path, stage, st):
         """Remember the finished staging folder (inode and mtime, which the
         rename keeps): PATH is vocker's leftover only while it is that folder."""
-        try:
-            with self.transaction() as db:
-                db.execute("UPDATE pending_creates SET dev=?, ino=?, mtime_ns=? "
-                           "WHERE path=? AND stage=?",
-                           (st.st_dev, st.st_ino, st.st_mtime_ns, path, stage))
-        except sqlite3.OperationalError as exc:
-            raise _store_problem(self.home, exc) from None
+        with self.transaction() as db:
+            db.execute("UPDATE pending_creates SET dev=?, ino=?, mtime_ns=? "
+                       "WHERE path=? AND stage=?",
+                       (st.st_dev, st.st_ino, st.st_mtime_ns, path, stage))
 
     def drop_pending_create(self, path, stage):
         with self.transaction() as db:
             db.execute("DELETE FROM pending_creates WHERE path=? AND stage=?", (path, stage))
 
-    # -- images and tags -----------------------------------------------------
 
-    def resolve_image(self, ref):
-        """Image ID for a full ID, a unique ID prefix, or a tag."""
-        if not isinstance(ref, str) or not ref:
-            raise UsageError("empty image name")
-        if ":" in ref or not PREFIX_RE.fullmatch(ref):
-            name = normalize_tag(ref)
-            row = self.db.execute("SELECT image FROM tags WHERE name=?", (name,)).fetchone()
-            if row is None:
-                raise NotFoundError("image", ref, "run 'vocker images' to list images")
-            return row[0]
-        row = self.db.execute("SELECT image FROM tags WHERE name=?", (ref + ":latest",)).fetchone()
+def _below(path):
+    """(lo, hi): the text range of the paths strictly inside folder ``path``."""
+    return path + os.sep, path + chr(ord(os.sep) + 1)
+
+
+class _StoreImages:
+    """Images: manifests, their trees, tags and local facts (size, source)."""
+
+    def resolve_ref(self, ref):
+        """(image ID, tag or None) for a tag, a full ID or a unique ID prefix
+        (:func:`ref_forms`); the tag is the one the image was found by."""
+        tag, prefix = ref_forms(ref)
+        row = self._one("SELECT image FROM tags WHERE name=?", (tag,)) if tag else None
         if row is not None:
-            return row[0]
-        rows = self.db.execute(
-            "SELECT id FROM images WHERE id >= ? AND id < ? ORDER BY id LIMIT 20",
-            (ref, ref + "g")).fetchall()
+            return row[0], tag
+        if prefix is None:
+            raise NotFoundError("image", ref, "run 'vocker images' to list images")
+        rows = self._all("SELECT id FROM images WHERE id >= ? AND id < ? ORDER BY id LIMIT 20",
+                         (prefix, prefix + "g"))
         if not rows:
             raise NotFoundError("image", ref, "run 'vocker images' to list images")
         if len(rows) > 1:
             raise AmbiguousError(ref, [r[0] for r in rows])
-        return rows[0][0]
+        return rows[0][0], None
+
+    def resolve_image(self, ref):
+        """Image ID for a full ID, a unique ID prefix, or a tag."""
+        return self.resolve_ref(ref)[0]
 
     def manifest(self, image_id):
-        row = self.db.execute("SELECT manifest FROM images WHERE id=?", (image_id,)).fetchone()
+        row = self._one("SELECT manifest FROM images WHERE id=?", (image_id,))
         if row is None:
             raise NotFoundError("image", image_id, "run 'vocker images' to list images")
         return Manifest.parse(bytes(row[0]), image_id)
 
+    def has_image(self, image_id):
+        return self._one("SELECT 1 FROM images WHERE id=?", (image_id,)) is not None
+
+    def image_row(self, image_id):
+        """(created, source, size, files) of a stored image."""
+        row = self._one("SELECT created, source, size, files FROM images WHERE id=?", (image_id,))
+        if row is None:
+            raise NotFoundError("image", image_id, "run 'vocker images' to list images")
+        return row
+
+    def image_rows(self):
+        """(id, manifest bytes, created, size, files, source) of every image, newest first."""
+        return self._all("SELECT id, manifest, created, size, files, source FROM images "
+                         "ORDER BY created DESC")
+
+    def base_exe(self, image_id):
+        """The base interpreter seen when ``image_id`` was committed here, or None."""
+        row = self._one("SELECT base_exe FROM images WHERE id=?", (image_id,))
+        return row[0] if row else None
+
     def tree(self, tree_id):
-        row = self.db.execute("SELECT data FROM trees WHERE id=?", (tree_id,)).fetchone()
+        row = self._one("SELECT data FROM trees WHERE id=?", (tree_id,))
         if row is None:
             raise NotFoundError("tree", tree_id, "the store is incomplete; commit or pull the image again")
         return Tree.parse(bytes(row[0]), tree_id)
 
     def tags_of(self, image_id):
-        return [r[0] for r in self.db.execute(
-            "SELECT name FROM tags WHERE image=? ORDER BY name", (image_id,))]
+        return [r[0] for r in self._all("SELECT name FROM tags WHERE image=? ORDER BY name",
+                                        (image_id,))]
+
+    def set_tag(self, name, image_id):
+        """Point tag ``name`` (normalized) at ``image_id``."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO tags(name, image) VALUES (?,?)", (name, image_id))
+
+    def untag(self, name):
+        with self.transaction() as db:
+            db.execute("DELETE FROM tags WHERE name=?", (name,))
+
+    def delete_image(self, image_id):
+        """Forget an image and its tags (its trees and blobs stay)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM tags WHERE image=?", (image_id,))
+            db.execute("DELETE FROM images WHERE id=?", (image_id,))
+
+    def add_image(self, image_id, manifest_bytes, trees, blobs, tags=(), source=None,
+                  base_exe=None):
+        """Record an image in one transaction: its trees ({id: bytes}), new
+        blob rows (id, size, csize, pack, offset), the image and its tags.
+        Returns its (size, files), derived from its trees (:func:`image_totals`)."""
+        def get_tree(tid):
+            return Tree.parse(trees[tid], tid) if tid in trees else self.tree(tid)
+        root = Manifest.parse(manifest_bytes, image_id).root
+        with self.transaction() as db:
+            self._add_blobs(blobs)
+            db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)", trees.items())
+            size, files = image_totals(get_tree, root, self.blob_sizes)
+            db.execute("INSERT OR IGNORE INTO images(id, manifest, created, source, base_exe, "
+                       "size, files) VALUES (?,?,?,?,?,?,?)",
+                       (image_id, manifest_bytes, time.time(), source, base_exe, size, files))
+            if base_exe:
+                db.execute("UPDATE images SET base_exe=? WHERE id=?", (base_exe, image_id))
+            for t in tags:
+                self.set_tag(t, image_id)
+        return size, files
+
+
+def image_totals(get_tree, root, blob_sizes):
+    """(bytes, files) of an image: its regular files as :func:`walk_image`
+    reaches them (a shared sub-tree counts each time), so the same image
+    reports the same figures in every store. ``blob_sizes(ids)`` -> {blob: size}."""
+    trees = {tid: t for tid, (t, _, _) in _expansion(get_tree, root).items()}
+    sizes = blob_sizes({e.ref for t in trees.values() for e in t.entries
+                        if e.type != T_DIR and e.type not in LINK_TYPES})
+    done = {}
+
+    def totals(tid):  # recursion is bounded: _expansion refused trees over MAX_DEPTH
+        if tid not in done:
+            size = files = 0
+            for e in trees[tid].entries:
+                if e.type == T_DIR:
+                    sub = totals(e.ref)
+                    size, files = size + sub[0], files + sub[1]
+                elif e.type not in LINK_TYPES:
+                    if e.ref not in sizes:
+                        raise NotFoundError("blob", e.ref, "the store is incomplete; "
+                                            "commit or pull the image again")
+                    size, files = size + sizes[e.ref], files + 1
+            done[tid] = size, files
+        return done[tid]
+    return totals(root)
+
+
+class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
+    """The local store: ``vocker.db`` plus ``blobs/``, ``pool/``, ``tmp/``. Every
+    SQL statement of vocker is one of its verbs. ``with Store(home) as store:``"""
+
+    #: seconds to wait for another process's write to the store
+    LOCK_TIMEOUT = 60
+
+    def __init__(self, home, readonly=None):
+        """Open the store at ``home``, making it if needed. ``readonly``: True
+        opens it for reading only; False needs it writable (else
+        EnvironmentProblem); None detects, opening a store that cannot be
+        written (read-only or full disk) read-only, so that listing,
+        inspecting and saving still work (a write then fails in
+        :meth:`transaction`)."""
+        self.home = os.path.abspath(home)
+        self.blobs_dir = os.path.join(self.home, "blobs")
+        self.pool_dir = os.path.join(self.home, "pool")
+        self.tmp_dir = os.path.join(self.home, "tmp")
+        self.packs_dir = os.path.join(self.home, "packs")
+        self._packs = {}
+        self._pool_gen = {}
+        self._valid = set()  # object IDs whose format digest_to_path has checked
+        self._local, self._readers, self._readers_lock = threading.local(), [], threading.Lock()
+        self._in_transaction = False
+        self.readonly = bool(readonly)
+        if not self.readonly:
+            try:
+                self._open_writable()
+            except (OSError, sqlite3.DatabaseError) as exc:
+                if readonly is False or not (_cannot_write(exc) or self._full(exc)):
+                    raise self.write_problem(exc) from None
+                self.readonly = True
+        if self.readonly:
+            self._open_readonly()
+        else:
+            self._clean_tmp()
+
+    def _open_writable(self):
+        for d in (self.home, self.blobs_dir, self.pool_dir, self.tmp_dir, self.packs_dir):
+            os.makedirs(d, exist_ok=True)
+        self._check_writable()
+        for d in (self.blobs_dir, self.pool_dir):
+            if not os.path.isdir(os.path.join(d, "ff")):
+                for i in range(256):
+                    os.makedirs(os.path.join(d, f"{i:02x}"), exist_ok=True)
+            _made_dirs.update(os.path.join(d, f"{i:02x}") for i in range(256))
+        path = os.path.join(self.home, "vocker.db")
+        self._uri = Path(path).as_uri()
+        self.db = sqlite3.connect(path, timeout=self.LOCK_TIMEOUT, isolation_level=None)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_load_schema())
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _open_readonly(self):
+        """Read-only SQLite: ``mode=ro`` reads a WAL database when its -wal and
+        -shm files exist or can be made; else (a read-only disk after a clean
+        close, so no WAL content) ``immutable=1``."""
+        path = os.path.join(self.home, "vocker.db")
+        if not os.path.isfile(path):
+            raise EnvironmentProblem(f"no store at {self.home}, and it cannot be made there",
+                                     "check the path and that the disk is writable, "
+                                     "or pass --home DIR")
+        uri = Path(path).as_uri()
+        for query in ("?mode=ro", "?immutable=1"):
+            db = sqlite3.connect(uri + query, uri=True, timeout=self.LOCK_TIMEOUT,
+                                 isolation_level=None)
+            try:
+                db.execute("SELECT count(*) FROM images").fetchone()
+            except sqlite3.Error as exc:
+                db.close()
+                error = exc
+                continue
+            self.db, self._uri = db, uri + query
+            return
+        raise EnvironmentProblem(f"cannot read the store at {self.home}: {error}",
+                                 "check the permissions of its vocker.db") from None
+
+    def read_only_error(self):
+        return EnvironmentProblem(f"the store at {self.home} is read-only",
+                                  "check the disk is writable (and mounted read-write), "
+                                  "or pass --home DIR")
+
+    def full_error(self):
+        return EnvironmentProblem(f"the disk holding the store at {self.home} is full",
+                                  "free some space on that disk and retry")
+
+    def _full(self, exc):
+        """A full disk; SQLite may call it an I/O error (its -shm cannot grow)."""
+        if _disk_full(exc):
+            return True
+        if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF != _SQLITE_IOERR:
+            return False
+        try:
+            return shutil.disk_usage(self.home).free < CHUNK
+        except OSError:
+            return False
+
+    def write_problem(self, exc):
+        """The EnvironmentProblem for a failed write into the store."""
+        if self._full(exc):
+            return self.full_error()
+        if _cannot_write(exc):
+            return self.read_only_error()
+        return EnvironmentProblem(f"cannot use the store at {self.home}: {exc}",
+                                  "check the disk is writable and not full, or pass --home DIR")
+
+    def _check_writable(self):
+        probe = os.path.join(self.tmp_dir, f".probe-{uuid.uuid4().hex}")
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+
+    def _clean_tmp(self):
+        """Remove staging left by crashed processes (older than an hour) and
+        files that could not be deleted earlier (tmp/trash)."""
+        cutoff = time.time() - 3600
+        trash = os.path.join(self.tmp_dir, "trash")
+        if os.path.isdir(trash):  # hardlinks of the pool may wait here (Windows)
+            with contextlib.suppress(OSError, EnvironmentProblem):
+                rmtree(trash, restore_readonly=self.restore_readonly)
+        with os.scandir(self.tmp_dir) as it:
+            for entry in it:
+                try:
+                    if entry.name == "trash":
+                        continue
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        if entry.is_dir(follow_symlinks=False):
+                            rmtree(entry.path)
+                        else:
+                            os.unlink(entry.path)
+                except OSError:
+                    pass
+
+    def trash_dir_for(self, path):
+        """Where files that cannot be deleted now go: the store's tmp/trash
+        when on the same volume (a rename cannot cross volumes), else a
+        hidden folder beside ``path``."""
+        trash = os.path.join(self.tmp_dir, "trash")
+        try:
+            if os.stat(self.tmp_dir).st_dev == os.stat(os.path.dirname(path)).st_dev:
+                return trash
+        except OSError:
+            pass
+        return os.path.join(os.path.dirname(path), ".vocker-trash")
+
+    def tmp_path(self, hint="tmp"):
+        return os.path.join(self.tmp_dir, f"{hint}-{uuid.uuid4().hex}")
+
+    # -- SQL: every statement of vocker runs through these -------------------
+
+    def _fail(self, exc):
+        """The one store-problem path: an SQLite error from the disk or file
+        becomes an EnvironmentProblem (exit 6); a bug in a statement stays one."""
+        if _store_fault(exc):
+            raise self.write_problem(exc) from None
+        raise exc
+
+    def _one(self, sql, params=(), db=None):
+        try:
+            return (db or self.db).execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            self._fail(exc)
+
+    def _all(self, sql, params=()):
+        try:
+            return self.db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            self._fail(exc)
+
+    def _select_in(self, sql, values, params=()):
+        """Rows of ``sql`` (which holds one ``IN ({q})``) for all ``values``,
+        queried 500 at a time (SQLite limits the number of parameters)."""
+        values, rows = list(values), []
+        for i in range(0, len(values), 500):
+            chunk = values[i:i + 500]
+            rows += self._all(sql.format(q=",".join("?" * len(chunk))), [*params, *chunk])
+        return rows
+
+    def reader(self):
+        """This thread's own connection for reading (one SQLite connection
+        must not be shared by threads); closed by :meth:`close_readers`."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self._uri, uri=True, timeout=self.LOCK_TIMEOUT,
+                                     check_same_thread=False, isolation_level=None)
+            except sqlite3.Error as exc:
+                self._fail(exc)
+            self._local.db = db
+            with self._readers_lock:
+                self._readers.append(db)
+        return db
+
+    def close_readers(self):
+        with self._readers_lock:
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
+            self._local = threading.local()
+
+    def close(self):
+        self.close_readers()
+        for f in self._packs.values():
+            f.close()
+        self._packs.clear()
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """One write transaction; inside one, joins it. A store that cannot take
+        it (read-only, full disk, unreadable) is an EnvironmentProblem here,
+        for every caller, as is any SQLite error from the disk inside it."""
+        if self._in_transaction:
+            yield self.db
+            return
+        if self.readonly:
+            raise self.read_only_error()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._fail(exc)
+        self._in_transaction = True
+        try:
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                self._fail(exc)
+            raise
+        finally:
+            self._in_transaction = False
 
 
 def normalize_tag(ref):
@@ -1326,6 +1567,17 @@ def normalize_tag(ref):
     return ref if ":" in ref else ref + ":latest"
 
 
+def ref_forms(ref):
+    """The one rule for what names an image, here and in a repository:
+    (tag or None, ID prefix or None). A name with ``:`` or anything but
+    lowercase hex is a tag; hex is an ID prefix, and first the tag ``hex:latest``."""
+    if not isinstance(ref, str) or not ref:
+        raise UsageError("empty image name")
+    if ":" in ref or not PREFIX_RE.fullmatch(ref):
+        return normalize_tag(ref), None
+    return ref + ":latest", ref
+
+
 _made_dirs = set()
 
 
@@ -1333,28 +1585,6 @@ def _makedirs(d):
     if d not in _made_dirs:
         os.makedirs(d, exist_ok=True)
         _made_dirs.add(d)
-
-
-def select_in(db, sql, values, params=()):
-    """Rows of ``sql`` (which holds one ``IN ({q})``) for all ``values``,
-    queried 500 at a time (SQLite limits the number of parameters)."""
-    values = list(values)
-    for i in range(0, len(values), 500):
-        chunk = values[i:i + 500]
-        yield from db.execute(sql.format(q=",".join("?" * len(chunk))), [*params, *chunk])
-
-
-def _atomic_write(path, data, tmp_dir=None):
-    d = os.path.dirname(path)
-    _makedirs(d)
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir or d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
 
 
 def _unlink_quiet(path):
@@ -1376,68 +1606,74 @@ def rmtree(path, trash=None, restore_readonly=None, windows=None):
     lstat so the store can set it back on its pool copy. A file that still
     cannot be deleted (Windows: in use) is renamed into ``trash``."""
     win = WINDOWS if windows is None else windows
-
-    def writable_dir(d):
-        with contextlib.suppress(OSError):
-            mode = stat.S_IMODE(os.lstat(d).st_mode)
-            os.chmod(d, (mode | stat.S_IWRITE) if win else (mode | stat.S_IRWXU))
-
-    def retry(fn, p, fix):
-        try:
-            return fn(p)
-        except FileNotFoundError:
-            return None
-        except PermissionError:
-            fix()
-        return fn(p)
-
-    def remove_file(p, st):
-        parent = os.path.dirname(p)
-        try:
-            if win and not st.st_mode & stat.S_IWRITE:
-                st = os.lstat(p)  # scandir gives no inode or link count on Windows
-                os.chmod(p, stat.S_IWRITE | stat.S_IREAD)
-                try:
-                    retry(os.unlink, p, lambda: writable_dir(parent))
-                finally:
-                    if restore_readonly is not None and st.st_nlink > 1:
-                        restore_readonly(st)
-            elif win and stat.S_ISLNK(st.st_mode) and _is_dir_link(p):
-                retry(os.rmdir, p, lambda: writable_dir(parent))
-            else:
-                retry(os.unlink, p, lambda: writable_dir(parent))
-        except FileNotFoundError:
-            pass
-        except OSError:
-            if trash is None:
-                raise
-            os.makedirs(trash, exist_ok=True)
-            os.replace(p, os.path.join(trash, uuid.uuid4().hex))
-
-    def entries(d):
-        with os.scandir(d) as it:
-            return [(e.path, e.stat(follow_symlinks=False)) for e in it]
-
     try:
         top = os.lstat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISDIR(top.st_mode):
-        remove_file(path, top)
+        _remove_file(path, top, win, trash, restore_readonly)
         return
     stack = [(path, None)]
     while stack:
         d, children = stack.pop()
         if children is None:
-            children = retry(entries, d, lambda: writable_dir(d)) or []
+            children = _retry(_dir_entries, d, lambda: _writable_dir(d, win)) or []
             stack.append((d, []))
             for p, st in children:
                 if stat.S_ISDIR(st.st_mode):
                     stack.append((p, None))
                 else:
-                    remove_file(p, st)
+                    _remove_file(p, st, win, trash, restore_readonly)
         else:  # Windows: a read-only folder refuses; POSIX: its parent decides
-            retry(os.rmdir, d, lambda: (win and writable_dir(d), writable_dir(os.path.dirname(d))))
+            _retry(os.rmdir, d, lambda: (win and _writable_dir(d, win),
+                                         _writable_dir(os.path.dirname(d), win)))
+
+
+def _writable_dir(d, win):
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(os.lstat(d).st_mode)
+        os.chmod(d, (mode | stat.S_IWRITE) if win else (mode | stat.S_IRWXU))
+
+
+def _retry(fn, p, fix):
+    """``fn(p)``; once more after ``fix()`` if permission was refused."""
+    try:
+        return fn(p)
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        fix()
+    return fn(p)
+
+
+def _dir_entries(d):
+    with os.scandir(d) as it:
+        return [(e.path, e.stat(follow_symlinks=False)) for e in it]
+
+
+def _remove_file(p, st, win, trash, restore_readonly):
+    """One file or link of :func:`rmtree` (``st``: its scandir stat)."""
+    parent = os.path.dirname(p)
+    try:
+        if win and not st.st_mode & stat.S_IWRITE:
+            st = os.lstat(p)  # scandir gives no inode or link count on Windows
+            os.chmod(p, stat.S_IWRITE | stat.S_IREAD)
+            try:
+                _retry(os.unlink, p, lambda: _writable_dir(parent, win))
+            finally:
+                if restore_readonly is not None and st.st_nlink > 1:
+                    restore_readonly(st)
+        elif win and stat.S_ISLNK(st.st_mode) and _is_dir_link(p):
+            _retry(os.rmdir, p, lambda: _writable_dir(parent, win))
+        else:
+            _retry(os.unlink, p, lambda: _writable_dir(parent, win))
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if trash is None:
+            raise
+        os.makedirs(trash, exist_ok=True)
+        os.replace(p, os.path.join(trash, uuid.uuid4().hex))
 
 
 def _is_dir_link(p):
@@ -2009,7 +2245,6 @@ _LFH_SIG = b"PK\x03\x04"
 _CDH_SIG = b"PK\x01\x02"
 _EOCD_SIG = b"PK\x05\x06"
 _ZIP64_LOCATOR_SIG = b"PK\x06\x07"
-_DD_SIG = b"PK\x07\x08"
 
 _LFH = struct.Struct("<4s5H3L2H")  # 30 bytes
 _CDH = struct.Struct("<4s6H3L5H2L")  # 46 bytes
@@ -2755,16 +2990,6 @@ def render_uv_trampoline(template: bytes, placeholder: bytes, env_path: bytes) -
 # Commit: environment -> image ################################################
 ###############################################################################
 
-EMPTY_ID = None  # set after imports are checked (hash of b"")
-
-
-def _empty_id():
-    global EMPTY_ID
-    if EMPTY_ID is None:
-        EMPTY_ID = hash_bytes(b"")
-    return EMPTY_ID
-
-
 class Progress:
     """A one-line counter (objects, and bytes when known) on stderr."""
 
@@ -2846,7 +3071,6 @@ class Committer:
         self.warnings = []
         self.claim_lock = threading.Lock()
         self.claimed = set()
-        self.reader_dbs = []
         self.pack = None
         self.base_exe = None
         self.python = None
@@ -3071,15 +3295,9 @@ class Committer:
 
     def _lookup_known(self, files):
         """Fill blob IDs from the stat cache and from pool inodes."""
-        db = self.store.db
-        sep = os.sep
-        lo, hi = self.root + sep, self.root + chr(ord(sep) + 1)
-        cache = {}
-        for row in db.execute("SELECT path, dev, ino, size, mtime_ns, ctime_ns, blob, template "
-                              "FROM stat_cache WHERE path >= ? AND path < ?", (lo, hi)):
-            cache[row[0]] = row[1:]
+        cache = self.store.stat_cache_under(self.root)
         pool_q = {}
-        empty = _empty_id()
+        empty = EMPTY_ID
         fixed_ns = FIXED_MTIME * 10**9
         for job in files:
             st = job.st
@@ -3096,9 +3314,7 @@ class Committer:
                 pool_q.setdefault(st[0], {}).setdefault(st[1], []).append(job)
         damaged = {}
         for dev, by_ino in pool_q.items():
-            for ino, blob, size, exe in select_in(
-                    db, "SELECT ino, blob, size, exec FROM pool_inodes "
-                        "WHERE dev=? AND ino IN ({q})", by_ino, (dev,)):
+            for ino, blob, size, exe in self.store.pool_inodes_on(dev, by_ino):
                 for job in by_ino[ino]:
                     if job.st[2] == size and job.st[3] == fixed_ns and job.readonly:
                         job.blob = blob
@@ -3108,7 +3324,7 @@ class Committer:
             self._drop_damaged_pool(damaged)
         # every blob named by a cache must still be in the store
         known = {j.blob for j in files if j.blob}
-        present = {r[0] for r in select_in(db, "SELECT id FROM blobs WHERE id IN ({q})", known)}
+        present = self.store.present_blobs(known)
         for job in files:
             if job.blob and job.blob not in present:
                 if job.blob == empty:
@@ -3121,7 +3337,6 @@ class Committer:
         """Pool files that were modified through a container's hardlink no
         longer match their blob: unlink them (the next create rebuilds them
         from the compressed blob) and say so."""
-        db = self.store.db
         with self.store.transaction():
             for (dev, ino), (blob, exe, rel) in damaged.items():
                 for gen in range(0, 64):
@@ -3135,7 +3350,7 @@ class Committer:
                     if (st.st_dev, st.st_ino) == (dev, ino):
                         _unlink_quiet(path)
                         break
-                db.execute("DELETE FROM pool_inodes WHERE dev=? AND ino=?", (dev, ino))
+                self.store.drop_pool_inode(dev, ino)
                 self.warnings.append(
                     f"{rel} was changed in place while hardlinked to the store; the store's "
                     "copy was dropped (other containers made with hardlinks see the change)")
@@ -3176,13 +3391,7 @@ class Committer:
             if blob_id in self.claimed:
                 return False
             self.claimed.add(blob_id)
-        if getattr(_tls, "db_for", None) is not self:
-            _tls.db = sqlite3.connect(os.path.join(self.store.home, "vocker.db"), timeout=60,
-                                      check_same_thread=False)
-            _tls.db_for = self
-            self.reader_dbs.append(_tls.db)
-        db = _tls.db
-        return db.execute("SELECT 1 FROM blobs WHERE id=?", (blob_id,)).fetchone() is None
+        return not self.store.has_blob(blob_id)
 
     def _store_bytes(self, job, data):
         if self._claim(job.blob):
@@ -3445,34 +3654,21 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
             raise store.full_error() from None
         raise
     finally:
-        for db in c.reader_dbs:
-            db.close()
+        store.close_readers()
     data = manifest.serialize()
     image_id = hash_bytes(data)
     files = c.files
-    size = sum(j.size for j in files)
-    now = time.time()
     blob_rows = [(j.blob, j.size, j.csize, pack_id if j.new == "pack" else None, j.offset)
                  for j in files if j.new]
     stat_rows = []
     for j in files:
         if j.read and j.st[2]:
             stat_rows.append((j.path, *j.st, j.blob, int(j.template)))
-    with store.transaction() as db:
-        db.executemany("INSERT OR IGNORE INTO blobs(id, size, csize, pack, offset) "
-                       "VALUES (?,?,?,?,?)", blob_rows)
-        db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)",
-                       list(c.trees.items()))
-        db.execute("INSERT OR IGNORE INTO images(id, manifest, created, source, base_exe, size, files)"
-                   " VALUES (?,?,?,?,?,?,?)",
-                   (image_id, data, now, c.root, c.base_exe, size, len(files)))
-        if c.base_exe:
-            db.execute("UPDATE images SET base_exe=? WHERE id=?", (c.base_exe, image_id))
-        for t in tags:
-            db.execute("INSERT OR REPLACE INTO tags(name, image) VALUES (?,?)", (t, image_id))
-        db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?,?)", stat_rows)
+    with store.transaction():
+        size, nfiles = store.add_image(image_id, data, c.trees, blob_rows, tags, c.root, c.base_exe)
+        store.cache_stats(stat_rows)
     return {"id": image_id, "short_id": short_id(image_id), "tags": tags, "kind": manifest.kind,
-            "python": manifest.python, "parent": manifest.parent, "files": len(files),
+            "python": manifest.python, "parent": manifest.parent, "files": nfiles,
             "size": size, "files_read": sum(1 for j in files if j.read),
             "bytes_read": sum(j.st[2] for j in files if j.read),
             "seconds": round(time.monotonic() - t0, 3), "warnings": c.warnings}
@@ -3811,9 +4007,8 @@ class Creator:
                     raise PythonError("the given interpreter does not match the image")
                 self.exe, self.info = self.python_info["executable"], self.python_info
                 return
-            row = self.store.db.execute("SELECT base_exe FROM images WHERE id=?",
-                                        (self.image_id,)).fetchone()
-            self.exe, self.info = find_python(m.python, self.python_arg, row[0] if row else None)
+            self.exe, self.info = find_python(m.python, self.python_arg,
+                                              self.store.base_exe(self.image_id))
 
     def values(self):
         if self.windows_path is not None:
@@ -3888,7 +4083,7 @@ class Creator:
         except BaseException:
             with contextlib.suppress(OSError):
                 rmtree(stage)
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(EnvironmentProblem):
                 store.drop_pending_create(target, stage)
             raise
         finally:
@@ -3918,7 +4113,7 @@ class Creator:
         join = os.path.join
         for rel in dirs:
             os.mkdir(join(stage, rel))
-        empty = _empty_id()
+        empty = EMPTY_ID
         py_files = []
         place = self.linker.place
         blobs = {e.ref for _, e in files if e.type in FILE_TYPES}
@@ -3979,13 +4174,11 @@ class Creator:
         return None, None
 
     def _pycs(self, stage, py_files):
-        store, db = self.store, self.store.db
+        store = self.store
         exe, tag = self._pyc_interpreter()
         if not exe:
             return
-        known = dict(select_in(
-            db, "SELECT source, pyc FROM pyc_cache WHERE cache_tag=? AND opt=0 AND source IN ({q})",
-            sorted({b for _, b, _ in py_files}), (tag,)))
+        known = store.cached_pycs(tag, {b for _, b, _ in py_files})
         self._check_pycs(known)
         todo, first, errors = [], {}, {}
         for rel, blob, executable in py_files:
@@ -4056,25 +4249,14 @@ class Creator:
 
     def _record(self):
         store = self.store
-        now = time.time()
         rows = [(p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob, tpl)
                 for p, st, blob, tpl in self.stat_rows]
-        try:
-            with store.transaction() as db:
-                db.executemany("INSERT OR REPLACE INTO pool_inodes(dev, ino, blob, size, exec) "
-                               "VALUES (?,?,?,?,?)",
-                               self.new_inodes)
-                db.executemany("INSERT OR REPLACE INTO pyc_cache VALUES (?,?,?,?)", self.pyc_rows)
-                db.executemany("INSERT OR REPLACE INTO pyc_files VALUES (?,?,?,?)",
-                               self.pyc_file_rows)
-                db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?,?)", rows)
-                db.execute("INSERT OR REPLACE INTO containers(path, image, created, link_mode, python)"
-                           " VALUES (?,?,?,?,?)",
-                           (self.target, self.image_id, now, self.linker.mode or "none", self.exe))
-                db.execute("DELETE FROM pending_creates WHERE path=? AND stage=?",
-                           (self.target, self.stage))
-        except sqlite3.OperationalError as exc:
-            raise _store_problem(store.home, exc) from None
+        with store.transaction():
+            store.add_pool_inodes(self.new_inodes)
+            store.add_pycs(self.pyc_rows, self.pyc_file_rows)
+            store.cache_stats(rows)
+            store.add_container(self.target, self.image_id, self.linker.mode or "none", self.exe)
+            store.drop_pending_create(self.target, self.stage)
         return {"path": self.target, "image": self.image_id, "short_id": short_id(self.image_id),
                 "link_mode": self.linker.mode or "none", "python": self.exe,
                 "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached,
@@ -4104,10 +4286,8 @@ def create(store, image, path, link_mode="auto", python=None, compile=True, prog
 ###############################################################################
 
 def list_images(store):
-    rows = store.db.execute("SELECT id, manifest, created, size, files, source FROM images "
-                            "ORDER BY created DESC").fetchall()
     out = []
-    for image_id, manifest, created, size, files, source in rows:
+    for image_id, manifest, created, size, files, source in store.image_rows():
         m = json.loads(bytes(manifest))
         py = m.get("python") or {}
         out.append({"id": image_id, "short_id": short_id(image_id),
@@ -4118,8 +4298,7 @@ def list_images(store):
 
 
 def list_containers(store):
-    rows = store.db.execute("SELECT path, image, created, link_mode, python FROM containers "
-                            "ORDER BY created DESC").fetchall()
+    rows = store.container_rows()
     return [{"path": p, "image": i, "short_id": short_id(i), "tags": store.tags_of(i),
              "created": c, "link_mode": lm, "python": py, "exists": os.path.isdir(p)}
             for p, i, c, lm, py in rows]
@@ -4128,34 +4307,27 @@ def list_containers(store):
 def tag_image(store, image, name):
     image_id = store.resolve_image(image)
     name = normalize_tag(name)
-    with store.transaction() as db:
-        db.execute("INSERT OR REPLACE INTO tags(name, image) VALUES (?,?)", (name, image_id))
+    store.set_tag(name, image_id)
     return {"id": image_id, "tag": name}
 
 
 def remove_image(store, image, force=False):
     """Untag (when ``image`` is a tag of an image with other tags) or delete."""
-    image_id = store.resolve_image(image)
+    image_id, tag = store.resolve_ref(image)
     tags = store.tags_of(image_id)
-    is_tag = ":" in image or (image + ":latest") in tags
-    if is_tag and len(tags) > 1:
-        name = normalize_tag(image)
-        with store.transaction() as db:
-            db.execute("DELETE FROM tags WHERE name=?", (name,))
-        return {"untagged": [name], "deleted": None}
+    if tag and len(tags) > 1:
+        store.untag(tag)
+        return {"untagged": [tag], "deleted": None}
     if len(tags) > 1 and not force:
         raise ConflictError(f"image {short_id(image_id)} has several tags ({', '.join(tags)})",
                             "remove a tag by name, or pass --force")
-    with store.transaction() as db:
-        db.execute("DELETE FROM tags WHERE image=?", (image_id,))
-        db.execute("DELETE FROM images WHERE id=?", (image_id,))
+    store.delete_image(image_id)
     return {"untagged": tags, "deleted": image_id}
 
 
 def find_container(store, path):
     target = os.path.abspath(path)
-    row = store.db.execute("SELECT path, image, created, link_mode, python FROM containers "
-                           "WHERE path=?", (target,)).fetchone()
+    row = store.container_row(target)
     if row is None:
         raise NotFoundError("container", target, "run 'vocker ps' to list containers")
     p, i, c, lm, py = row
@@ -4194,10 +4366,7 @@ def remove_container(store, path):
         except OSError as exc:
             raise EnvironmentProblem(f"cannot delete {target}: {exc.strerror}",
                                      "close programs using it and retry") from None
-    lo, hi = target + os.sep, target + chr(ord(os.sep) + 1)
-    with store.transaction() as db:
-        db.execute("DELETE FROM containers WHERE path=?", (target,))
-        db.execute("DELETE FROM stat_cache WHERE path >= ? AND path < ?", (lo, hi))
+    store.remove_container_row(target)
     return {"path": target, "removed": True}
 
 
@@ -4208,10 +4377,8 @@ def inspect(store, name):
             return {"type": "container", **find_container(store, name)}
     image_id = store.resolve_image(name)
     m = store.manifest(image_id)
-    created, source, size, files = store.db.execute(
-        "SELECT created, source, size, files FROM images WHERE id=?", (image_id,)).fetchone()
-    containers = [r[0] for r in store.db.execute(
-        "SELECT path FROM containers WHERE image=? ORDER BY path", (image_id,))]
+    created, source, size, files = store.image_row(image_id)
+    containers = store.containers_using(image_id)
     return {"type": "image", "id": image_id, "short_id": short_id(image_id),
             "tags": store.tags_of(image_id), "manifest": m.to_dict(),
             "created": created, "source": source, "size": size, "files": files,
@@ -4914,6 +5081,12 @@ def parse_trees_file(data, image_id):
     return trees
 
 
+def trees_file_bytes(trees):
+    """{tree id: bytes} -> the ``.trees`` file that :func:`parse_trees_file` reads."""
+    return b"".join(f"{tid} {len(data)}\n".encode("ascii") + data
+                    for tid, data in sorted(trees.items()))
+
+
 MAX_BLOB_SIZE = 1 << 40
 
 
@@ -4941,6 +5114,13 @@ def parse_blobs_file(data, image_id):
     return out
 
 
+def blobs_file_bytes(blobs):
+    """{blob: (size, pack, offset, csize)} -> the ``.blobs`` file that
+    :func:`parse_blobs_file` reads."""
+    return "".join(f"{b} {size} {pack} {offset} {csize}\n"
+                   for b, (size, pack, offset, csize) in blobs.items()).encode("ascii")
+
+
 def check_image_trees(trees, root, local_windows=None):
     """Walk the trees from ``root``: all present, names and links safe.
     Returns the set of blob IDs the image needs."""
@@ -4966,22 +5146,17 @@ def check_image_trees(trees, root, local_windows=None):
 
 
 def _image_objects(store, image_id):
-    """(manifest bytes, {tree id: bytes}, sorted blob IDs) of a local image."""
-    row = store.db.execute("SELECT manifest FROM images WHERE id=?", (image_id,)).fetchone()
-    m = Manifest.parse(bytes(row[0]), image_id)
-    trees, blobs, stack = {}, set(), [m.root]
-    while stack:
-        tid = stack.pop()
-        if tid in trees:
-            continue
-        t = store.tree(tid)
-        trees[tid] = t.serialize()
-        for e in t.entries:
-            if e.type == T_DIR:
-                stack.append(e.ref)
-            elif e.type not in LINK_TYPES:
-                blobs.add(e.ref)
-    return bytes(row[0]), trees, sorted(blobs)
+    """(manifest bytes, {tree id: bytes}, sorted blob IDs) of a local image,
+    walked (and so checked) as create walks it."""
+    m = store.manifest(image_id)
+    trees = {}
+
+    def get_tree(tid):
+        tree = trees[tid] = store.tree(tid)
+        return tree
+    blobs = {e.ref for _, e in walk_image(get_tree, m.root)
+             if e.type != T_DIR and e.type not in LINK_TYPES}
+    return m.serialize(), {tid: t.serialize() for tid, t in trees.items()}, sorted(blobs)
 
 
 _REPO_ENTRIES = {"tmp", "images", "packs", "index.json", REPO_MARKER, ".lock"}
@@ -5111,9 +5286,9 @@ EMPTY_FRAME = b"\x28\xb5\x2f\xfd\x20\x00\x01\x00\x00"  # zstd frame of b"" (alwa
 def _append_verified(store, writer, blob_id):
     """Append a local blob's frame to ``writer``, verifying it as it is read
     (streamed): a damaged local copy never leaves the store. -> (size, offset, csize)"""
-    if blob_id == _empty_id():  # whatever the store recorded for it
+    if blob_id == EMPTY_ID:  # whatever the store recorded for it
         return 0, writer.append(EMPTY_FRAME), len(EMPTY_FRAME)
-    size, f, csize = store._open_blob(blob_id)
+    size, f, csize = store.open_blob(blob_id)
     try:
         with f:
             offset = writer.append_stream(
@@ -5153,11 +5328,7 @@ def push(store, refs, repo, progress=None):
                          "push to the folder your web server serves")
     target = _push_target(repo)
     target.clean_tmp()
-    wanted = []
-    for ref in refs:
-        image_id = store.resolve_image(ref)
-        tag = normalize_tag(ref) if (":" in ref or not PREFIX_RE.fullmatch(ref)) else None
-        wanted.append((image_id, tag))
+    wanted = [store.resolve_ref(ref) for ref in refs]
     have, good, files = _repo_blobs(target), set(), {}
     pushed, sent = [], 0
     try:
@@ -5168,11 +5339,8 @@ def push(store, refs, repo, progress=None):
             good.update(set(blobs) - set(missing))
             if missing:
                 sent += _send_blobs(store, target, missing, have, good)
-            lines = [f"{b} {have[b][0]} {have[b][1]} {have[b][2]} {have[b][3]}\n" for b in blobs]
-            bundle = b"".join(f"{tid} {len(data)}\n".encode() + data
-                              for tid, data in sorted(trees.items()))
-            target.write(f"images/{image_id}.trees", bundle)
-            target.write(f"images/{image_id}.blobs", "".join(lines).encode("ascii"))
+            target.write(f"images/{image_id}.trees", trees_file_bytes(trees))
+            target.write(f"images/{image_id}.blobs", blobs_file_bytes({b: have[b] for b in blobs}))
             target.write(f"images/{image_id}.json", manifest)
             pushed.append({"id": image_id, "tag": tag, "blobs": len(blobs),
                            "new_blobs": len(missing)})
@@ -5192,12 +5360,12 @@ def push(store, refs, repo, progress=None):
 
 
 def _resolve_remote(src, ref, index):
-    if ":" in ref or not PREFIX_RE.fullmatch(ref):
-        name = normalize_tag(ref)
-        image_id = index["tags"].get(name)
-        if image_id is None:
-            raise NotFoundError("tag in repository", name, "run 'vocker repo ls REPO'")
-        return image_id, name
+    """(image ID, tag or None) of ``ref`` in a repository's index (:func:`ref_forms`)."""
+    tag, prefix = ref_forms(ref)
+    if tag in index["tags"]:
+        return index["tags"][tag], tag
+    if prefix is None:
+        raise NotFoundError("tag in repository", tag, "run 'vocker repo ls REPO'")
     if len(ref) == ID_HEX_LEN:
         return ref, None
     hits = sorted(i for i in index["images"] if i.startswith(ref))
@@ -5228,7 +5396,7 @@ def pull(store, location, refs, headers=None, progress=None):
 def _pull_one(store, src, image_id, tag, progress):
     manifest_bytes = src.get(f"images/{image_id}.json", limit=MAX_MANIFEST)
     m = Manifest.parse(manifest_bytes, image_id)
-    present = store.db.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone()
+    present = store.has_image(image_id)
     fetched = 0
     if not present:
         trees = parse_trees_file(src.get(f"images/{image_id}.trees"), image_id)
@@ -5239,32 +5407,14 @@ def _pull_one(store, src, image_id, tag, progress):
             raise InvalidInputError(f"image {short_id(image_id)}: blob index lacks "
                                     f"{len(lacking)} blob(s) the trees name")
         ids = sorted(need)
-        # a row with no frame at all (csize 0, left by older versions) is not a blob
-        have = {r[0] for r in select_in(store.db, "SELECT id FROM blobs WHERE id IN ({q}) "
-                                        "AND csize > 0", ids)}
+        have = store.present_blobs(ids, framed=True)
         missing = [b for b in ids if b not in have]
         rows = _fetch_blobs(store, src, missing, index, progress)
         fetched = len(rows)
-        size = sum(index[b][0] for b in need)
-        try:
-            with store.transaction() as db:
-                db.executemany("INSERT INTO blobs(id, size, csize, pack, offset) "
-                               "VALUES (?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
-                               "size=excluded.size, csize=excluded.csize, pack=excluded.pack, "
-                               "offset=excluded.offset WHERE blobs.csize = 0", rows)
-                db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)",
-                               [(tid, t.serialize()) for tid, t in trees.items()])
-                db.execute("INSERT OR IGNORE INTO images(id, manifest, created, source, size, files)"
-                           " VALUES (?,?,?,?,?,?)",
-                           (image_id, manifest_bytes, time.time(), None, size, len(need)))
-                if tag:
-                    db.execute("INSERT OR REPLACE INTO tags(name, image) VALUES (?,?)",
-                               (tag, image_id))
-        except sqlite3.OperationalError as exc:
-            raise _store_problem(store.home, exc) from None
+        store.add_image(image_id, manifest_bytes, {tid: t.serialize() for tid, t in trees.items()},
+                        rows, [tag] if tag else ())
     elif tag:
-        with store.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO tags(name, image) VALUES (?,?)", (tag, image_id))
+        store.set_tag(tag, image_id)
     return {"id": image_id, "tag": tag, "present": bool(present), "fetched_blobs": fetched}
 
 

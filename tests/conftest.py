@@ -386,11 +386,15 @@ def tree_files(root) -> dict[str, os.stat_result]:
     return out
 
 
+def image_entries(store, image_id) -> dict:
+    """{relative path: tree entry} of every path of a stored image."""
+    return dict(vocker.walk_image(store.tree, store.manifest(image_id).root))
+
+
 def template_paths(store, image_id) -> set[str]:
     """Relative paths of the templated files of an image."""
-    m = store.manifest(image_id)
-    dirs, files, links = vocker._image_plan(store, m)
-    return {rel for rel, e in files if e.type in vocker.TEMPLATE_TYPES}
+    return {rel for rel, e in image_entries(store, image_id).items()
+            if e.type in vocker.TEMPLATE_TYPES}
 
 
 @pytest.fixture(scope="session")
@@ -429,23 +433,18 @@ def shared_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_image(shared_home, pip_venvs):
     """(store home, image ID) of the first pip venv, tagged demo:1."""
-    store = vocker.Store(shared_home)
-    try:
+    with vocker.Store(shared_home) as store:
         r = vocker.commit(store, pip_venvs[0], tags=["demo:1"])
-    finally:
-        store.close()
     return shared_home, r["id"]
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = vocker.Store(tmp_path / "store")
-    yield s
-    s.close()
+    with vocker.Store(tmp_path / "store") as s:
+        yield s
 
 
 @pytest.fixture
 def shared_store(demo_image):
-    s = vocker.Store(demo_image[0])
-    yield s
-    s.close()
+    with vocker.Store(demo_image[0]) as s:
+        yield s

@@ -17,14 +17,13 @@ def plain_home(tmp_path_factory):
     """A store holding 17 small plain images (so some share a 1-char ID prefix)."""
     base = tmp_path_factory.mktemp("cli")
     home = base / "home"
-    store = vocker.Store(home)
     ids = []
-    for i in range(17):
-        d = base / f"src{i}"
-        d.mkdir()
-        (d / "file.txt").write_text(f"image {i}\n")
-        ids.append(vocker.commit(store, d, kind="plain", tags=[f"plain:{i}"])["id"])
-    store.close()
+    with vocker.Store(home) as store:
+        for i in range(17):
+            d = base / f"src{i}"
+            d.mkdir()
+            (d / "file.txt").write_text(f"image {i}\n")
+            ids.append(vocker.commit(store, d, kind="plain", tags=[f"plain:{i}"])["id"])
     return home, ids, base
 
 
@@ -118,11 +117,10 @@ def test_corrupt_store_fails_create_without_leaving_anything(tmp_path):
     (src / "b.txt").write_text("beta\n" * 100)
     home = tmp_path / "home"
     image = cli_json("commit", str(src), "--kind", "plain", home=home)["id"]
-    store = vocker.Store(home)
     blob = vocker.hash_bytes(b"beta\n" * 100)
-    size, csize, pack, offset = store._blob_row(blob)
-    path = store.pack_path(pack)
-    store.close()
+    with vocker.Store(home) as store:
+        size, csize, pack, offset = store.blob_row(blob)
+        path = store.pack_path(pack)
     os.chmod(path, 0o644)
     with open(path, "r+b") as f:  # damage the middle of the blob's frame
         f.seek(offset + csize // 2)

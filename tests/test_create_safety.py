@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import vocker
-from conftest import REPO, clean_env, cli, require_python
+from conftest import REPO, clean_env, cli, image_entries, require_python
 from test_transport import _craft_repo
 from vocker import PH_ENV, PH_PYEXE, PH_PYHOME, Manifest, Tree, TreeEntry, hash_bytes
 
@@ -126,8 +126,7 @@ HOSTILE = [
 @pytest.mark.parametrize("case", HOSTILE, ids=[c[0] for c in HOSTILE])
 def test_hostile_image_is_refused_at_create_and_writes_nothing_outside(case, tmp_path):
     name, tree, kind, fragment = case
-    store = vocker.Store(tmp_path / "home")
-    try:
+    with vocker.Store(tmp_path / "home") as store:
         python = _python_need() if kind == "venv" else None
         image = _store_image(store, tmp_path, tree, kind, python)
         parent = tmp_path / "envs"
@@ -143,12 +142,9 @@ def test_hostile_image_is_refused_at_create_and_writes_nothing_outside(case, tmp
         repo_tree = {k: [(n, t, r.hex() if t in "lL" else (None if t == "d" else r))
                          for n, t, r in v] for k, v in tree.items()}
         _craft_repo(tmp_path / "repo", repo_tree, BLOBS)
-        other = vocker.Store(tmp_path / "home2")
-        try:
+        with vocker.Store(tmp_path / "home2") as other:
             with pytest.raises(vocker.InvalidInputError, match=fragment):
                 vocker.pull(other, str(tmp_path / "repo"), ["evil:1"])
-        finally:
-            other.close()
         # an honest create afterwards works
         good = _store_image(store, tmp_path, VENV, "venv", _python_need())
         r = vocker.create(store, good, parent / "web")
@@ -156,17 +152,12 @@ def test_hostile_image_is_refused_at_create_and_writes_nothing_outside(case, tmp
         assert os.readlink(parent / "web" / "bin" / "python") == r["python"]
         assert _snapshot(parent / "web-2") == {k[len("web-2/"):]: v for k, v in before.items()
                                                if k.startswith("web-2/")}
-    finally:
-        store.close()
 
 
 def test_cli_refuses_a_hostile_image_with_one_line_and_exit_5(tmp_path):
     home = tmp_path / "home"
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         image = _store_image(store, tmp_path, HOSTILE[0][1])
-    finally:
-        store.close()
     p = cli("create", image, str(tmp_path / "web"), home=home)
     assert p.returncode == vocker.EXIT_INVALID
     assert p.stderr.count("\n") == 1 and "outside the environment" in p.stderr
@@ -198,7 +189,7 @@ def test_honest_venvs_pass_the_link_rules(demo_image, shared_store, uv_venvs, st
     bin/ -> the base interpreter, the other names relative."""
     for s, image in ((shared_store, demo_image[1]),
                      (store, vocker.commit(store, uv_venvs[0])["id"])):
-        dirs, files, links = vocker._image_plan(s, s.manifest(image))
+        links = image_entries(s, image).items()
         templated = {rel: bytes.fromhex(e.ref) for rel, e in links
                      if e.type == vocker.T_SYMLINK_TEMPLATE}
         assert templated and set(templated.values()) == {PH_PYEXE}, templated
@@ -221,8 +212,7 @@ def test_no_write_ever_goes_through_an_existing_name(tmp_path):
 def test_standalone_image_is_compiled_by_this_machines_python_never_its_own(tmp_path):
     """A standalone image's bin/python3 never runs: the compile uses a
     matching interpreter found here; with none, the create warns and goes on."""
-    store = vocker.Store(tmp_path / "home")
-    try:
+    with vocker.Store(tmp_path / "home") as store:
         tree = {"": [("bin", "d", None), ("lib", "d", None)],
                 "bin": [("python3", "x", "sh")], "lib": [("mod.py", "f", "py")]}
         need = _python_need()
@@ -237,8 +227,6 @@ def test_standalone_image_is_compiled_by_this_machines_python_never_its_own(tmp_
         assert r["pyc_compiled"] == 0 and "no .pyc files compiled" in r["warnings"][0]
         assert not (tmp_path / "sa2" / "bin" / "python3.ran").exists()
         assert not (tmp_path / "sa2" / "lib" / "__pycache__").exists()
-    finally:
-        store.close()
 
 
 # ----------------------------------------------------------------- crash windows
@@ -265,11 +253,8 @@ WINDOWS = ["pending", "staged", "materialized", "renamed"]
 @pytest.mark.parametrize("window", WINDOWS)
 def test_create_killed_in_every_window_is_recovered_by_create_and_rm(window, tmp_path):
     home = tmp_path / "home"
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         image = _store_image(store, tmp_path, HONEST)
-    finally:
-        store.close()
     parent = tmp_path / "envs"
     parent.mkdir()
     target = parent / "web"
@@ -282,22 +267,18 @@ def test_create_killed_in_every_window_is_recovered_by_create_and_rm(window, tmp
     assert os.listdir(parent) == []
     # and so does create
     _kill_create_at(home, image, target, window)
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         vocker.create(store, image, target)
         assert os.listdir(parent) == ["web"]
         assert (target / "sub" / "b.txt").read_bytes() == BLOBS["b"]
         assert vocker.remove_container(store, target) == {"path": str(target), "removed": True}
         assert os.listdir(parent) == []
         assert store.pending_create(str(target)) is None
-    finally:
-        store.close()
 
 
 def test_what_replaced_an_interrupted_create_is_never_removed(tmp_path):
     home = tmp_path / "home"
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         image = _store_image(store, tmp_path, HONEST)
         target = tmp_path / "web"
         _kill_create_at(home, image, target, "renamed")
@@ -309,13 +290,10 @@ def test_what_replaced_an_interrupted_create_is_never_removed(tmp_path):
         with pytest.raises(vocker.NotFoundError):
             vocker.remove_container(store, target)
         assert (target / "mine.txt").read_text() == "user data"
-    finally:
-        store.close()
 
 
 def test_create_of_a_path_a_live_process_is_creating_is_a_conflict(tmp_path):
-    store = vocker.Store(tmp_path / "home")
-    try:
+    with vocker.Store(tmp_path / "home") as store:
         image = _store_image(store, tmp_path, HONEST)
         target = tmp_path / "web"
         seen = []
@@ -329,8 +307,6 @@ def test_create_of_a_path_a_live_process_is_creating_is_a_conflict(tmp_path):
                 seen.append(window)
         vocker.create(store, image, target, checkpoint=again)
         assert seen == ["materialized"] and (target / "a.txt").is_file()
-    finally:
-        store.close()
 
 
 # ------------------------------------------------------- rm and shared inodes
@@ -345,13 +321,12 @@ def _files(root):
 
 @pytest.fixture
 def three_containers(tmp_path):
-    store = vocker.Store(tmp_path / "home")
-    image = _store_image(store, tmp_path, _site(("m.py", "f", "a")), "venv", _python_need())
-    cs = [tmp_path / f"c{i}" for i in range(3)]
-    for c in cs:
-        vocker.create(store, image, c, link_mode="hardlink")
-    yield store, cs
-    store.close()
+    with vocker.Store(tmp_path / "home") as store:
+        image = _store_image(store, tmp_path, _site(("m.py", "f", "a")), "venv", _python_need())
+        cs = [tmp_path / f"c{i}" for i in range(3)]
+        for c in cs:
+            vocker.create(store, image, c, link_mode="hardlink")
+        yield store, cs
 
 
 def test_rm_never_changes_the_mode_of_a_shared_inode(three_containers):

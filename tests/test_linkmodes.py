@@ -35,23 +35,19 @@ def plain_image(tmp_path_factory):
     os.chmod(src / "run.sh", 0o755)
     (src / "empty.txt").write_text("")
     home = base / "home"
-    store = vocker.Store(home)
-    image = vocker.commit(store, src, kind="plain")["id"]
-    store.close()
+    with vocker.Store(home) as store:
+        image = vocker.commit(store, src, kind="plain")["id"]
     return home, image, base
 
 
 def test_auto_picks_best_mode_and_inspect_shows_it(plain_image, tmp_path):
     home, image, base = plain_image
     expected = "reflink" if _reflink_works(str(tmp_path)) else "hardlink"
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         r = vocker.create(store, image, tmp_path / "auto")
         assert r["link_mode"] == expected
         info = vocker.inspect(store, str(tmp_path / "auto"))
         assert info["type"] == "container" and info["link_mode"] == expected
-    finally:
-        store.close()
     if expected == "hardlink":
         assert (tmp_path / "auto" / "pkg" / "f1.txt").stat().st_nlink >= 2
 
@@ -70,8 +66,7 @@ def test_forced_reflink_fails_cleanly_when_unsupported(plain_image, tmp_path):
 
 def test_copy_mode_gives_independent_files_and_recommits(plain_image, tmp_path):
     home, image, base = plain_image
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         r = vocker.create(store, image, tmp_path / "cp", link_mode="copy")
         assert r["link_mode"] == "copy"
         st = (tmp_path / "cp" / "pkg" / "f1.txt").stat()
@@ -79,8 +74,6 @@ def test_copy_mode_gives_independent_files_and_recommits(plain_image, tmp_path):
         assert run([tmp_path / "cp" / "run.sh"]).stdout == "ok\n"
         again = vocker.commit(store, tmp_path / "cp", kind="plain")
         assert again["id"] == image and again["files_read"] == 0
-    finally:
-        store.close()
 
 
 def _other_filesystem(tmp_path):
@@ -103,11 +96,8 @@ def test_across_filesystems_auto_copies_and_hardlink_fails(plain_image, tmp_path
         assert p.returncode == vocker.EXIT_ENVIRONMENT, p.stderr
         assert "link mode 'hardlink'" in p.stderr
         assert not os.path.exists(os.path.join(d, "hl"))
-        store = vocker.Store(home)
-        try:
+        with vocker.Store(home) as store:
             r = vocker.create(store, image, os.path.join(d, "auto"))
-        finally:
-            store.close()
         assert r["link_mode"] in ("copy", "reflink")
         assert (os.stat(os.path.join(d, "auto", "pkg", "f1.txt")).st_nlink == 1)
     finally:
@@ -127,11 +117,8 @@ def test_link_limit_starts_a_new_pool_copy(plain_image, tmp_path, monkeypatch):
         return real_link(src, dst, *a, **kw)
 
     monkeypatch.setattr(os, "link", limited_link)
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         r = vocker.create(store, image, tmp_path / "lim", link_mode="hardlink")
-    finally:
-        store.close()
     monkeypatch.setattr(os, "link", real_link)
     assert r["link_mode"] == "hardlink"
     gens = [n for n in tree_files(home / "pool") if n.rsplit(".", 1)[-1].isdigit()]

@@ -87,7 +87,7 @@ def _manifest():
 
 
 def test_hash_of_empty_input_is_the_blake3_constant():
-    assert vocker.hash_bytes(b"") == EMPTY_HASH
+    assert vocker.hash_bytes(b"") == EMPTY_HASH == vocker.EMPTY_ID
 
 
 def test_hash_of_small_input_is_the_blake3_constant():
@@ -589,3 +589,46 @@ def test_integrity_error_is_invalid_input_and_shows_short_id():
     assert isinstance(err, InvalidInputError)
     assert err.what == "tree" and err.object_id == TREE_ID
     assert TREE_ID[:12] in str(err) and TREE_ID not in str(err)
+
+
+# ------------------------------------------------------------ image names
+
+@pytest.mark.parametrize("ref, forms", [
+    ("web", ("web:latest", None)),
+    ("web:1.0", ("web:1.0", None)),
+    ("org/web:1.0", ("org/web:1.0", None)),
+    ("cafe", ("cafe:latest", "cafe")),             # hex: the tag first, then an ID prefix
+    ("cafe:1", ("cafe:1", None)),
+    ("CAFE", ("CAFE:latest", None)),               # IDs are lowercase
+    (TREE_ID, (TREE_ID + ":latest", TREE_ID)),
+])
+def test_one_rule_says_tag_or_id_prefix(ref, forms):
+    assert vocker.ref_forms(ref) == forms
+
+
+@pytest.mark.parametrize("ref", ["", ":1", "-web", "we b", "web:1:2", "web:" + "1" * 200, None])
+def test_bad_image_names_are_usage_errors(ref):
+    with pytest.raises(vocker.UsageError):
+        vocker.ref_forms(ref)
+
+
+def test_local_and_repository_names_resolve_by_the_same_rule(tmp_path):
+    """A hex name that is also a tag means the tag, in the store and in a repository."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    (tmp_path / "src2").mkdir()
+    (tmp_path / "src2" / "b.txt").write_text("b\n")
+    repo = str(tmp_path / "repo")
+    with vocker.Store(tmp_path / "home") as store:
+        first = vocker.commit(store, src, kind="plain")["id"]
+        second = vocker.commit(store, tmp_path / "src2", kind="plain")["id"]
+        prefix = first[:6]
+        vocker.tag_image(store, second, prefix)   # the tag "<prefix>:latest" names the other image
+        assert store.resolve_ref(prefix) == (second, prefix + ":latest")
+        assert store.resolve_ref(first[:8]) == (first, None)
+        pushed = vocker.push(store, [prefix, first[:8]], repo)["images"]
+        assert [(p["id"], p["tag"]) for p in pushed] == [(second, prefix + ":latest"), (first, None)]
+    with vocker.Store(tmp_path / "home2") as other:
+        pulled = vocker.pull(other, repo, [prefix])["images"][0]
+        assert (pulled["id"], pulled["tag"]) == (second, prefix + ":latest")

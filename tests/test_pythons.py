@@ -19,8 +19,7 @@ def home(tmp_path_factory):
 def test_round_trip_per_python(minor, home, tmp_path, wheelhouse):
     py = require_python(minor)
     src = make_venv(py, tmp_path / f"src {minor}", ("vockdemo==1.0",), wheelhouse=wheelhouse)
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         r = vocker.commit(store, src, tags=[f"py:{minor}"])
         assert r["python"]["version"].startswith(minor + ".")
         assert r["python"]["cache_tag"] == "cpython-" + minor.replace(".", "")
@@ -33,18 +32,13 @@ def test_round_trip_per_python(minor, home, tmp_path, wheelhouse):
         site = next((target / "lib").glob("python3.*/site-packages"))
         assert (site / "vockdemo" / "__pycache__" / f"core.{tag}.pyc").exists()
         assert vocker.commit(store, target)["id"] == r["id"]
-    finally:
-        store.close()
 
 
 def test_mismatched_python_is_refused(home, tmp_path, wheelhouse):
     py311, py39 = require_python("3.11"), require_python("3.9")
     src = make_venv(py311, tmp_path / "src", (), wheelhouse=wheelhouse)
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         image = vocker.commit(store, src)["id"]
-    finally:
-        store.close()
     p = cli("create", image, tmp_path / "dst", "--python", py39, home=home)
     assert p.returncode == vocker.EXIT_PYTHON
     assert "3.9" in p.stderr and "3.11" in p.stderr

@@ -64,12 +64,9 @@ def make_tree(root, big=0):
 def image(tmp_path):
     """(store home, image ID) of a plain image tagged p:1."""
     home = tmp_path / "home"
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         image_id = vocker.commit(store, make_tree(tmp_path / "src"), tags=["p:1"],
                                  kind="plain")["id"]
-    finally:
-        store.close()
     return home, image_id
 
 
@@ -98,15 +95,12 @@ def tree_snapshot(root):
 def pull_and_check(tmp_path, location, image_id, name="check"):
     """An honest pull into a fresh store works, and create gives the files."""
     home = tmp_path / f"{name}-home"
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         assert vocker.pull(store, str(location), ["p:1"])["images"][0]["id"] == image_id
         env = tmp_path / f"{name}-env"
         vocker.create(store, "p:1", env)
         assert (env / "a.txt").read_text() == "alpha\n" * 100
         assert (env / "empty").read_bytes() == b""
-    finally:
-        store.close()
 
 
 def local_pack(home):
@@ -213,22 +207,16 @@ def test_a_repository_listing_the_empty_blob_without_a_frame_is_refused(tmp_path
         rc, out, err = vk(capsys, "--home", home, "pull", repo, "evil:1")
         assert rc == vocker.EXIT_INVALID, err
         one_line(err)
-        store = vocker.Store(home)
-        try:
+        with vocker.Store(home) as store:
             assert store.db.execute("SELECT count(*) FROM blobs").fetchone()[0] == 0
-        finally:
-            store.close()
 
 
 def test_push_save_and_pull_mend_a_store_poisoned_by_a_frameless_empty_blob(tmp_path, capsys):
     home = tmp_path / "home"
-    store = vocker.Store(home)
-    try:  # what an older vocker recorded after a hostile pull
+    with vocker.Store(home) as store:  # what an older vocker recorded after a hostile pull
         poison_empty_blob(store)
         image_id = vocker.commit(store, make_tree(tmp_path / "src"), tags=["p:1"],
                                  kind="plain")["id"]
-    finally:
-        store.close()
     repo = tmp_path / "repo"
     rc, out, err = vk(capsys, "--home", home, "push", "p:1", repo)
     assert rc == 0, err
@@ -239,8 +227,7 @@ def test_push_save_and_pull_mend_a_store_poisoned_by_a_frameless_empty_blob(tmp_
     assert vk(capsys, "--home", h2, "load", tmp_path / "p.vocker")[0] == 0
     # a pull into the poisoned store replaces the frameless row by a real frame
     h3 = tmp_path / "h3"
-    store = vocker.Store(h3)
-    try:
+    with vocker.Store(h3) as store:
         poison_empty_blob(store)
         vocker.pull(store, str(repo), ["p:1"])
         size, csize, pack = store.db.execute("SELECT size, csize, pack FROM blobs WHERE id=?",
@@ -249,8 +236,6 @@ def test_push_save_and_pull_mend_a_store_poisoned_by_a_frameless_empty_blob(tmp_
         assert store.db.execute("SELECT count(*) FROM blobs WHERE pack IS NULL").fetchone()[0] == 0
         vocker.create(store, "p:1", tmp_path / "env3")
         assert (tmp_path / "env3" / "empty").read_bytes() == b""
-    finally:
-        store.close()
 
 
 # ---------------------------------------- class 5: a hostile repository folder
@@ -423,16 +408,13 @@ def test_lock_three_processes_racing_on_a_stale_lock(tmp_path):
 
 def test_three_real_pushes_at_once_over_a_stale_lock(tmp_path):
     home = tmp_path / "home"
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         ids = {}
         for i in (1, 2, 3):
             src = tmp_path / f"src{i}"
             src.mkdir()
             (src / "f.txt").write_text(f"image {i}\n" * 1000)
             ids[f"t:{i}"] = vocker.commit(store, src, tags=[f"t:{i}"], kind="plain")["id"]
-    finally:
-        store.close()
     target = tmp_path / "shared"
     vocker.repo_init(str(target))
     _stale_lock(target)
@@ -622,12 +604,9 @@ def test_server_ignoring_range_is_read_only_as_far_as_needed(tmp_path, image, ho
 
 def test_frames_larger_than_range_max_come_in_bounded_pieces(tmp_path, hostile, capsys):
     home = tmp_path / "home"
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         big = make_tree(tmp_path / "src", big=vocker.RANGE_MAX + 3_000_000)
         image_id = vocker.commit(store, big, tags=["p:1"], kind="plain")["id"]
-    finally:
-        store.close()
     repo = pushed(tmp_path, (home, image_id))
     url = hostile(repo, "range")
     pull_and_check(tmp_path, url, image_id)
@@ -727,12 +706,9 @@ def test_numbers_and_structures_from_a_repository(case, tmp_path, capsys):
     assert time.monotonic() - t0 < 10
     if command == "pull":
         assert os.listdir(h / "tmp") == []
-        store = vocker.Store(h)
-        try:
+        with vocker.Store(h) as store:
             assert vocker.list_images(store) == []
             assert store.db.execute("SELECT count(*) FROM blobs").fetchone()[0] == 0
-        finally:
-            store.close()
         honest = tmp_path / "honest"
         _craft_repo(honest, GOOD_TREE, GOOD_BLOBS)
         assert vk(capsys, "--home", h, "pull", honest, "evil:1")[0] == 0

@@ -5,7 +5,7 @@ import os
 import pytest
 
 import vocker
-from conftest import (clean_env, make_venv, require_python, run, template_paths,
+from conftest import (clean_env, image_entries, make_venv, require_python, run, template_paths,
                       DEMO_PACKAGES)
 
 
@@ -43,7 +43,7 @@ def test_image_holds_no_pyc_and_no_absolute_paths(demo_image, shared_store, pip_
     m = shared_store.manifest(image_id)
     assert m.kind == "venv" and m.python["version"].startswith("3.11")
     assert "home" not in m.pyvenv and "command" not in m.pyvenv
-    dirs, files, links = vocker._image_plan(shared_store, m)
+    files = image_entries(shared_store, image_id).items()
     assert not any(r.endswith(".pyc") or "__pycache__" in r for r, _ in files)
     for rel, e in files:
         if e.type in vocker.TEMPLATE_TYPES:
@@ -61,11 +61,8 @@ def test_image_holds_no_pyc_and_no_absolute_paths(demo_image, shared_store, pip_
 def container(demo_image, tmp_path_factory):
     home, image_id = demo_image
     target = tmp_path_factory.mktemp("ctr") / "new place" / "web"
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         r = vocker.create(store, image_id, target)
-    finally:
-        store.close()
     return target, r
 
 
@@ -116,12 +113,9 @@ def test_pyc_files_are_valid_and_used(container):
 
 def test_pip_list_install_uninstall_work(demo_image, tmp_path, wheelhouse):
     home, image_id = demo_image
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         target = tmp_path / "pipwork"
         vocker.create(store, image_id, target)
-    finally:
-        store.close()
     py = target / "bin" / "python"
     env = clean_env({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull})
     listed = run([py, "-m", "pip", "list", "--format=freeze"], env=env).stdout
@@ -137,28 +131,24 @@ def test_pip_list_install_uninstall_work(demo_image, tmp_path, wheelhouse):
 
 def test_recommit_unchanged_container_gives_same_id_without_reading(demo_image, tmp_path):
     home, image_id = demo_image
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         target = tmp_path / "again"
         vocker.create(store, image_id, target)
         r = vocker.commit(store, target)
         assert r["id"] == image_id
         templates = template_paths(store, image_id)
-        records = sum(1 for rel in vocker._image_plan(store, store.manifest(image_id))[1]
-                      if rel[0].endswith(".dist-info/RECORD"))
+        records = sum(1 for rel in image_entries(store, image_id)
+                      if rel.endswith(".dist-info/RECORD"))
         # only RECORD files are read again; templates come from the stat cache and
         # pool hardlinks from their inode
         assert r["files_read"] <= records, r
         assert r["files"] > 10 * (r["files_read"] + 1)
         assert templates  # the stat cache had something to do
-    finally:
-        store.close()
 
 
 def test_changed_container_gives_child_image(demo_image, tmp_path):
     home, image_id = demo_image
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         target = tmp_path / "child"
         vocker.create(store, image_id, target)
         site = next((target / "lib").glob("python3.*/site-packages"))
@@ -174,8 +164,6 @@ def test_changed_container_gives_child_image(demo_image, tmp_path):
         victim.write_bytes(data.replace(b"def", b"DEF", 1))
         r2 = vocker.commit(store, target)
         assert r2["id"] not in (r["id"], image_id)
-    finally:
-        store.close()
 
 
 def test_failed_commit_leaves_no_image(store, tmp_path):

@@ -277,7 +277,7 @@ def _parsed(entries_by_dir):
 def _dag(width, levels):
     """``levels`` nested trees of ``width`` entries, each level's entries all
     naming the one tree below: tiny input, width**levels paths."""
-    empty = vocker._empty_id()
+    empty = vocker.EMPTY_ID
     leaf = Tree([TreeEntry(f"n{i:04d}", "f", empty) for i in range(width)])
     trees, below = {leaf.id: leaf}, leaf
     for _ in range(levels - 1):

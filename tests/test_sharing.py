@@ -33,12 +33,11 @@ def _du_kb(*paths):
 @pytest.fixture(scope="module")
 def two_containers(pip_venvs, tmp_path_factory):
     base = tmp_path_factory.mktemp("share")
-    store = vocker.Store(base / "store")
-    image = vocker.commit(store, pip_venvs[0])["id"]
-    r1 = vocker.create(store, image, base / "c1")
-    r2 = vocker.create(store, image, base / "c2")
-    yield store, image, base, r1, r2
-    store.close()
+    with vocker.Store(base / "store") as store:
+        image = vocker.commit(store, pip_venvs[0])["id"]
+        r1 = vocker.create(store, image, base / "c1")
+        r2 = vocker.create(store, image, base / "c2")
+        yield store, image, base, r1, r2
 
 
 def test_second_container_adds_only_templates_and_directories(two_containers):
@@ -104,8 +103,7 @@ def test_pip_changes_in_one_container_touch_nothing_else(two_containers, wheelho
 
 def test_file_changed_through_a_hardlink_is_detected_and_the_pool_copy_dropped(tmp_path,
                                                                                 pip_venvs):
-    store = vocker.Store(tmp_path / "store")
-    try:
+    with vocker.Store(tmp_path / "store") as store:
         image = vocker.commit(store, pip_venvs[0])["id"]
         c = tmp_path / "c"
         vocker.create(store, image, c, compile=False)
@@ -122,5 +120,3 @@ def test_file_changed_through_a_hardlink_is_detected_and_the_pool_copy_dropped(t
         fresh = next((tmp_path / "c2" / "lib").glob("python3.*/site-packages")) / "vockbig" / "m05.py"
         assert b"edited in place" not in fresh.read_bytes()
         assert vocker.commit(store, tmp_path / "c2")["id"] == image
-    finally:
-        store.close()

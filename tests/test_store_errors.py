@@ -123,23 +123,17 @@ def test_read_only_store_api_refuses_a_transaction(tmp_path):
     home = tmp_path / "home"
     vocker.Store(home).close()
     with read_only(home):
-        store = vocker.Store(home)             # detects
-        try:
+        with vocker.Store(home) as store:  # detects
             assert store.readonly
             with pytest.raises(vocker.EnvironmentProblem, match="read-only"):
                 with store.transaction():
                     pass
-        finally:
-            store.close()
         with pytest.raises(vocker.EnvironmentProblem, match="read-only"):
             vocker.Store(home, readonly=False)
-    store = vocker.Store(home, readonly=True)  # asked for, on a writable disk
-    try:
+    with vocker.Store(home, readonly=True) as store:  # asked for, on a writable disk
         with pytest.raises(vocker.EnvironmentProblem, match="read-only"):
             with store.transaction():
                 pass
-    finally:
-        store.close()
 
 
 # ------------------------------------------------------------ disk full
@@ -196,15 +190,12 @@ def test_a_transaction_on_a_disk_that_fills_up(tmp_path):
     home = tmp_path / "home"
     src = small_env(tmp_path / "src")
     with tmpfs(home, "12m"):
-        store = vocker.Store(home)
-        try:
+        with vocker.Store(home) as store:
             image = vocker.commit(store, src, kind="plain")["id"]
             fill(home)
             with pytest.raises(vocker.EnvironmentProblem, match="is full"):
                 for i in range(2000):  # grow the WAL past what it already holds
                     vocker.tag_image(store, image, f"t{i}:{'x' * 100}")
-        finally:
-            store.close()
 
 
 def test_create_on_a_full_target_disk_names_the_target(tmp_path, capsys):
@@ -237,3 +228,43 @@ def test_create_with_a_full_store_disk_names_the_store(tmp_path, capsys):
         filler.unlink()
         (home / "filler2").unlink(missing_ok=True)
         assert run(capsys, home, "create", "b:1", str(tmp_path / "c"))[0] == 0
+
+
+# ------------------------------------------------------------ damaged database
+
+def _damage_table(db_path, table):
+    """Overwrite the root page of ``table`` with garbage (a bad disk sector)."""
+    import sqlite3
+    db = sqlite3.connect(db_path)
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name=?", (table,)).fetchone()[0]
+    finally:
+        db.close()
+    with open(db_path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+
+
+@pytest.mark.parametrize("table, args", [
+    ("images", ["images"]),
+    ("tags", ["tag", "IMAGE", "y:1"]),
+    ("tags", ["rmi", "x:1"]),
+    ("images", ["inspect", "IMAGE"]),
+    ("containers", ["ps"]),
+    ("containers", ["rm", "CONTAINER"]),
+    ("blobs", ["create", "x:1", "NEW"]),
+    ("stat_cache", ["commit", "SRC", "--kind", "plain"]),
+])
+def test_a_damaged_table_is_a_store_problem_for_every_command(table, args, tmp_path, capsys):
+    home = tmp_path / "home"
+    src = small_env(tmp_path / "src")
+    code, out, err = run(capsys, home, "commit", str(src), "--kind", "plain", "-t", "x:1", "-q")
+    assert code == 0, err
+    names = {"IMAGE": out.strip(), "CONTAINER": str(tmp_path / "c"), "NEW": str(tmp_path / "new"),
+             "SRC": str(src)}
+    assert run(capsys, home, "create", "x:1", names["CONTAINER"])[0] == 0
+    _damage_table(home / "vocker.db", table)
+    code, out, err = run(capsys, home, *[names.get(a, a) for a in args])
+    one_line_error(err, code, vocker.EXIT_ENVIRONMENT, "malformed")

@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 import vocker
-from conftest import clean_env, cli, make_venv, require_python, run, vocker_cmd
+from conftest import clean_env, cli, image_entries, make_venv, require_python, run, vocker_cmd
 from vocker import PH_ENV, Manifest, Tree, TreeEntry, hash_bytes
 
 # ------------------------------------------------------------------ servers
@@ -110,12 +110,11 @@ def images(pip_venvs, tmp_path_factory, wheelhouse):
     v2 = make_venv(require_python("3.11"), base / "v2", ("vockdemo==2.0", "vockextra", "vockbig"),
                    wheelhouse=wheelhouse)
     home = base / "home"
-    store = vocker.Store(home)
-    a = vocker.commit(store, pip_venvs[0], tags=["demo:1"])["id"]
-    b = vocker.commit(store, v2, tags=["demo:2"])["id"]
     repo = base / "repo"
-    vocker.push(store, ["demo:1", "demo:2"], str(repo))
-    store.close()
+    with vocker.Store(home) as store:
+        a = vocker.commit(store, pip_venvs[0], tags=["demo:1"])["id"]
+        b = vocker.commit(store, v2, tags=["demo:2"])["id"]
+        vocker.push(store, ["demo:1", "demo:2"], str(repo))
     return home, repo, a, b
 
 
@@ -131,10 +130,9 @@ def _store_snapshot(home):
 
 
 def _image_complete(store, image_id):
-    m = store.manifest(image_id)
-    dirs, files, links = vocker._image_plan(store, m)
-    for rel, e in files:
-        store.read_blob(e.ref)
+    for e in image_entries(store, image_id).values():
+        if e.type in vocker.FILE_TYPES + vocker.TEMPLATE_TYPES:
+            store.read_blob(e.ref)
     return True
 
 
@@ -147,8 +145,7 @@ def test_round_trip_through_each_transport(transport, images, tmp_path, serve):
     location = {"folder": lambda: str(repo), "file-url": lambda: repo.as_uri(),
                 "http-range": lambda: serve(repo, "range"),
                 "http-plain": lambda: serve(repo, "plain")}[transport]()
-    store = vocker.Store(tmp_path / "home")
-    try:
+    with vocker.Store(tmp_path / "home") as store:
         r = vocker.pull(store, location, ["demo:1"])
         assert r["images"][0]["id"] == a
         assert _image_complete(store, a)
@@ -160,8 +157,6 @@ def test_round_trip_through_each_transport(transport, images, tmp_path, serve):
         assert vocker.pull(store, location, [b])["images"][0]["id"] == b
         again = vocker.pull(store, location, [a[:10]])
         assert again["images"][0]["present"]
-    finally:
-        store.close()
 
 
 def test_pull_from_python_http_server_subprocess(images, tmp_path):
@@ -195,8 +190,7 @@ def test_only_missing_blobs_move(mode, images, tmp_path, serve):
     home, repo, a, b = images
     url = serve(repo, mode)
     server = serve.last
-    store = vocker.Store(tmp_path / "home")
-    try:
+    with vocker.Store(tmp_path / "home") as store:
         vocker.pull(store, url, ["demo:1"])
         have = {r[0] for r in store.db.execute("SELECT id FROM blobs")}
         index = vocker.parse_blobs_file((repo / "images" / f"{b}.blobs").read_bytes(), b)
@@ -208,8 +202,32 @@ def test_only_missing_blobs_move(mode, images, tmp_path, serve):
         assert server.sent == r["bytes"]  # what vocker reports is what crossed the wire
         assert 0 < r["bytes"] <= 1.2 * lacking + 0.02 * image_size, (r, lacking, image_size)
         assert r["requests"] <= 10
-    finally:
-        store.close()
+
+
+def test_one_image_reports_one_size_and_file_count_in_every_store(pip_venvs, tmp_path):
+    """size/files come from the image itself: committed again (stat cache hits),
+    committed from another folder, or pulled, the same ID gives the same figures."""
+    a, b = pip_venvs
+    repo = str(tmp_path / "repo")
+    with vocker.Store(tmp_path / "one") as one:
+        first = vocker.commit(one, a, tags=["demo:1"])
+        again = vocker.commit(one, a)
+        vocker.push(one, ["demo:1"], repo)
+        entries = image_entries(one, first["id"]).values()
+        blobs = [e.ref for e in entries if e.type in vocker.FILE_TYPES + vocker.TEMPLATE_TYPES]
+        sizes = one.blob_sizes(blobs)
+        expected = (sum(sizes[ref] for ref in blobs), len(blobs))
+        assert one.image_row(first["id"])[2:] == expected
+    with vocker.Store(tmp_path / "two") as two:
+        vocker.pull(two, repo, ["demo:1"])
+        assert two.image_row(first["id"])[2:] == expected
+    with vocker.Store(tmp_path / "three") as three:
+        other = vocker.commit(three, b)
+        assert three.image_row(first["id"])[2:] == expected
+    assert len(set(blobs)) < len(blobs)  # shared contents: counting files, not blobs
+    assert again["id"] == other["id"] == first["id"]
+    for r in (first, again, other):
+        assert (r["size"], r["files"]) == expected
 
 
 def test_save_and_load(images, tmp_path):
@@ -222,12 +240,9 @@ def test_save_and_load(images, tmp_path):
     assert {i["id"] for i in r["images"]} == {a, b}
     again = json.loads(cli("load", out, "--json", home=h2, check=True).stdout)
     assert all(i["present"] for i in again["images"])
-    store = vocker.Store(h2)
-    try:
+    with vocker.Store(h2) as store:
         assert _image_complete(store, b)
         assert set(store.tags_of(a)) == {"demo:1"}
-    finally:
-        store.close()
     # saving twice gives the same bytes (no timestamps inside)
     out2 = tmp_path / "again.vocker"
     cli("save", "demo:1", "demo:2", "-o", out2, home=home, check=True)
@@ -446,8 +461,7 @@ def test_hostile_repository_is_refused_and_changes_nothing(case, tmp_path):
     repo = tmp_path / "repo"
     _craft_repo(repo, tree, GOOD_BLOBS, corrupt=corrupt)
     home = tmp_path / "home"
-    store = vocker.Store(home)
-    try:
+    with vocker.Store(home) as store:
         before = _store_snapshot(home)
         with pytest.raises(exc) as info:
             vocker.pull(store, str(repo), ["evil:1"])
@@ -463,21 +477,16 @@ def test_hostile_repository_is_refused_and_changes_nothing(case, tmp_path):
         assert vocker.pull(store, str(honest), ["evil:1"])["images"][0]["id"] == good
         vocker.create(store, good, tmp_path / "ok")
         assert (tmp_path / "ok" / "sub" / "b.txt").read_bytes() == GOOD_BLOBS["b"]
-    finally:
-        store.close()
 
 
 def test_windows_reserved_names_refused_for_a_windows_target(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     _craft_repo(repo, _tree(sub=[("CON.txt", "f", "b")]), GOOD_BLOBS)
     monkeypatch.setattr(vocker, "WINDOWS", True)
-    store = vocker.Store(tmp_path / "home")
-    try:
+    with vocker.Store(tmp_path / "home") as store:
         with pytest.raises(vocker.InvalidInputError, match="reserved on Windows"):
             vocker.pull(store, str(repo), ["evil:1"])
         assert vocker.list_images(store) == []
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize("mode, exc, fragment", [
@@ -489,27 +498,21 @@ def test_windows_reserved_names_refused_for_a_windows_target(tmp_path, monkeypat
 def test_misbehaving_server_is_refused(mode, exc, fragment, images, tmp_path, serve):
     home, repo, a, b = images
     url = serve(repo, mode)
-    store = vocker.Store(tmp_path / "home")
-    try:
+    with vocker.Store(tmp_path / "home") as store:
         with pytest.raises(exc) as info:
             vocker.pull(store, url, ["demo:1"])
         assert fragment in str(info.value)
         assert vocker.list_images(store) == []
         # and an honest server afterwards works
         assert vocker.pull(store, serve(repo, "range"), ["demo:1"])["images"][0]["id"] == a
-    finally:
-        store.close()
 
 
 def test_connection_cut_half_way_is_resumed(images, tmp_path, serve):
     home, repo, a, b = images
     url = serve(repo, "cut-once")
-    store = vocker.Store(tmp_path / "home")
-    try:
+    with vocker.Store(tmp_path / "home") as store:
         r = vocker.pull(store, url, ["demo:1"])
         assert r["images"][0]["id"] == a and _image_complete(store, a)
-    finally:
-        store.close()
 
 
 def test_cli_errors_for_repositories(images, tmp_path, serve):
@@ -572,19 +575,13 @@ def test_interrupted_push_and_pull_leave_both_sides_consistent(images, tmp_path)
         _kill_randomly([*vocker_cmd(), "--home", str(h2), "pull", str(target), "demo:1",
                         "demo:2"], rng)
         if (h2 / "vocker.db").exists():
-            store = vocker.Store(h2)
-            try:
+            with vocker.Store(h2) as store:
                 for image in vocker.list_images(store):
                     assert _image_complete(store, image["id"])
-            finally:
-                store.close()
     cli("pull", str(target), "demo:1", "demo:2", "--json", home=h2, check=True)
-    store = vocker.Store(h2)
-    try:
+    with vocker.Store(h2) as store:
         assert {i["id"] for i in vocker.list_images(store)} == {a, b}
         assert _image_complete(store, a) and _image_complete(store, b)
-    finally:
-        store.close()
 
 
 # ------------------------------------------------------ nothing is executed
@@ -597,21 +594,15 @@ def test_pull_load_ls_inspect_execute_nothing(images, tmp_path, serve, monkeypat
         raise AssertionError("a process was started")
     monkeypatch.setattr(subprocess, "Popen", forbidden)
     monkeypatch.setattr(os, "system", forbidden)
-    store = vocker.Store(tmp_path / "home")
-    try:
+    with vocker.Store(tmp_path / "home") as store:
         vocker.pull(store, serve(repo), ["demo:1"])
         vocker.repo_ls(str(repo))
         vocker.inspect(store, "demo:1")
         out = tmp_path / "x.vocker"
         vocker.save(store, ["demo:1"], str(out))
-        store2 = vocker.Store(tmp_path / "home2")
-        try:
+        with vocker.Store(tmp_path / "home2") as store2:
             vocker.load(store2, str(out))
             vocker.inspect(store2, a)
-        finally:
-            store2.close()
-    finally:
-        store.close()
 
 
 def test_two_developers_pushing_at_once(images, tmp_path):

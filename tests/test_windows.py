@@ -529,6 +529,7 @@ def test_uv_pe_resource_trampoline_is_detected_and_refused():
 import hashlib  # noqa: E402
 
 import vocker  # noqa: E402
+from conftest import image_entries  # noqa: E402
 from vocker import Tree, TreeEntry  # noqa: E402
 
 WIN_PY = {"implementation": "cpython", "version": "3.11.7", "cache_tag": "cpython-311",
@@ -580,15 +581,14 @@ def make_windows_venv(root, env, date_time):
 def test_windows_venvs_at_two_paths_on_two_days_give_one_id(tmp_path):
     a = make_windows_venv(tmp_path / "a", ENV_A, (2026, 3, 1, 10, 0, 0))
     b = make_windows_venv(tmp_path / "b", r"d:\Other Place\proj", (2026, 11, 27, 23, 59, 58))
-    store = vocker.Store(tmp_path / "home")
-    try:
+    with vocker.Store(tmp_path / "home") as store:
         ra = vocker.commit(store, a, windows_path=ENV_A, python_info=WIN_PY)
         rb = vocker.commit(store, b, windows_path=r"d:\Other Place\proj", python_info=WIN_PY)
         assert ra["id"] == rb["id"]
         assert ra["warnings"] == []
         m = store.manifest(ra["id"])
         assert m.python["platform"] == "win-amd64"
-        plan = vocker._image_plan(store, m)[1]
+        plan = image_entries(store, ra["id"]).items()
         kinds = {rel: e.type for rel, e in plan}
         assert kinds["Scripts/vockdemo.exe"] in vocker.TEMPLATE_TYPES
         assert kinds["Scripts/activate.bat"] in vocker.TEMPLATE_TYPES
@@ -598,22 +598,17 @@ def test_windows_venvs_at_two_paths_on_two_days_give_one_id(tmp_path):
         (b / "Lib" / "site-packages" / "vockdemo" / "core.py").write_bytes(CORE_PY + b"#\n")
         assert vocker.commit(store, b, windows_path=r"d:\Other Place\proj",
                              python_info=WIN_PY)["id"] != ra["id"]
-    finally:
-        store.close()
 
 
 def test_windows_create_writes_launchers_for_the_new_path(tmp_path):
     a = make_windows_venv(tmp_path / "a", ENV_A, (2026, 3, 1, 10, 0, 0))
-    store = vocker.Store(tmp_path / "home")
     target = r"E:\new place\app"
     py = dict(WIN_PY, executable=r"C:\Program Files\Python311\python.exe")
-    try:
+    with vocker.Store(tmp_path / "home") as store:
         image = vocker.commit(store, a, windows_path=ENV_A, python_info=WIN_PY)["id"]
         out = tmp_path / "out"
         r = vocker.create(store, image, out, windows_path=target, python_info=py)
         assert r["pyc_compiled"] == 0
-    finally:
-        store.close()
     exe = (out / "Scripts" / "vockdemo.exe").read_bytes()
     stub, shebang, zipb = split_launcher(exe)
     assert stub == _stub("t64.exe")
@@ -647,7 +642,7 @@ def _plain_image(tmp_path, names=("a.txt", "sub/b.txt")):
 
 def test_file_in_use_is_renamed_away_and_deleted_later(tmp_path, monkeypatch):
     store, image = _plain_image(tmp_path)
-    try:
+    with store:
         vocker.create(store, image, tmp_path / "c", link_mode="copy")
         real_unlink = os.unlink
         busy = {"on": True}
@@ -662,8 +657,6 @@ def test_file_in_use_is_renamed_away_and_deleted_later(tmp_path, monkeypatch):
         trash = tmp_path / "home" / "tmp" / "trash"
         assert [p.read_text() for p in trash.iterdir()] == ["content of sub/b.txt\n"]
         busy["on"] = False
-    finally:
-        store.close()
     vocker.Store(tmp_path / "home").close()   # the next start finishes the delete
     assert not trash.exists()
 
@@ -688,7 +681,7 @@ def test_read_only_files_are_cleared_before_delete(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["CON", "nul.txt", "COM1.py", "trailing.", "trailing ", "a:b"])
 def test_names_windows_cannot_hold_are_refused_for_a_windows_target(name, tmp_path):
     store, image = _plain_image(tmp_path, names=("ok.txt", f"pkg/{name}"))
-    try:
+    with store:
         with pytest.raises(vocker.InvalidInputError):
             vocker.create(store, image, tmp_path / "c", windows_path=r"C:\envs\c")
         assert not (tmp_path / "c").exists()
@@ -697,8 +690,6 @@ def test_names_windows_cannot_hold_are_refused_for_a_windows_target(name, tmp_pa
             vocker.commit(store, tmp_path / "src", kind="plain", windows_path=r"C:\envs\src")
         # a POSIX target is fine
         vocker.create(store, image, tmp_path / "posix")
-    finally:
-        store.close()
 
 
 def test_names_colliding_by_case_are_refused(tmp_path):
@@ -707,9 +698,9 @@ def test_names_colliding_by_case_are_refused(tmp_path):
         _plain_image(tmp_path, names=("pkg/Readme.txt", "pkg/README.txt"))
     # an image that has them anyway (made by hand, or hostile) is refused on create
     store, image = _plain_image(tmp_path / "ok", names=("pkg/Readme.txt",))
-    try:
-        t = Tree([TreeEntry("README.txt", "f", vocker._empty_id()),
-                  TreeEntry("Readme.txt", "f", vocker._empty_id())])
+    with store:
+        t = Tree([TreeEntry("README.txt", "f", vocker.EMPTY_ID),
+                  TreeEntry("Readme.txt", "f", vocker.EMPTY_ID)])
         top = Tree([TreeEntry("pkg", "d", t.id)])
         m = vocker.Manifest("plain", top.id)
         with store.transaction() as db:
@@ -720,8 +711,6 @@ def test_names_colliding_by_case_are_refused(tmp_path):
         with pytest.raises(vocker.InvalidInputError, match="collide by case"):
             vocker.create(store, m.id, tmp_path / "c")
         assert not (tmp_path / "c").exists()
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize("path, expected", [
