@@ -16,7 +16,6 @@ __version__ = "0.1.0"
 import argparse
 import contextlib
 import errno
-import itertools
 import json
 import os
 import re
@@ -3702,11 +3701,14 @@ def check_bytecode_name(rel, name):
                                 "vocker compiles bytecode itself; commit the image without it")
 
 
-def _image_plan(store, manifest):
+def _image_plan(store, manifest, target=None):
     """Walk an image's trees: (dirs, files, links) with validated relative
-    paths and link targets (refused before anything is written)."""
+    paths, link targets and (given a ``target``) names that system can hold,
+    refused before anything is written."""
     dirs, files, links = [], [], []
     for child, e in walk_image(store.tree, manifest.root):
+        if target is not None:
+            target.check_name(e.name)
         if e.type == T_DIR:
             dirs.append(child)
         elif e.type in LINK_TYPES:
@@ -3813,137 +3815,35 @@ def _is_compilable(rel, kind):
     return "/" in rel or kind != "venv"
 
 
-class Creator:
-    """Materializes one image at one path."""
+def _create_python(store, image_id, manifest, target, explicit):
+    """(executable, facts) of the base interpreter a container of a venv
+    image uses: the target's, else a matching one found on this machine;
+    (None, None) for other kinds."""
+    if manifest.kind != "venv":
+        return None, None
+    if manifest.python is None:
+        raise InvalidInputError("venv image has no python requirement")
+    given = target.python
+    if given is not None:
+        if not python_matches(given, manifest.python):
+            raise PythonError("the given interpreter does not match the image")
+        return given["executable"], given
+    return find_python(manifest.python, explicit, store.image_base_exe(image_id))
 
-    def __init__(self, store, image_id, path, link_mode="auto", python=None,
-                 compile=True, progress=None, target=None, checkpoint=None):
-        self.store = store
-        # checkpoint: test-only, called with the name of each crash window
-        # ("pending", "staged", "materialized", "renamed")
-        self.checkpoint = checkpoint or (lambda window: None)
-        self.image_id = image_id
-        self.manifest = store.manifest(image_id)
-        self.target = os.path.abspath(path)
-        self.place = (target or Target.local()).at(self.target)
-        if self.place.elsewhere:  # nothing of an environment elsewhere runs here
-            compile = False
-        self.python_arg = python
-        self.compile = compile
-        self.progress = progress or Progress("creating", enabled=False)
-        self.new_inodes = []
-        self.linker = Linker(store, link_mode, self.new_inodes)
-        self.templates = []  # final paths of templated files, with their blob
-        self.exe = None
-        self.info = None
-        self.pyc_compiled = 0
-        self.pyc_cached = 0
-        self.pyc_rows = []
-        self.pyc_file_rows = []
-        self.warnings = []
-        self.repaired = 0
 
-    def resolve_python(self):
-        m = self.manifest
-        if m.kind == "venv":
-            if m.python is None:
-                raise InvalidInputError("venv image has no python requirement")
-            given = self.place.python
-            if given is not None:
-                if not python_matches(given, m.python):
-                    raise PythonError("the given interpreter does not match the image")
-                self.exe, self.info = given["executable"], given
-                return
-            self.exe, self.info = find_python(m.python, self.python_arg,
-                                              self.store.image_base_exe(self.image_id))
+class _Materializer:
+    """Create step: an image's folders, files and templates written into a
+    staging folder, then (after the bytecode) its links; the stat cache rows
+    of the files that are not pool inodes."""
 
-    def values(self):
-        return {ph: os.fsencode(v) for ph, v in self.place.placeholders(self.exe).items()}
+    def __init__(self, store, manifest, path, target, linker, values, progress):
+        self.store, self.manifest, self.path, self.target = store, manifest, path, target
+        self.linker, self.values, self.progress = linker, values, progress
+        self.templates = []  # templated files, with their blob
 
-    def _link_target(self, rel, entry, values):
-        if entry.type == T_SYMLINK:
-            target = entry.target
-            check_link_target(rel, target)
-            return target
-        tpl = bytes.fromhex(entry.ref)
-        check_link_template(rel, tpl)
-        return os.fsdecode(render_template(tpl, values))
-
-    def run(self):
-        store, m = self.store, self.manifest
-        target = self.target
-        self._clear_leftover()
-        self.resolve_python()
-        dirs, files, links = _image_plan(store, m)
-        # names the target cannot hold are refused before anything is written
-        for rel in itertools.chain(dirs, (r for r, _ in files), (r for r, _ in links)):
-            self.place.check_name(rel.rsplit("/", 1)[-1])
-        values = self.values()
-        self.progress.total = len(files)
-        parent = os.path.dirname(target)
-        try:
-            os.makedirs(parent, exist_ok=True)
-            _remove_stale_stages(parent, os.path.basename(target))
-            stage = extended_path(os.path.join(parent, f".{os.path.basename(target)}.vocker-"
-                                                       f"{os.getpid()}-{uuid.uuid4().hex[:8]}"))
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
-                                     "check the folder is writable") from None
-        self.stage = stage
-        store.add_pending_create(target, stage, _hostname())
-        try:
-            self.checkpoint("pending")
-            try:
-                os.mkdir(stage)
-            except OSError as exc:
-                raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
-                                         "check the folder is writable") from None
-            self.checkpoint("staged")
-            try:
-                self._materialize(stage, dirs, files, links, values)
-            except FileExistsError as exc:  # names this disk folds together (case, Unicode form)
-                raise InvalidInputError(
-                    f"two entries of the image name one file on this disk: "
-                    f"{os.path.relpath(exc.filename, stage)}",
-                    "create it on a disk that keeps such names apart") from None
-            except (OSError, LinkModeError) as exc:
-                if _disk_full(exc):
-                    raise _full_disk_error(exc, stage, target, store) from None
-                raise
-            store.set_pending_stage(target, stage, os.lstat(stage))
-            if os.path.lexists(target):
-                raise ConflictError(f"{target} appeared while it was being created")
-            os.rename(stage, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                rmtree(stage)
-            with contextlib.suppress(sqlite3.Error):
-                store.drop_pending_create(target, stage)
-            raise
-        finally:
-            self.progress.close()
-        self.checkpoint("renamed")
-        return self._record()
-
-    def _clear_leftover(self):
-        """Refuse an existing target, unless it is what an interrupted create
-        of vocker left there: then remove that and go on."""
-        store, target = self.store, self.target
-        row = store.pending_create(target)
-        if row is not None:
-            if not _create_dead(row, _hostname()):
-                raise ConflictError(f"{target} is being created by vocker process {row['pid']}",
-                                    "wait for it to finish, or choose another path")
-            try:
-                _remove_leftover(store, row)
-            except OSError as exc:
-                raise EnvironmentProblem(f"cannot remove the interrupted create at {target}: "
-                                         f"{exc.strerror}", "remove it by hand") from None
-        if os.path.lexists(target):
-            raise ConflictError(f"{target} already exists",
-                                "choose a new path, or remove it first (vocker rm PATH)")
-
-    def _materialize(self, stage, dirs, files, links, values):
+    def files(self, stage, dirs, files, compile):
+        """Write folders and files; returns the .py files to compile, as
+        [(rel, blob, executable)]."""
         join = os.path.join
         for rel in dirs:
             os.mkdir(join(stage, rel))
@@ -3962,33 +3862,163 @@ class Creator:
                     os.utime(dst, (FIXED_MTIME, FIXED_MTIME))
                 else:
                     place(e.ref, executable, dst)
-                if self.compile and _is_compilable(rel, self.manifest.kind):
+                if compile and _is_compilable(rel, self.manifest.kind):
                     py_files.append((rel, e.ref, executable))
             else:
-                data = render_template(self.store.read_blob(e.ref), values, self.place)
+                data = render_template(self.store.read_blob(e.ref), self.values, self.target)
                 fd = create_exclusive(dst, 0o755 if e.type == T_TEMPLATE_EXEC else 0o644)
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                 self.templates.append((rel, e.ref))
             self.progress.update()
-        if py_files and self.manifest.kind != "plain":
-            self._pycs(stage, py_files)
-        # links last: no file or folder is ever made through one
-        self.checkpoint("materialized")
+        return py_files
+
+    def links(self, stage, links):
+        """Links last: no file or folder is ever made through one."""
         for rel, e in links:
-            os.symlink(self._link_target(rel, e, values), join(stage, rel))
-        # stat cache rows: files that are not pool inodes
-        self.stat_rows = []
+            os.symlink(self._link_target(rel, e), os.path.join(stage, rel))
+
+    def _link_target(self, rel, entry):
+        if entry.type == T_SYMLINK:
+            target = entry.target
+            check_link_target(rel, target)
+            return target
+        tpl = bytes.fromhex(entry.ref)
+        check_link_template(rel, tpl)
+        return os.fsdecode(render_template(tpl, self.values, self.target))
+
+    def stat_rows(self, stage, files):
+        """[(final path, lstat, blob, template)] of the files that are not
+        pool inodes: templates, and copies."""
+        join, rows = os.path.join, []
         for rel, blob in self.templates:
-            st = os.lstat(join(stage, rel))
-            self.stat_rows.append((join(self.target, rel), st, blob, 1))
+            rows.append((join(self.path, rel), os.lstat(join(stage, rel)), blob, 1))
         if self.linker.mode != "hardlink":
             blob_of = {join(stage, rel): e.ref for rel, e in files if e.type in FILE_TYPES}
             for path in self.linker.copies:
                 if path in blob_of:
-                    st = os.lstat(path)
                     rel = os.path.relpath(path, stage)
-                    self.stat_rows.append((join(self.target, rel), st, blob_of[path], 0))
+                    rows.append((join(self.path, rel), os.lstat(path), blob_of[path], 0))
+        return rows
+
+
+class Creator:
+    """Materializes one image at one path, in named steps: the base
+    interpreter, the plan (every name and link checked), the staging folder,
+    its files, bytecode and links, the final rename, the record."""
+
+    def __init__(self, store, image_id, path, link_mode="auto", python=None,
+                 compile=True, progress=None, target=None, checkpoint=None):
+        self.store = store
+        # checkpoint: test-only, called with the name of each crash window
+        # ("pending", "staged", "materialized", "renamed")
+        self.checkpoint = checkpoint or (lambda window: None)
+        self.image_id = image_id
+        self.manifest = store.manifest(image_id)
+        self.path = os.path.abspath(path)
+        self.target = (target or Target.local()).at(self.path)
+        if self.target.elsewhere:  # nothing of an environment elsewhere runs here
+            compile = False
+        self.python_arg = python
+        self.compile = compile
+        self.progress = progress or Progress("creating", enabled=False)
+        self.new_inodes = []
+        self.linker = Linker(store, link_mode, self.new_inodes)
+        self.exe = None
+        self.info = None
+        self.pyc_compiled = 0
+        self.pyc_cached = 0
+        self.pyc_rows = []
+        self.pyc_file_rows = []
+        self.stat_rows = []
+        self.warnings = []
+        self.repaired = 0
+
+    def run(self):
+        self._clear_leftover()
+        self.exe, self.info = _create_python(self.store, self.image_id, self.manifest,
+                                             self.target, self.python_arg)
+        plan = _image_plan(self.store, self.manifest, self.target)
+        self.progress.total = len(plan[1])
+        stage = self._stage_path()
+        self.store.add_pending_create(self.path, stage, _hostname())
+        try:
+            self.checkpoint("pending")
+            self._build(stage, *plan)
+            if os.path.lexists(self.path):
+                raise ConflictError(f"{self.path} appeared while it was being created")
+            os.rename(stage, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                rmtree(stage)
+            with contextlib.suppress(sqlite3.Error):
+                self.store.drop_pending_create(self.path, stage)
+            raise
+        finally:
+            self.progress.close()
+        self.checkpoint("renamed")
+        return self._record(stage)
+
+    def _stage_path(self):
+        """A new staging folder's path beside the target (leftovers of dead
+        vocker processes there removed)."""
+        parent, name = os.path.dirname(self.path), os.path.basename(self.path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            _remove_stale_stages(parent, name)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot create {self.path}: {exc.strerror}",
+                                     "check the folder is writable") from None
+        return extended_path(os.path.join(
+            parent, f".{name}.vocker-{os.getpid()}-{uuid.uuid4().hex[:8]}"))
+
+    def _build(self, stage, dirs, files, links):
+        """Make and fill the staging folder; remember it in the pending row."""
+        try:
+            os.mkdir(stage)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot create {self.path}: {exc.strerror}",
+                                     "check the folder is writable") from None
+        self.checkpoint("staged")
+        values = {ph: os.fsencode(v) for ph, v in self.target.placeholders(self.exe).items()}
+        m = _Materializer(self.store, self.manifest, self.path, self.target, self.linker,
+                          values, self.progress)
+        try:
+            py_files = m.files(stage, dirs, files, self.compile)
+            if py_files and self.manifest.kind != "plain":
+                self._pycs(stage, py_files)
+            self.checkpoint("materialized")
+            m.links(stage, links)
+            self.stat_rows = m.stat_rows(stage, files)
+        except FileExistsError as exc:  # names this disk folds together (case, Unicode form)
+            raise InvalidInputError(
+                f"two entries of the image name one file on this disk: "
+                f"{os.path.relpath(exc.filename, stage)}",
+                "create it on a disk that keeps such names apart") from None
+        except (OSError, LinkModeError) as exc:
+            if _disk_full(exc):
+                raise _full_disk_error(exc, stage, self.path, self.store) from None
+            raise
+        self.store.set_pending_stage(self.path, stage, os.lstat(stage))
+
+
+    def _clear_leftover(self):
+        """Refuse an existing target, unless it is what an interrupted create
+        of vocker left there: then remove that and go on."""
+        store, target = self.store, self.path
+        row = store.pending_create(target)
+        if row is not None:
+            if not _create_dead(row, _hostname()):
+                raise ConflictError(f"{target} is being created by vocker process {row['pid']}",
+                                    "wait for it to finish, or choose another path")
+            try:
+                _remove_leftover(store, row)
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot remove the interrupted create at {target}: "
+                                         f"{exc.strerror}", "remove it by hand") from None
+        if os.path.lexists(target):
+            raise ConflictError(f"{target} already exists",
+                                "choose a new path, or remove it first (vocker rm PATH)")
 
     def _pyc_interpreter(self):
         """The interpreter that compiles: never one from the image (nothing
@@ -4100,32 +4130,26 @@ class Creator:
             list(pool.map(one, parts))
         return results
 
-    def _record(self):
-        store = self.store
-        now = time.time()
+    def _record(self, stage):
+        """Record the container, its new pool files, bytecode and stat cache
+        rows, and end its pending row: one transaction."""
+        store, mode = self.store, self.linker.mode or "none"
         rows = [(p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob, tpl)
                 for p, st, blob, tpl in self.stat_rows]
         try:
-            with store.transaction() as db:
-                db.executemany("INSERT OR REPLACE INTO pool_inodes(dev, ino, blob, size, exec) "
-                               "VALUES (?,?,?,?,?)",
-                               self.new_inodes)
-                db.executemany("INSERT OR REPLACE INTO pyc_cache VALUES (?,?,?,?)", self.pyc_rows)
-                db.executemany("INSERT OR REPLACE INTO pyc_files VALUES (?,?,?,?)",
-                               self.pyc_file_rows)
-                db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?,?,?)", rows)
-                db.execute("INSERT OR REPLACE INTO containers(path, image, created, link_mode, python)"
-                           " VALUES (?,?,?,?,?)",
-                           (self.target, self.image_id, now, self.linker.mode or "none", self.exe))
-                db.execute("DELETE FROM pending_creates WHERE path=? AND stage=?",
-                           (self.target, self.stage))
+            with store.transaction():
+                store.record_pool_inodes(self.new_inodes)
+                store.record_pycs(self.pyc_rows)
+                store.record_pyc_files(self.pyc_file_rows)
+                store.remember_stats(rows)
+                store.add_container(self.path, self.image_id, mode, self.exe)
+                store.end_pending_create(self.path, stage)
         except sqlite3.OperationalError as exc:
             raise _store_problem(store.home, exc) from None
-        return {"path": self.target, "image": self.image_id, "short_id": short_id(self.image_id),
-                "link_mode": self.linker.mode or "none", "python": self.exe,
+        return {"path": self.path, "image": self.image_id, "short_id": short_id(self.image_id),
+                "link_mode": mode, "python": self.exe,
                 "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached,
                 "repaired": self.repaired + self.linker.repaired, "warnings": self.warnings}
-
 
 def create(store, image, path, link_mode="auto", python=None, compile=True, progress=None,
            target=None, checkpoint=None):
