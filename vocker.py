@@ -16,7 +16,6 @@ __version__ = "0.1.0"
 import argparse
 import contextlib
 import errno
-import itertools
 import json
 import os
 import re
@@ -32,7 +31,7 @@ import time
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 try:  # checked in main() so that a missing wheel gives a one-line error
     import blake3
@@ -313,6 +312,19 @@ def name_key(name):
     return unicodedata.normalize("NFC", name).casefold()
 
 
+def check_folder_names(names):
+    """Raise if two of ``names`` (one folder's) collide (see :func:`name_key`):
+    the one rule for commit, parse and create."""
+    folded = set()
+    for name in names:
+        key = name_key(name)
+        if key in folded:
+            raise InvalidInputError(f"names collide by case or Unicode normalization: {name!r}",
+                                    "rename one of them: images must work on "
+                                    "case-insensitive disks")
+        folded.add(key)
+
+
 def check_labels(labels):
     """Raise unless ``labels`` is a small dict of bounded strings whose keys
     hold no control characters (the one rule for commit and for parsing)."""
@@ -427,7 +439,7 @@ class Tree:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidInputError("tree is not UTF-8") from None
-        entries, seen_lower, prev = [], set(), None
+        entries, prev = [], None
         if text and not text.endswith("\n"):
             raise InvalidInputError("tree is truncated")
         for line in text.split("\n")[:-1]:
@@ -453,15 +465,28 @@ class Tree:
             if prev is not None and key <= prev:
                 raise InvalidInputError("tree entries are not sorted or not unique")
             prev = key
-            if WINDOWS:
-                key = name_key(name)
-                if key in seen_lower:
-                    raise InvalidInputError(f"names collide by case: {name!r}")
-                seen_lower.add(key)
             entries.append(TreeEntry(name, type_, ref))
+        if WINDOWS:
+            check_folder_names(e.name for e in entries)
         tree = cls.__new__(cls)
         tree.entries = entries
         return tree
+
+
+def build_trees(folders):
+    """Trees of a folder hierarchy, deepest first: ``folders`` maps each
+    folder's relative path ("" is the top) to (its entries other than
+    folders, the names of its sub-folders). Returns (top tree ID, {tree ID:
+    canonical bytes})."""
+    ids, out = {}, {}
+    for rel in sorted(folders, key=lambda r: r.count("/") + 1 if r else 0, reverse=True):
+        entries, subs = folders[rel]
+        tree = Tree([*entries, *(TreeEntry(n, T_DIR, ids[f"{rel}/{n}" if rel else n])
+                                 for n in subs)])
+        data = tree.serialize()
+        ids[rel] = tid = hash_bytes(data)
+        out[tid] = data
+    return ids[""], out
 
 
 #: the ``python`` object of a manifest: exactly these keys, each matching its rule
@@ -976,7 +1001,7 @@ class _StorePool:
         except FileNotFoundError:
             return False
         mode = stat.S_IMODE(st.st_mode)
-        ok_mode = not mode & 0o222 if WINDOWS else mode == (0o555 if executable else 0o444)
+        ok_mode = not mode & 0o222 if Target.local().win else mode == (0o555 if executable else 0o444)
         return not (stat.S_ISREG(st.st_mode) and st.st_size == size and ok_mode
                     and st.st_mtime_ns == FIXED_MTIME * 1_000_000_000)
 
@@ -1594,18 +1619,18 @@ def _unlink_quiet(path):
         pass
 
 
-def rmtree(path, trash=None, restore_readonly=None, windows=None):
+def rmtree(path, trash=None, restore_readonly=None, target=None):
     """Delete a tree without ever changing a file's mode: files may be
     hardlinks of the pool, shared by every container.
 
     POSIX: deleting needs only the folder writable; a folder of the tree that
-    refuses is made writable (folders are never shared). Windows (``windows``
-    overrides the platform, for tests): a read-only file must lose its
+    refuses is made writable (folders are never shared). Windows (``target``
+    overrides this machine, for tests): a read-only file must lose its
     attribute before it can be deleted, and the attribute belongs to the
     inode; ``restore_readonly(st)`` is then called with the deleted file's
     lstat so the store can set it back on its pool copy. A file that still
     cannot be deleted (Windows: in use) is renamed into ``trash``."""
-    win = WINDOWS if windows is None else windows
+    win = (target or Target.local()).win
     try:
         top = os.lstat(path)
     except FileNotFoundError:
@@ -1684,10 +1709,10 @@ def _is_dir_link(p):
         return False
 
 
-def extended_path(path, windows=None):
-    """On Windows, the ``\\\\?\\`` form of a long absolute path (past 260 characters
-    plain Win32 calls fail); unchanged elsewhere."""
-    if not (WINDOWS if windows is None else windows):
+def extended_path(path, target=None):
+    """On Windows (this machine, or ``target``), the ``\\\\?\\`` form of a long
+    absolute path (past 260 characters plain Win32 calls fail); unchanged elsewhere."""
+    if not (target or Target.local()).win:
         return path
     if path.startswith("\\\\?\\") or len(path) < 240:
         return path
@@ -1864,6 +1889,91 @@ class Linker:
 # Python interpreters #########################################################
 ###############################################################################
 
+class Target:
+    """Where an environment lives, as that system spells it: the path flavour
+    (``win``: Windows, else POSIX), the environment's ``path``, the facts of
+    its base interpreter (``python``; None: found on this machine) and the
+    system's name rules. :meth:`local` is this machine (the default
+    everywhere); :meth:`windows` a Windows environment elsewhere (tests)."""
+
+    def __init__(self, win, path=None, python=None, elsewhere=False):
+        self.win, self.path, self.python = win, path, python
+        #: the environment's path is not where its files are written: nothing
+        #: of it runs or is compiled here
+        self.elsewhere = elsewhere
+
+    @classmethod
+    def local(cls, python=None):
+        """This machine, read at call time (tests may patch WINDOWS)."""
+        return cls(WINDOWS, python=python)
+
+    @classmethod
+    def windows(cls, path=None, python=None):
+        """A Windows environment at ``path``, its files written here."""
+        return cls(True, path, python, elsewhere=True)
+
+    def at(self, folder):
+        """This target for the environment in the local ``folder``: the
+        folder's own path unless the target names another."""
+        if self.path is not None:
+            return self
+        return Target(self.win, os.path.abspath(folder), self.python, self.elsewhere)
+
+    def name(self, path):
+        """The last component of ``path``, as this system splits it."""
+        return (PureWindowsPath if self.win else PurePosixPath)(path).name
+
+    def parent(self, path):
+        """The folder of ``path``, as this system splits it."""
+        return str((PureWindowsPath if self.win else PurePosixPath)(path).parent)
+
+    def spellings(self, paths):
+        """Every spelling of each of ``paths`` that files may hold (bytes)."""
+        out = set()
+        for p in paths:
+            if p:
+                out.update(os.fsencode(s) for s in
+                           (windows_spellings(p) if self.win else path_spellings(p)))
+        return sorted(out, key=lambda b: (-len(b), b))
+
+    def placeholders(self, exe=None, prompt=None):
+        """{placeholder: text} of the environment at this target whose base
+        interpreter is ``exe``: what create writes and commit looks for."""
+        out = {PH_ENV: self.path, PH_PROMPT: prompt or self.name(self.path)}
+        if exe:
+            out[PH_PYEXE], out[PH_PYHOME] = exe, self.parent(exe)
+        return out
+
+    def check_name(self, name):
+        """Raise if this system cannot hold a file named ``name`` (the rules
+        every name already meets are :func:`validate_name`'s)."""
+        if self.win:
+            check_windows_name(name)
+        return name
+
+    def is_absolute(self, link):
+        """Whether a symlink target is absolute on this system."""
+        if self.win:
+            return link[:1] in ("/", "\\") or bool(re.match(r"[A-Za-z]:", link))
+        return link.startswith("/")
+
+
+def python_facts(info):
+    """The manifest's python facts of an interpreter's :func:`query_python` info."""
+    return {k: info[k] for k in PYTHON_FACTS}
+
+
+def _inside(path, root):
+    """True if ``path`` is ``root`` or lies below it, as written or resolved
+    (a symlink into the folder counts as inside)."""
+    for p, r in ((os.path.abspath(path), os.path.abspath(root)),
+                 (os.path.realpath(path), os.path.realpath(root))):
+        p, r = os.path.normcase(p), os.path.normcase(r).rstrip(os.sep)
+        if p == r or p.startswith(r + os.sep):
+            return True
+    return False
+
+
 _PY_QUERY = (
     "import sys,sysconfig,json;print(json.dumps({"
     "'implementation':sys.implementation.name,"
@@ -1902,19 +2012,17 @@ def python_matches(info, need):
             and info["platform"] == need["platform"])
 
 
-def python_candidates(need, hint=None):
-    """Places a matching interpreter is likely to be, best first."""
-    major, minor = need["version"].split(".")[:2]
+def _python_names(major, minor):
+    """File names an interpreter of that version goes by, most specific first."""
+    return ([f"python{major}.{minor}"] if minor else []) + \
+        [f"python{major or 3}", "python", "python.exe"]
+
+
+def _usual_pythons(major, minor, names):
+    """Where interpreters of that version usually are on this machine."""
     mm = f"{major}.{minor}"
-    out = []
-    if hint:
-        out.append(hint)
-    out.append(sys.executable)
-    names = [f"python{mm}", f"python{major}", "python"]
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            out.append(found)
+    out = [sys.executable]
+    out += [found for found in map(shutil.which, names[:-1]) if found]
     roots = [os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")]
     for root in roots:
         vdir = os.path.join(root, "versions")
@@ -1934,12 +2042,49 @@ def python_candidates(need, hint=None):
         for base in (os.path.join(local, "Programs", "Python"),
                      os.environ.get("ProgramFiles", r"C:\Program Files")):
             out.append(os.path.join(base, f"Python{major}{minor}", "python.exe"))
+    return out
+
+
+def python_candidates(version, hints=(), homes=(), search=True):
+    """The one candidate list: existing paths where an interpreter of
+    ``version`` is likely to be, best first: ``hints``, its usual names in
+    the folders ``homes``, then (``search``) the usual places on this machine."""
+    major, minor = (version.split(".") + ["", ""])[:2]
+    names = _python_names(major, minor)
+    out = list(hints) + [os.path.join(h, n) for h in homes if h for n in names]
+    if search:
+        out += _usual_pythons(major, minor, names)
     seen, result = set(), []
     for c in out:
         if c and c not in seen and os.path.exists(c):
             seen.add(c)
             result.append(c)
     return result
+
+
+def venv_links(root, bindir):
+    """Absolute targets of the symlinks in a venv's ``bindir`` (its interpreter links)."""
+    folder, links = os.path.join(root, bindir), []
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            p = os.path.join(folder, name)
+            if os.path.islink(p) and os.path.isabs(os.readlink(p)):
+                links.append(os.readlink(p))
+    return links
+
+
+def venv_base_python(root, cfg, hints):
+    """(path, facts) of the interpreter the venv at ``root`` was made from:
+    the first of ``hints``, then of the names in its ``home``, that runs;
+    never one inside the environment (its files come from the image: running
+    one would run the image). (None, None) if none does."""
+    version = cfg.get("version") or cfg.get("version_info") or ""
+    for c in python_candidates(version, hints, [cfg.get("home")], search=False):
+        if not _inside(c, root):
+            info = query_python(c)
+            if info is not None and not _inside(info["executable"], root):
+                return c, info
+    return None, None
 
 
 def find_python(need, explicit=None, hint=None):
@@ -1958,7 +2103,7 @@ def find_python(need, explicit=None, hint=None):
                 f"{explicit} is {info['implementation']} {info['version']} ({info['platform']}) "
                 f"but the image needs {want}", "pass --python with a matching interpreter")
         return info["executable"], info
-    for cand in python_candidates(need, hint):
+    for cand in python_candidates(need["version"], [hint]):
         info = query_python(cand)
         if python_matches(info, need):
             return info["executable"], info
@@ -2054,8 +2199,9 @@ def canonical_header(data):
     return data
 
 
-def render_template(data, values, posix_header=not WINDOWS):
-    """Substitute placeholders; write the script header the target needs.
+def render_template(data, values, target=None):
+    """Substitute placeholders; write the script header ``target`` (default:
+    this machine) needs.
     Windows launchers (``MZ``...) are rendered structurally."""
     if data[:2] == b"MZ":
         if split_launcher(data) is not None:
@@ -2074,7 +2220,7 @@ def render_template(data, values, posix_header=not WINDOWS):
         rest = data[line_end + 1:]
         exe_len = len(header.group(1)) - len(PH_ENV) + len(values[PH_ENV])
         exe, post = data[2:2 + exe_len], data[2 + exe_len:line_end]
-        if posix_header and (b" " in exe or line_end + 1 > SHEBANG_MAX):
+        if not (target or Target.local()).win and (b" " in exe or line_end + 1 > SHEBANG_MAX):
             quoted = b'"' + exe + b'"' if b" " in exe else exe
             data = (b"#!/bin/sh\n'''exec' " + quoted + post + b' "$0" "$@"\n'
                     + b"' '''\n" + rest)
@@ -3028,13 +3174,18 @@ class Progress:
 
 
 class _FileJob:
-    __slots__ = ("rel", "path", "st", "entry", "blob", "size", "csize", "template", "read",
-                 "new", "offset", "readonly", "linked")
+    """One regular file of a commit: its stat, then (read, or known from a
+    cache) its blob."""
 
-    def __init__(self, rel, path, st, entry):
+    __slots__ = ("rel", "path", "name", "executable", "st", "blob", "size", "csize",
+                 "template", "read", "new", "offset", "readonly", "linked")
+
+    def __init__(self, rel, path, st):
         # a compact stat: (dev, ino, size, mtime_ns, ctime_ns); a full
         # os.stat_result costs ~600 bytes a file
-        self.rel, self.path, self.entry = rel, path, entry
+        self.rel, self.path = rel, path
+        self.name = rel.rsplit("/", 1)[-1]
+        self.executable = bool(st.st_mode & 0o111)
         self.st = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         self.blob = None
         self.size = st.st_size
@@ -3046,144 +3197,122 @@ class _FileJob:
         self.new = False    # this commit added the blob: "pack" or "loose"
         self.offset = None
 
+    def tree_entry(self):
+        """The file's tree entry, once its blob is known."""
+        if self.template:
+            type_ = T_TEMPLATE_EXEC if self.executable else T_TEMPLATE
+        else:
+            type_ = T_EXEC if self.executable else T_FILE
+        return TreeEntry(self.name, type_, self.blob)
+
 
 def _is_record(rel):
     parts = rel.rsplit("/", 2)
     return len(parts) >= 2 and parts[-1] == "RECORD" and parts[-2].endswith(".dist-info")
 
 
-class Committer:
-    """Turns one directory into trees, blobs and a manifest."""
+def _commit_kind(root, kind):
+    """The kind to commit ``root`` as (detected unless given); raises for a
+    folder that is missing or not an environment."""
+    if not os.path.exists(root):
+        raise NotFoundError("path", root, "check the path of the environment")
+    if not os.path.isdir(root):
+        raise InvalidInputError(f"{root} is not a directory", "give the environment's folder")
+    kind = kind or detect_kind(root)
+    if kind is None:
+        raise InvalidInputError(
+            f"{root} is not a Python environment (no pyvenv.cfg, no python executable)",
+            "pass --kind plain to commit it as a plain folder")
+    if kind not in KINDS:
+        raise UsageError(f"unknown kind {kind!r}", "use venv, standalone or plain")
+    return kind
 
-    def __init__(self, store, root, kind=None, python=None, labels=None, progress=None,
-                 windows_path=None, python_info=None):
-        self.store = store
-        self.root = os.path.abspath(root)
-        # windows_path: test-only, commit this folder as if it were a Windows
-        # environment at that path (python_info then describes its base python)
-        self.windows_path = windows_path
-        self.win = WINDOWS or windows_path is not None
-        self.python_info = python_info
-        self.kind = kind
-        self.python_arg = python
-        self.labels = dict(labels or {})
-        self.progress = progress or Progress("committing", enabled=False)
-        self.warnings = []
-        self.claim_lock = threading.Lock()
-        self.claimed = set()
-        self.pack = None
-        self.base_exe = None
-        self.python = None
-        self.pyvenv = {}
 
-    # -- set-up -------------------------------------------------------------
+def _read_pyvenv(root):
+    cfg_path = os.path.join(root, "pyvenv.cfg")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = parse_pyvenv_cfg(f.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"cannot read {cfg_path}: {exc}") from None
+    if not cfg.get("home"):
+        raise InvalidInputError(f"{cfg_path} has no 'home' line", "recreate the venv")
+    return cfg
 
-    def prepare(self):
-        root = self.root
-        if not os.path.exists(root):
-            raise NotFoundError("path", root, "check the path of the environment")
-        if not os.path.isdir(root):
-            raise InvalidInputError(f"{root} is not a directory", "give the environment's folder")
-        self.origin = self.store.container_origin(root)
-        kind = self.kind or detect_kind(root)
-        if kind is None:
-            raise InvalidInputError(
-                f"{root} is not a Python environment (no pyvenv.cfg, no python executable)",
-                "pass --kind plain to commit it as a plain folder")
-        if kind not in KINDS:
-            raise UsageError(f"unknown kind {kind!r}", "use venv, standalone or plain")
-        self.kind = kind
-        if self.windows_path is not None:
-            env_paths = windows_spellings(self.windows_path)
-        elif WINDOWS:
-            env_paths = windows_spellings(root)
+
+class _Source:
+    """Commit step 1: what the folder is (kind, python facts, pyvenv.cfg
+    settings, base interpreter) and the normalizers of the text in it that
+    names this machine."""
+
+    def __init__(self, store, root, target, kind=None, python=None):
+        self.store, self.root, self.target = store, root, target.at(root)
+        #: (image ID, recorded interpreter) when the folder is a container
+        self.origin = store.container_origin(root)
+        self.kind = _commit_kind(root, kind)
+        self.python, self.pyvenv, self.base_exe, self.cfg = None, {}, None, {}
+        self.exe_paths, self.home_paths, self.own_prompt = [], [], False
+        if self.kind == "venv":
+            self._venv(python)
+        elif self.kind == "standalone":
+            self._standalone()
+        self.env_norm, self.cfg_norm = self._normalizers()
+
+    def _venv(self, explicit):
+        cfg = self.cfg = _read_pyvenv(self.root)
+        links = venv_links(self.root, "Scripts" if self.target.win else "bin")
+        info = self.target.python
+        if info is not None:
+            self.base_exe = info["executable"]
         else:
-            env_paths = path_spellings(root)
-        exe_paths, home_paths, prompt = [], [], None
-        if kind == "venv":
-            cfg_path = os.path.join(root, "pyvenv.cfg")
-            try:
-                with open(cfg_path, encoding="utf-8") as f:
-                    cfg = parse_pyvenv_cfg(f.read())
-            except (OSError, UnicodeDecodeError) as exc:
-                raise InvalidInputError(f"cannot read {cfg_path}: {exc}") from None
-            home = cfg.get("home")
-            if not home:
-                raise InvalidInputError(f"{cfg_path} has no 'home' line", "recreate the venv")
-            candidates = []
-            if self.python_arg:
-                candidates.append(self.python_arg)
-            if cfg.get("executable"):
-                candidates.append(cfg["executable"])
-            bindir = os.path.join(root, "Scripts" if self.win else "bin")
-            links = []
-            if os.path.isdir(bindir):
-                for name in sorted(os.listdir(bindir)):
-                    p = os.path.join(bindir, name)
-                    if os.path.islink(p):
-                        t = os.readlink(p)
-                        if os.path.isabs(t):
-                            links.append(t)
-            candidates += links
-            ver = cfg.get("version") or cfg.get("version_info") or ""
-            mm = ".".join(ver.split(".")[:2])
-            for name in (f"python{mm}", "python3", "python", "python.exe"):
-                candidates.append(os.path.join(home, name))
-            info = self.python_info
-            if info is not None:
-                self.base_exe = info["executable"]
-            else:
-                info = self._base_python(candidates)
-            if info is None:
-                raise PythonError(f"the base interpreter of {root} (home = {home}) does not run "
-                                  "or lies inside the environment",
-                                  "pass --python with the interpreter that made the venv")
-            self.python = {k: info[k] for k in ("implementation", "version", "cache_tag", "platform")}
-            origin_py = self._origin_python()
-            if origin_py is not None and python_matches(info, origin_py):
-                self.python = origin_py  # a container: keep its image's facts
-            if self.win:
-                from pathlib import PureWindowsPath
-                exe_paths = [b for p in {cfg.get("executable"), info["executable"]} if p
-                             for b in windows_spellings(p)]
-                home_paths = [b for p in {home, str(PureWindowsPath(info["executable"]).parent)}
-                              for b in windows_spellings(p)]
-            else:
-                # a path inside the environment is not the base interpreter: it is
-                # templated as the environment's own
-                exe_paths = sorted({c for c in candidates[:2] + links
-                                    if c and not _inside(c, root)}
-                                   | {info["executable"], self.base_exe})
-                exe_paths = sorted(set(exe_paths) | {os.path.realpath(p) for p in exe_paths})
-                home_paths = sorted({home, os.path.realpath(home),
-                                     os.path.dirname(info["executable"])})
-            self.pyvenv = {k: v for k, v in cfg.items() if k not in PYVENV_PATH_KEYS}
-            if "prompt" not in cfg:
-                if self.windows_path is not None:
-                    from pathlib import PureWindowsPath
-                    prompt = PureWindowsPath(self.windows_path).name
-                else:
-                    prompt = os.path.basename(root)
-            if not self.win:  # a copied or moved venv: its old path is one more spelling
-                env_paths, prompt = venv_old_paths(root, cfg, env_paths, prompt,
-                                                   exe_paths + home_paths)
-        elif kind == "standalone":
-            # a container takes its image's facts: nothing in it runs. A folder
-            # vocker did not make is the user's own Python: running it to learn
-            # its version is what committing it asks for.
-            self.python = self._origin_python()
-            for name in ("bin/python3", "bin/python", "python.exe", "python"):
-                p = os.path.join(root, name)
-                if self.python is None and os.path.isfile(p):
-                    info = query_python(p)
-                    if info is not None:
-                        self.python = {k: info[k] for k in
-                                       ("implementation", "version", "cache_tag", "platform")}
-            if self.python is None:
-                raise InvalidInputError(f"the python in {root} does not run",
-                                        "pass --kind plain to commit it as a plain folder")
-        self.env_norm = Normalizer(env_paths, prompt=prompt)
-        self.cfg_norm = Normalizer(env_paths, exe_paths, home_paths)
+            recorded = self.origin[1] if self.origin else None
+            self.base_exe, info = venv_base_python(
+                self.root, cfg, [recorded, explicit, cfg.get("executable"), *links])
+        if info is None:
+            raise PythonError(f"the base interpreter of {self.root} (home = {cfg['home']}) "
+                              "does not run or lies inside the environment",
+                              "pass --python with the interpreter that made the venv")
+        self.python = python_facts(info)
+        origin_py = self._origin_python()
+        if origin_py is not None and python_matches(info, origin_py):
+            self.python = origin_py  # a container: keep its image's facts
+        # a path inside the environment is not the base interpreter: it is
+        # templated as the environment's own
+        exes = {explicit, cfg.get("executable"), *links, info["executable"], self.base_exe}
+        self.exe_paths = sorted(p for p in exes if p and (self.target.elsewhere
+                                                          or not _inside(p, self.root)))
+        self.home_paths = [cfg["home"], self.target.parent(info["executable"])]
+        self.pyvenv = {k: v for k, v in cfg.items() if k not in PYVENV_PATH_KEYS}
+        self.own_prompt = "prompt" not in cfg
+
+    def _standalone(self):
+        # a container takes its image's facts: nothing in it runs. A folder
+        # vocker did not make is the user's own Python: running it to learn
+        # its version is what committing it asks for.
+        self.python = self._origin_python()
+        for name in ("bin/python3", "bin/python", "python.exe", "python"):
+            p = os.path.join(self.root, name)
+            if self.python is None and os.path.isfile(p):
+                info = query_python(p)
+                if info is not None:
+                    self.python = python_facts(info)
+        if self.python is None:
+            raise InvalidInputError(f"the python in {self.root} does not run",
+                                    "pass --kind plain to commit it as a plain folder")
+
+    def _normalizers(self):
+        """The one place the placeholders' spellings are computed: the
+        environment's path, its base interpreter's and the prompt. Returns
+        (normalizer of files, normalizer of pyvenv.cfg)."""
+        t = self.target
+        values = t.placeholders()
+        env, prompt = [values[PH_ENV]], values[PH_PROMPT] if self.own_prompt else None
+        if self.kind == "venv" and not t.win:  # a copied or moved venv: its old path too
+            env, prompt = venv_old_paths(self.root, self.cfg, env, prompt,
+                                         self.exe_paths + self.home_paths)
+        env = t.spellings(env)
+        return (Normalizer(env, prompt=prompt),
+                Normalizer(env, t.spellings(self.exe_paths), t.spellings(self.home_paths)))
 
     def _origin_python(self):
         """The python facts of the image this folder is a container of."""
@@ -3194,50 +3323,51 @@ class Committer:
         except NotFoundError:
             return None
 
-    def _base_python(self, candidates):
-        """Facts of the first candidate that runs, never one inside the
-        environment (its files come from the image: running one would run
-        the image). A container's recorded interpreter goes first."""
-        if self.origin is not None and self.origin[1]:
-            candidates = [self.origin[1], *candidates]
-        for c in candidates:
-            if c and os.path.exists(c) and not _inside(c, self.root):
-                info = query_python(c)
-                if info is not None and not _inside(info["executable"], self.root):
-                    self.base_exe = c
-                    return info
-        return None
 
-    # -- walking ------------------------------------------------------------
+class _Folder:
+    """One walked folder: names of its sub-folders, its file jobs, and its
+    symlinks' final tree entries."""
 
-    def _walk(self, dirs, files, links):
-        """Scan the folder into ``dirs`` {rel: entries}, ``files`` and ``links``.
-        Iterative, and bounded by MAX_DEPTH: the depth rule walk_image applies."""
+    __slots__ = ("subdirs", "files", "links")
+
+    def __init__(self):
+        self.subdirs, self.files, self.links = [], [], []
+
+
+class _Walker:
+    """Commit step 2: scan the folder into folders and file jobs, by the name
+    and link rules pull and create apply."""
+
+    def __init__(self, source):
+        self.root, self.target, self.cfg_norm = source.root, source.target, source.cfg_norm
+        self.folders = {}   # relative path ("" is the top) -> _Folder
+        self.files = []
+
+    def walk(self):
+        """Iterative, and bounded by MAX_DEPTH: the depth rule walk_image applies."""
         stack = [""]
         while stack:
             rel = stack.pop()
-            entries = dirs[rel] = []
+            folder = self.folders[rel] = _Folder()
             for e, st in self._scan(rel):
-                name, mode = e.name, st.st_mode
-                child = f"{rel}/{name}" if rel else name
+                mode, child = st.st_mode, f"{rel}/{e.name}" if rel else e.name
                 if stat.S_ISDIR(mode):
                     if child.count("/") >= MAX_DEPTH:
                         raise InvalidInputError(
                             f"cannot commit {e.path}: folders nest more than {MAX_DEPTH} deep",
                             "flatten the folder tree; images cannot be created that deep")
-                    entries.append([name, T_DIR, child])
+                    folder.subdirs.append(e.name)
                     stack.append(child)
                 elif stat.S_ISLNK(mode):
-                    entry = [name, T_SYMLINK, os.readlink(e.path)]
-                    entries.append(entry)
-                    links.append((child, entry))
+                    folder.links.append(self._symlink(child, e.name, os.readlink(e.path)))
                 elif stat.S_ISREG(mode):
-                    entry = [name, T_EXEC if mode & 0o111 else T_FILE, None]
-                    entries.append(entry)
-                    files.append(_FileJob(child, e.path, st, entry))
+                    job = _FileJob(child, e.path, st)
+                    folder.files.append(job)
+                    self.files.append(job)
                 else:
                     raise InvalidInputError(f"{e.path} is a socket, pipe or device file",
                                             "remove it from the environment")
+        return self
 
     def _scan(self, rel):
         """[(DirEntry, lstat)] of one folder, sorted, bytecode left out (it is
@@ -3248,57 +3378,80 @@ class Committer:
                 items = sorted(it, key=lambda e: os.fsencode(e.name))
         except OSError as exc:
             raise InvalidInputError(f"cannot read {path}: {exc.strerror}") from None
-        out, folded = [], set()
+        items = [e for e in items
+                 if e.name != "__pycache__" and not e.name.endswith((".pyc", ".pyo"))]
         for e in items:
-            name = e.name
-            if name == "__pycache__" or name.endswith((".pyc", ".pyo")):
-                continue
             try:
-                validate_name(name)
-                if self.win:
-                    check_windows_name(name)
+                self.target.check_name(validate_name(e.name))
             except InvalidInputError as exc:
                 raise InvalidInputError(f"cannot commit {e.path}: {exc.message}",
                                         "rename the file") from None
-            key = name_key(name)
-            if key in folded:
-                raise InvalidInputError(
-                    f"cannot commit {e.path}: another name in that folder differs only by "
-                    "case or Unicode normalization",
-                    "rename one of them: images must work on case-insensitive disks")
-            folded.add(key)
-            out.append((e, e.stat(follow_symlinks=False)))
-        return out
+        try:
+            check_folder_names(e.name for e in items)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"cannot commit {path}: {exc.message}", exc.hint) from None
+        return [(e, e.stat(follow_symlinks=False)) for e in items]
 
-    def _symlink(self, rel, entry):
-        """Literal targets follow check_link_target, templated ones
-        check_link_template: the rules create and pull apply."""
-        target = entry[2]
+    def _symlink(self, rel, name, target):
+        """The link's tree entry. Literal targets follow check_link_target,
+        templated ones check_link_template: the rules create and pull apply."""
         raw = os.fsencode(target)
-        if os.path.isabs(target) or (WINDOWS and re.match(r"[A-Za-z]:", target)):
-            tpl = self.cfg_norm.normalize(raw, entry[0])
-            try:
-                if tpl is None:
-                    raise InvalidInputError(f"symlink {rel} points outside the environment")
-                check_link_template(rel, tpl)
-            except InvalidInputError:
-                raise InvalidInputError(
-                    f"cannot commit {os.path.join(self.root, rel)}: symlink points outside "
-                    f"the environment to {target}",
-                    "make it relative or replace it with the file") from None
-            entry[1], entry[2] = T_SYMLINK_TEMPLATE, tpl.hex()
-        else:
+        if not self.target.is_absolute(target):
             check_link_target(rel, target)
-            entry[2] = raw.hex()
+            return TreeEntry(name, T_SYMLINK, raw.hex())
+        tpl = self.cfg_norm.normalize(raw, name)
+        try:
+            if tpl is None:
+                raise InvalidInputError(f"symlink {rel} points outside the environment")
+            check_link_template(rel, tpl)
+        except InvalidInputError:
+            raise InvalidInputError(
+                f"cannot commit {os.path.join(self.root, rel)}: symlink points outside "
+                f"the environment to {target}",
+                "make it relative or replace it with the file") from None
+        return TreeEntry(name, T_SYMLINK_TEMPLATE, tpl.hex())
 
-    # -- file content -------------------------------------------------------
+
+class _Contents:
+    """Commit step 3: the blob of every file, from the stat cache, from pool
+    inodes, or read, normalized and stored into ``pack``."""
+
+    def __init__(self, source, pack, progress):
+        self.store, self.root, self.target = source.store, source.root, source.target
+        self.env_norm, self.cfg_norm = source.env_norm, source.cfg_norm
+        self.pack, self.progress = pack, progress
+        self.warnings = []
+        self.claim_lock = threading.Lock()
+        self.claimed = set()
+
+    def read_all(self, files):
+        """Fill every job's blob: RECORD files last (they list the templates)."""
+        self.progress.total = len(files)
+        self._lookup_known(files)
+        records = [j for j in files if _is_record(j.rel) and not j.blob]
+        misses = [j for j in files if not j.blob and not _is_record(j.rel)]
+        # largest first: a big file started last would leave the other threads idle
+        misses.sort(key=lambda j: -j.st[2])
+        self.progress.update(len(files) - len(misses) - len(records))
+        if misses:
+            workers = min(len(misses), COMMIT_THREADS)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in _bounded_map(pool, self._read_job, misses, 4 * workers):
+                    self.progress.update()
+        templated = {j.rel for j in files if j.template}
+        for job in records:
+            self._read_record(job, templated)
+            self.progress.update()
+        self.progress.close()
+
+    def close(self):
+        self.store.close_readers()
 
     def _lookup_known(self, files):
         """Fill blob IDs from the stat cache and from pool inodes."""
         cache = self.store.stat_cache_under(self.root)
         pool_q = {}
         empty = EMPTY_ID
-        fixed_ns = FIXED_MTIME * 10**9
         for job in files:
             st = job.st
             if st[2] == 0:
@@ -3312,6 +3465,20 @@ class Committer:
                 continue
             if job.linked:  # maybe a hardlink of a pool file
                 pool_q.setdefault(st[0], {}).setdefault(st[1], []).append(job)
+        self._pool_hits(pool_q)
+        # every blob named by a cache must still be in the store
+        present = self.store.present_blobs({j.blob for j in files if j.blob})
+        for job in files:
+            if job.blob and job.blob not in present:
+                if job.blob == empty:
+                    self._store_bytes(job, b"")
+                    job.read = True
+                    continue
+                job.blob, job.template = None, False
+
+    def _pool_hits(self, pool_q):
+        """Jobs that are hardlinks of intact pool files take their blob."""
+        fixed_ns = FIXED_MTIME * 10**9
         damaged = {}
         for dev, by_ino in pool_q.items():
             for ino, blob, size, exe in self.store.pool_inodes_on(dev, by_ino):
@@ -3322,16 +3489,6 @@ class Committer:
                         damaged[(dev, ino)] = (blob, bool(exe), job.rel)
         if damaged:
             self._drop_damaged_pool(damaged)
-        # every blob named by a cache must still be in the store
-        known = {j.blob for j in files if j.blob}
-        present = self.store.present_blobs(known)
-        for job in files:
-            if job.blob and job.blob not in present:
-                if job.blob == empty:
-                    self._store_bytes(job, b"")
-                    job.read = True
-                    continue
-                job.blob, job.template = None, False
 
     def _drop_damaged_pool(self, damaged):
         """Pool files that were modified through a container's hardlink no
@@ -3357,11 +3514,11 @@ class Committer:
 
     def _content(self, job, data):
         """Normalize, hash and store bytes of one file."""
-        name = job.entry[0]
+        name = job.name
         if name == "uv_cache.json" and job.rel.rsplit("/", 2)[-2].endswith(".dist-info"):
             data = normalize_uv_cache(data)
         norm = self.cfg_norm if job.rel == "pyvenv.cfg" else self.env_norm
-        if self.win and data[:2] == b"MZ" and name.lower().endswith(".exe"):
+        if self.target.win and data[:2] == b"MZ" and name.lower().endswith(".exe"):
             needles = self.env_norm.env_needles
             tpl = launcher_template(data, needles, PH_ENV, ignore_case=True)
             if tpl is None and is_uv_trampoline(data):
@@ -3401,8 +3558,7 @@ class Committer:
             job.new = "pack"
 
     def _read_job(self, job):
-        size = job.st[2]
-        if size <= SMALL_FILE:
+        if job.st[2] <= SMALL_FILE:
             with open(job.path, "rb") as f:
                 data = f.read()
             self._content(job, data)
@@ -3440,80 +3596,79 @@ class Committer:
         data = normalize_record(data, job.rel, templated)
         self._content(job, data)
 
-    # -- the whole commit -----------------------------------------------------
+
+class Committed:
+    """What a commit made: its manifest and trees, the file jobs (each with
+    its blob), the pack new blobs went to, the base interpreter, warnings."""
+
+    def __init__(self, manifest, trees, files, pack_id, base_exe, warnings):
+        self.manifest, self.trees, self.files = manifest, trees, files
+        self.pack_id, self.base_exe, self.warnings = pack_id, base_exe, warnings
+
+    def blob_rows(self):
+        """(id, size, csize, pack, offset) of the blobs this commit added."""
+        return [(j.blob, j.size, j.csize, self.pack_id if j.new == "pack" else None, j.offset)
+                for j in self.files if j.new]
+
+    def stat_rows(self):
+        """Stat cache rows of the files that were read."""
+        return [(j.path, *j.st, j.blob, int(j.template)) for j in self.files
+                if j.read and j.st[2]]
+
+
+class Committer:
+    """Turns one directory into trees, blobs and a manifest, in named steps:
+    the source (kind, python, placeholders), the walk, the file contents,
+    the trees, the manifest. :meth:`run` returns a :class:`Committed`."""
+
+    def __init__(self, store, root, kind=None, python=None, labels=None, progress=None,
+                 target=None):
+        self.store, self.root = store, os.path.abspath(root)
+        self.kind, self.python_arg = kind, python
+        self.labels = dict(labels or {})
+        self.progress = progress or Progress("committing", enabled=False)
+        self.target = target or Target.local()
 
     def run(self):
-        """Build the image; the caller must finish() or abort() the pack."""
-        self.prepare()
-        self.pack = self.store.pack_writer()
-        dirs, files, links = {}, [], []
-        self._walk(dirs, files, links)
-        for rel, entry in links:
-            self._symlink(rel, entry)
-        self.progress.total = len(files)
-        self._lookup_known(files)
-        records = [j for j in files if _is_record(j.rel) and not j.blob]
-        misses = [j for j in files if not j.blob and not _is_record(j.rel)]
-        # largest first: a big file started last would leave the other threads idle
-        misses.sort(key=lambda j: -j.st[2])
-        self.progress.update(len(files) - len(misses) - len(records))
-        if misses:
-            workers = min(len(misses), COMMIT_THREADS)
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for _ in _bounded_map(pool, self._read_job, misses, 4 * workers):
-                    self.progress.update()
-        templated = {j.rel for j in files if j.template}
-        for job in records:
-            self._read_record(job, templated)
-            self.progress.update()
-        self.progress.close()
-        # trees, bottom-up
-        trees = {}
-        for job in files:
-            job.entry[1] = ((T_TEMPLATE_EXEC if job.entry[1] == T_EXEC else T_TEMPLATE)
-                            if job.template else job.entry[1])
-            job.entry[2] = job.blob
-        order = sorted(dirs, key=lambda r: (r.count("/") + 1) if r else 0, reverse=True)
-        tree_ids = {}
-        for rel in order:
-            entries = []
-            for name, type_, ref in dirs[rel]:
-                if type_ == T_DIR:
-                    ref = tree_ids[ref]
-                entries.append(TreeEntry(name, type_, ref))
-            tree = Tree(entries)
-            data = tree.serialize()
-            tid = hash_bytes(data)
-            trees[tid] = data
-            tree_ids[rel] = tid
-        manifest = Manifest(self.kind, tree_ids[""], python=self.python, pyvenv=self.pyvenv,
+        """Build the image; new blobs go into one pack, finished here (or
+        aborted, with loose blobs the only other writes so far)."""
+        source = _Source(self.store, self.root, self.target, self.kind, self.python_arg)
+        pack = self.store.pack_writer()
+        contents = _Contents(source, pack, self.progress)
+        try:
+            walker = _Walker(source).walk()
+            contents.read_all(walker.files)
+            root_id, trees = build_trees({rel: ([*(j.tree_entry() for j in f.files), *f.links],
+                                                f.subdirs)
+                                          for rel, f in walker.folders.items()})
+            manifest = self._manifest(source, root_id)
+            pack_id = pack.finish()
+        except BaseException as exc:
+            pack.abort()
+            if _disk_full(exc):
+                raise self.store.full_error() from None
+            raise
+        finally:
+            contents.close()
+        return Committed(manifest, trees, walker.files, pack_id, source.base_exe,
+                         contents.warnings)
+
+    def _manifest(self, source, root_id):
+        """The image's manifest; a container unchanged gives its image back,
+        changed names it as parent."""
+        manifest = Manifest(source.kind, root_id, python=source.python, pyvenv=source.pyvenv,
                             labels=self.labels)
-        if self.origin:
-            # a container: unchanged gives its image back; changed names it as parent
-            try:
-                origin = self.store.manifest(self.origin[0])
-            except NotFoundError:
-                origin = None
-            if origin is not None:
-                manifest.labels = {**origin.labels, **self.labels}
-                if dict(origin.to_dict(), parent=None) == manifest.to_dict():
-                    manifest = origin
-                else:
-                    manifest.parent = self.origin[0]
-        self.files = files
-        self.trees = trees
+        if source.origin is None:
+            return manifest
+        try:
+            origin = self.store.manifest(source.origin[0])
+        except NotFoundError:
+            return manifest
+        manifest.labels = {**origin.labels, **self.labels}
+        if dict(origin.to_dict(), parent=None) == manifest.to_dict():
+            return origin
+        manifest.parent = source.origin[0]
         return manifest
-
-
-def _inside(path, root):
-    """True if ``path`` is ``root`` or lies below it, as written or resolved
-    (a symlink into the folder counts as inside)."""
-    for p, r in ((os.path.abspath(path), os.path.abspath(root)),
-                 (os.path.realpath(path), os.path.realpath(root))):
-        p, r = os.path.normcase(p), os.path.normcase(r).rstrip(os.sep)
-        if p == r or p.startswith(r + os.sep):
-            return True
-    return False
 
 
 def _full_disk_error(exc, stage, target, store):
@@ -3634,41 +3789,24 @@ def _cctx():
 
 
 def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=None,
-           windows_path=None, python_info=None):
+           target=None):
     """Commit the environment at ``path``; returns a dict describing the image.
-
-    ``windows_path``/``python_info`` are for tests: commit a folder holding a
-    Windows-shaped venv as if it lived at that Windows path."""
+    ``target`` (default: this machine) says how the environment's system
+    spells it (tests: :meth:`Target.windows`)."""
     t0 = time.monotonic()
     tags = [normalize_tag(t) for t in tags]
     check_labels(dict(labels or {}))
     c = Committer(store, path, kind=kind, python=python, labels=labels, progress=progress,
-                  windows_path=windows_path, python_info=python_info)
-    try:
-        manifest = c.run()
-        pack_id = c.pack.finish()
-    except BaseException as exc:
-        if c.pack is not None:
-            c.pack.abort()
-        if _disk_full(exc):  # the pack and loose blobs are the only writes so far
-            raise store.full_error() from None
-        raise
-    finally:
-        store.close_readers()
-    data = manifest.serialize()
+                  target=target).run()
+    data = c.manifest.serialize()
     image_id = hash_bytes(data)
-    files = c.files
-    blob_rows = [(j.blob, j.size, j.csize, pack_id if j.new == "pack" else None, j.offset)
-                 for j in files if j.new]
-    stat_rows = []
-    for j in files:
-        if j.read and j.st[2]:
-            stat_rows.append((j.path, *j.st, j.blob, int(j.template)))
     with store.transaction():
-        size, nfiles = store.add_image(image_id, data, c.trees, blob_rows, tags, c.root, c.base_exe)
-        store.cache_stats(stat_rows)
-    return {"id": image_id, "short_id": short_id(image_id), "tags": tags, "kind": manifest.kind,
-            "python": manifest.python, "parent": manifest.parent, "files": nfiles,
+        size, nfiles = store.add_image(image_id, data, c.trees, c.blob_rows(), tags=tags,
+                                       source=os.path.abspath(path), base_exe=c.base_exe)
+        store.cache_stats(c.stat_rows())
+    files, m = c.files, c.manifest
+    return {"id": image_id, "short_id": short_id(image_id), "tags": tags, "kind": m.kind,
+            "python": m.python, "parent": m.parent, "files": nfiles,
             "size": size, "files_read": sum(1 for j in files if j.read),
             "bytes_read": sum(j.st[2] for j in files if j.read),
             "seconds": round(time.monotonic() - t0, 3), "warnings": c.warnings}
@@ -3782,7 +3920,7 @@ def _expansion(get_tree, root):
                 raise _too_large("deep (its trees form a cycle)")
             tree = get_tree(tree_id)
             done[tree_id] = None
-            _check_tree_names(tree)
+            check_folder_names(e.name for e in tree.entries)
             stack.append((tree_id, tree))
             for e in tree.entries:
                 if e.type == T_DIR and done.get(e.ref) is None:
@@ -3804,18 +3942,6 @@ def _expansion(get_tree, root):
             raise _too_large("deep")
         done[tree_id] = (tree, paths, depth)
     return done
-
-
-def _check_tree_names(tree):
-    """Names in one folder must not collide (see :func:`name_key`)."""
-    folded = set()
-    for e in tree.entries:
-        key = name_key(e.name)
-        if key in folded:
-            raise InvalidInputError(f"names collide by case or Unicode normalization in an "
-                                    f"image tree: {e.name!r}",
-                                    "this image cannot be created on a case-insensitive disk")
-        folded.add(key)
 
 
 #: the documented interpreter links: ``bin/python*`` (``Scripts\\python*``) at
@@ -3850,11 +3976,14 @@ def check_bytecode_name(rel, name):
                                 "vocker compiles bytecode itself; commit the image without it")
 
 
-def _image_plan(store, manifest):
+def _image_plan(store, manifest, target=None):
     """Walk an image's trees: (dirs, files, links) with validated relative
-    paths and link targets (refused before anything is written)."""
+    paths, link targets and (given a ``target``) names that system can hold,
+    refused before anything is written."""
     dirs, files, links = [], [], []
     for child, e in walk_image(store.tree, manifest.root):
+        if target is not None:
+            target.check_name(e.name)
         if e.type == T_DIR:
             dirs.append(child)
         elif e.type in LINK_TYPES:
@@ -3961,155 +4090,35 @@ def _is_compilable(rel, kind):
     return "/" in rel or kind != "venv"
 
 
-class Creator:
-    """Materializes one image at one path."""
+def _create_python(store, image_id, manifest, target, explicit):
+    """(executable, facts) of the base interpreter a container of a venv
+    image uses: the target's, else a matching one found on this machine;
+    (None, None) for other kinds."""
+    if manifest.kind != "venv":
+        return None, None
+    if manifest.python is None:
+        raise InvalidInputError("venv image has no python requirement")
+    given = target.python
+    if given is not None:
+        if not python_matches(given, manifest.python):
+            raise PythonError("the given interpreter does not match the image")
+        return given["executable"], given
+    return find_python(manifest.python, explicit, store.base_exe(image_id))
 
-    def __init__(self, store, image_id, target, link_mode="auto", python=None,
-                 compile=True, progress=None, windows_path=None, python_info=None,
-                 checkpoint=None):
-        self.store = store
-        # checkpoint: test-only, called with the name of each crash window
-        # ("pending", "staged", "materialized", "renamed")
-        self.checkpoint = checkpoint or (lambda window: None)
-        self.image_id = image_id
-        self.manifest = store.manifest(image_id)
-        self.target = os.path.abspath(target)
-        # windows_path: test-only, materialize here as if at that Windows path
-        # (python_info then names the base interpreter; nothing is compiled)
-        self.windows_path = windows_path
-        self.win = WINDOWS or windows_path is not None
-        self.python_info = python_info
-        if windows_path is not None:
-            compile = False
-        self.python_arg = python
-        self.compile = compile
-        self.progress = progress or Progress("creating", enabled=False)
-        self.new_inodes = []
-        self.linker = Linker(store, link_mode, self.new_inodes)
-        self.templates = []  # final paths of templated files, with their blob
-        self.exe = None
-        self.info = None
-        self.pyc_compiled = 0
-        self.pyc_cached = 0
-        self.pyc_failed = 0
-        self.pyc_rows = []
-        self.pyc_file_rows = []
-        self.warnings = []
-        self.repaired = 0
 
-    def resolve_python(self):
-        m = self.manifest
-        if m.kind == "venv":
-            if m.python is None:
-                raise InvalidInputError("venv image has no python requirement")
-            if self.python_info is not None:
-                if not python_matches(self.python_info, m.python):
-                    raise PythonError("the given interpreter does not match the image")
-                self.exe, self.info = self.python_info["executable"], self.python_info
-                return
-            self.exe, self.info = find_python(m.python, self.python_arg,
-                                              self.store.base_exe(self.image_id))
+class _Materializer:
+    """Create step: an image's folders, files and templates written into a
+    staging folder, then (after the bytecode) its links; the stat cache rows
+    of the files that are not pool inodes."""
 
-    def values(self):
-        if self.windows_path is not None:
-            from pathlib import PureWindowsPath
-            w = PureWindowsPath(self.windows_path)
-            v = {PH_ENV: str(w).encode("utf-8"), PH_PROMPT: w.name.encode("utf-8")}
-            if self.exe:
-                v[PH_PYEXE] = self.exe.encode("utf-8")
-                v[PH_PYHOME] = str(PureWindowsPath(self.exe).parent).encode("utf-8")
-            return v
-        v = {PH_ENV: os.fsencode(self.target),
-             PH_PROMPT: os.path.basename(self.target).encode("utf-8")}
-        if self.exe:
-            v[PH_PYEXE] = os.fsencode(self.exe)
-            v[PH_PYHOME] = os.fsencode(os.path.dirname(self.exe))
-        return v
+    def __init__(self, store, manifest, path, target, linker, values, progress):
+        self.store, self.manifest, self.path, self.target = store, manifest, path, target
+        self.linker, self.values, self.progress = linker, values, progress
+        self.templates = []  # templated files, with their blob
 
-    def _link_target(self, rel, entry, values):
-        if entry.type == T_SYMLINK:
-            target = entry.target
-            check_link_target(rel, target)
-            return target
-        tpl = bytes.fromhex(entry.ref)
-        check_link_template(rel, tpl)
-        return os.fsdecode(render_template(tpl, values))
-
-    def run(self):
-        store, m = self.store, self.manifest
-        target = self.target
-        self._clear_leftover()
-        self.resolve_python()
-        dirs, files, links = _image_plan(store, m)
-        if self.win:  # names Windows cannot hold are refused before anything is written
-            for rel in itertools.chain(dirs, (r for r, _ in files), (r for r, _ in links)):
-                check_windows_name(rel.rsplit("/", 1)[-1])
-        values = self.values()
-        self.progress.total = len(files)
-        parent = os.path.dirname(target)
-        try:
-            os.makedirs(parent, exist_ok=True)
-            _remove_stale_stages(parent, os.path.basename(target))
-            stage = extended_path(os.path.join(parent, f".{os.path.basename(target)}.vocker-"
-                                                       f"{os.getpid()}-{uuid.uuid4().hex[:8]}"))
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
-                                     "check the folder is writable") from None
-        self.stage = stage
-        store.add_pending_create(target, stage, _hostname())
-        try:
-            self.checkpoint("pending")
-            try:
-                os.mkdir(stage)
-            except OSError as exc:
-                raise EnvironmentProblem(f"cannot create {target}: {exc.strerror}",
-                                         "check the folder is writable") from None
-            self.checkpoint("staged")
-            try:
-                self._materialize(stage, dirs, files, links, values)
-            except FileExistsError as exc:  # names this disk folds together (case, Unicode form)
-                raise InvalidInputError(
-                    f"two entries of the image name one file on this disk: "
-                    f"{os.path.relpath(exc.filename, stage)}",
-                    "create it on a disk that keeps such names apart") from None
-            except (OSError, LinkModeError) as exc:
-                if _disk_full(exc):
-                    raise _full_disk_error(exc, stage, target, store) from None
-                raise
-            store.set_pending_stage(target, stage, os.lstat(stage))
-            if os.path.lexists(target):
-                raise ConflictError(f"{target} appeared while it was being created")
-            os.rename(stage, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                rmtree(stage)
-            with contextlib.suppress(EnvironmentProblem):
-                store.drop_pending_create(target, stage)
-            raise
-        finally:
-            self.progress.close()
-        self.checkpoint("renamed")
-        return self._record()
-
-    def _clear_leftover(self):
-        """Refuse an existing target, unless it is what an interrupted create
-        of vocker left there: then remove that and go on."""
-        store, target = self.store, self.target
-        row = store.pending_create(target)
-        if row is not None:
-            if not _create_dead(row, _hostname()):
-                raise ConflictError(f"{target} is being created by vocker process {row['pid']}",
-                                    "wait for it to finish, or choose another path")
-            try:
-                _remove_leftover(store, row)
-            except OSError as exc:
-                raise EnvironmentProblem(f"cannot remove the interrupted create at {target}: "
-                                         f"{exc.strerror}", "remove it by hand") from None
-        if os.path.lexists(target):
-            raise ConflictError(f"{target} already exists",
-                                "choose a new path, or remove it first (vocker rm PATH)")
-
-    def _materialize(self, stage, dirs, files, links, values):
+    def files(self, stage, dirs, files, compile):
+        """Write folders and files; returns the .py files to compile, as
+        [(rel, blob, executable)]."""
         join = os.path.join
         for rel in dirs:
             os.mkdir(join(stage, rel))
@@ -4128,34 +4137,164 @@ class Creator:
                     os.utime(dst, (FIXED_MTIME, FIXED_MTIME))
                 else:
                     place(e.ref, executable, dst)
-                if self.compile and _is_compilable(rel, self.manifest.kind):
+                if compile and _is_compilable(rel, self.manifest.kind):
                     py_files.append((rel, e.ref, executable))
             else:
-                data = render_template(self.store.read_blob(e.ref), values,
-                                       posix_header=not self.win)
+                data = render_template(self.store.read_blob(e.ref), self.values, self.target)
                 fd = create_exclusive(dst, 0o755 if e.type == T_TEMPLATE_EXEC else 0o644)
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                 self.templates.append((rel, e.ref))
             self.progress.update()
-        if py_files and self.manifest.kind != "plain":
-            self._pycs(stage, py_files)
-        # links last: no file or folder is ever made through one
-        self.checkpoint("materialized")
+        return py_files
+
+    def links(self, stage, links):
+        """Links last: no file or folder is ever made through one."""
         for rel, e in links:
-            os.symlink(self._link_target(rel, e, values), join(stage, rel))
-        # stat cache rows: files that are not pool inodes
-        self.stat_rows = []
+            os.symlink(self._link_target(rel, e), os.path.join(stage, rel))
+
+    def _link_target(self, rel, entry):
+        if entry.type == T_SYMLINK:
+            target = entry.target
+            check_link_target(rel, target)
+            return target
+        tpl = bytes.fromhex(entry.ref)
+        check_link_template(rel, tpl)
+        return os.fsdecode(render_template(tpl, self.values, self.target))
+
+    def stat_rows(self, stage, files):
+        """[(final path, lstat, blob, template)] of the files that are not
+        pool inodes: templates, and copies."""
+        join, rows = os.path.join, []
         for rel, blob in self.templates:
-            st = os.lstat(join(stage, rel))
-            self.stat_rows.append((join(self.target, rel), st, blob, 1))
+            rows.append((join(self.path, rel), os.lstat(join(stage, rel)), blob, 1))
         if self.linker.mode != "hardlink":
             blob_of = {join(stage, rel): e.ref for rel, e in files if e.type in FILE_TYPES}
             for path in self.linker.copies:
                 if path in blob_of:
-                    st = os.lstat(path)
                     rel = os.path.relpath(path, stage)
-                    self.stat_rows.append((join(self.target, rel), st, blob_of[path], 0))
+                    rows.append((join(self.path, rel), os.lstat(path), blob_of[path], 0))
+        return rows
+
+
+class Creator:
+    """Materializes one image at one path, in named steps: the base
+    interpreter, the plan (every name and link checked), the staging folder,
+    its files, bytecode and links, the final rename, the record."""
+
+    def __init__(self, store, image_id, path, link_mode="auto", python=None,
+                 compile=True, progress=None, target=None, checkpoint=None):
+        self.store = store
+        # checkpoint: test-only, called with the name of each crash window
+        # ("pending", "staged", "materialized", "renamed")
+        self.checkpoint = checkpoint or (lambda window: None)
+        self.image_id = image_id
+        self.manifest = store.manifest(image_id)
+        self.path = os.path.abspath(path)
+        self.target = (target or Target.local()).at(self.path)
+        if self.target.elsewhere:  # nothing of an environment elsewhere runs here
+            compile = False
+        self.python_arg = python
+        self.compile = compile
+        self.progress = progress or Progress("creating", enabled=False)
+        self.new_inodes = []
+        self.linker = Linker(store, link_mode, self.new_inodes)
+        self.exe = None
+        self.info = None
+        self.pyc_compiled = 0
+        self.pyc_cached = 0
+        self.pyc_failed = 0
+        self.pyc_rows = []
+        self.pyc_file_rows = []
+        self.stat_rows = []
+        self.warnings = []
+        self.repaired = 0
+
+    def run(self):
+        self._clear_leftover()
+        self.exe, self.info = _create_python(self.store, self.image_id, self.manifest,
+                                             self.target, self.python_arg)
+        plan = _image_plan(self.store, self.manifest, self.target)
+        self.progress.total = len(plan[1])
+        stage = self._stage_path()
+        self.store.add_pending_create(self.path, stage, _hostname())
+        try:
+            self.checkpoint("pending")
+            self._build(stage, *plan)
+            if os.path.lexists(self.path):
+                raise ConflictError(f"{self.path} appeared while it was being created")
+            os.rename(stage, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                rmtree(stage)
+            with contextlib.suppress(sqlite3.Error):
+                self.store.drop_pending_create(self.path, stage)
+            raise
+        finally:
+            self.progress.close()
+        self.checkpoint("renamed")
+        return self._record(stage)
+
+    def _stage_path(self):
+        """A new staging folder's path beside the target (leftovers of dead
+        vocker processes there removed)."""
+        parent, name = os.path.dirname(self.path), os.path.basename(self.path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            _remove_stale_stages(parent, name)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot create {self.path}: {exc.strerror}",
+                                     "check the folder is writable") from None
+        return extended_path(os.path.join(
+            parent, f".{name}.vocker-{os.getpid()}-{uuid.uuid4().hex[:8]}"))
+
+    def _build(self, stage, dirs, files, links):
+        """Make and fill the staging folder; remember it in the pending row."""
+        try:
+            os.mkdir(stage)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot create {self.path}: {exc.strerror}",
+                                     "check the folder is writable") from None
+        self.checkpoint("staged")
+        values = {ph: os.fsencode(v) for ph, v in self.target.placeholders(self.exe).items()}
+        m = _Materializer(self.store, self.manifest, self.path, self.target, self.linker,
+                          values, self.progress)
+        try:
+            py_files = m.files(stage, dirs, files, self.compile)
+            if py_files and self.manifest.kind != "plain":
+                self._pycs(stage, py_files)
+            self.checkpoint("materialized")
+            m.links(stage, links)
+            self.stat_rows = m.stat_rows(stage, files)
+        except FileExistsError as exc:  # names this disk folds together (case, Unicode form)
+            raise InvalidInputError(
+                f"two entries of the image name one file on this disk: "
+                f"{os.path.relpath(exc.filename, stage)}",
+                "create it on a disk that keeps such names apart") from None
+        except (OSError, LinkModeError) as exc:
+            if _disk_full(exc):
+                raise _full_disk_error(exc, stage, self.path, self.store) from None
+            raise
+        self.store.set_pending_stage(self.path, stage, os.lstat(stage))
+
+
+    def _clear_leftover(self):
+        """Refuse an existing target, unless it is what an interrupted create
+        of vocker left there: then remove that and go on."""
+        store, target = self.store, self.path
+        row = store.pending_create(target)
+        if row is not None:
+            if not _create_dead(row, _hostname()):
+                raise ConflictError(f"{target} is being created by vocker process {row['pid']}",
+                                    "wait for it to finish, or choose another path")
+            try:
+                _remove_leftover(store, row)
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot remove the interrupted create at {target}: "
+                                         f"{exc.strerror}", "remove it by hand") from None
+        if os.path.lexists(target):
+            raise ConflictError(f"{target} already exists",
+                                "choose a new path, or remove it first (vocker rm PATH)")
 
     def _pyc_interpreter(self):
         """The interpreter that compiles: never one from the image (nothing
@@ -4247,35 +4386,36 @@ class Creator:
                 self.repaired += 1
             del known[b]
 
-    def _record(self):
-        store = self.store
+    def _record(self, stage):
+        """Record the container, its new pool files, bytecode and stat cache
+        rows, and end its pending row: one transaction."""
+        store, mode = self.store, self.linker.mode or "none"
         rows = [(p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob, tpl)
                 for p, st, blob, tpl in self.stat_rows]
         with store.transaction():
             store.add_pool_inodes(self.new_inodes)
             store.add_pycs(self.pyc_rows, self.pyc_file_rows)
             store.cache_stats(rows)
-            store.add_container(self.target, self.image_id, self.linker.mode or "none", self.exe)
-            store.drop_pending_create(self.target, self.stage)
-        return {"path": self.target, "image": self.image_id, "short_id": short_id(self.image_id),
-                "link_mode": self.linker.mode or "none", "python": self.exe,
+            store.add_container(self.path, self.image_id, mode, self.exe)
+            store.drop_pending_create(self.path, stage)
+        return {"path": self.path, "image": self.image_id, "short_id": short_id(self.image_id),
+                "link_mode": mode, "python": self.exe,
                 "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached,
                 "pyc_failed": self.pyc_failed,
                 "repaired": self.repaired + self.linker.repaired, "warnings": self.warnings}
 
-
 def create(store, image, path, link_mode="auto", python=None, compile=True, progress=None,
-           windows_path=None, python_info=None, checkpoint=None):
+           target=None, checkpoint=None):
     """Create a container of ``image`` at ``path``; returns a dict describing it.
-
-    ``windows_path``/``python_info`` are for tests (see :func:`commit`), and
-    ``checkpoint`` (called with the name of each crash window)."""
+    ``target`` (default: this machine) says how the environment's system spells
+    it (tests: :meth:`Target.windows`); ``checkpoint`` (tests) is called with
+    the name of each crash window."""
     t0 = time.monotonic()
     if link_mode not in LINK_MODES:
         raise UsageError(f"unknown link mode {link_mode!r}", "use auto, reflink, hardlink or copy")
     image_id = store.resolve_image(image)
     c = Creator(store, image_id, path, link_mode, python, compile, progress,
-                windows_path, python_info, checkpoint)
+                target, checkpoint)
     result = c.run()
     result["seconds"] = round(time.monotonic() - t0, 3)
     return result
@@ -5121,11 +5261,10 @@ def blobs_file_bytes(blobs):
                    for b, (size, pack, offset, csize) in blobs.items()).encode("ascii")
 
 
-def check_image_trees(trees, root, local_windows=None):
-    """Walk the trees from ``root``: all present, names and links safe.
-    Returns the set of blob IDs the image needs."""
-    if local_windows is None:
-        local_windows = WINDOWS
+def check_image_trees(trees, root):
+    """Walk the trees from ``root``: all present, names and links safe (the
+    names by this machine's rules when they were parsed). Returns the set of
+    blob IDs the image needs."""
 
     def get_tree(tid):
         tree = trees.get(tid)
@@ -5134,8 +5273,6 @@ def check_image_trees(trees, root, local_windows=None):
         return tree
     need = set()
     for child, e in walk_image(get_tree, root):
-        if local_windows:
-            check_windows_name(e.name)
         if e.type == T_SYMLINK:
             check_link_target(child, e.target)
         elif e.type == T_SYMLINK_TEMPLATE:

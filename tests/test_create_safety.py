@@ -352,7 +352,7 @@ def test_windows_rm_restores_the_read_only_attribute_on_the_pool(three_container
 
     def restore(st):
         restored.append(store.restore_readonly(st))
-    vocker.rmtree(str(c1), restore_readonly=restore, windows=True)
+    vocker.rmtree(str(c1), restore_readonly=restore, target=vocker.Target.windows())
     assert not c1.exists()
     pycs = {store.pool_path(r[0]) for r in store.db.execute("SELECT id FROM pyc_files")}
     assert len(restored) == 4 and len(pycs & set(restored)) == 2   # 2 sources, 2 .pyc

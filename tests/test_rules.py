@@ -191,7 +191,7 @@ def test_commit_refuses(shape, folder, store):
     name, make, _, kind = shape
     make(folder)
     text = _refused_one_line(lambda: vocker.commit(store, folder, kind=kind,
-                                                   python_info=dict(FAKE_PY)))
+                                                   target=vocker.Target.local(dict(FAKE_PY))))
     assert str(folder) in text or "symlink" in text
     assert vocker.list_images(store) == []
     assert not [n for n in os.listdir(store.tmp_dir) if n.startswith(("pack-", "blob-"))]
@@ -227,8 +227,8 @@ def test_create_refuses(shape, tmp_path, store):
     name, _, crafted, kind = shape
     image = _put_image(store, crafted, kind)
     target = tmp_path / "c"
-    _refused_one_line(lambda: vocker.create(store, image, target, python_info=dict(FAKE_PY),
-                                            compile=False))
+    _refused_one_line(lambda: vocker.create(store, image, target, compile=False,
+                                            target=vocker.Target.local(dict(FAKE_PY))))
     assert not target.exists()
     assert os.listdir(tmp_path) == ["store"]
 

@@ -582,8 +582,8 @@ def test_windows_venvs_at_two_paths_on_two_days_give_one_id(tmp_path):
     a = make_windows_venv(tmp_path / "a", ENV_A, (2026, 3, 1, 10, 0, 0))
     b = make_windows_venv(tmp_path / "b", r"d:\Other Place\proj", (2026, 11, 27, 23, 59, 58))
     with vocker.Store(tmp_path / "home") as store:
-        ra = vocker.commit(store, a, windows_path=ENV_A, python_info=WIN_PY)
-        rb = vocker.commit(store, b, windows_path=r"d:\Other Place\proj", python_info=WIN_PY)
+        ra = vocker.commit(store, a, target=vocker.Target.windows(ENV_A, WIN_PY))
+        rb = vocker.commit(store, b, target=vocker.Target.windows(r"d:\Other Place\proj", WIN_PY))
         assert ra["id"] == rb["id"]
         assert ra["warnings"] == []
         m = store.manifest(ra["id"])
@@ -596,8 +596,8 @@ def test_windows_venvs_at_two_paths_on_two_days_give_one_id(tmp_path):
         assert kinds["Scripts/python.exe"] == "f"
         # and a different package gives another ID (the test can fail)
         (b / "Lib" / "site-packages" / "vockdemo" / "core.py").write_bytes(CORE_PY + b"#\n")
-        assert vocker.commit(store, b, windows_path=r"d:\Other Place\proj",
-                             python_info=WIN_PY)["id"] != ra["id"]
+        assert vocker.commit(store, b, target=vocker.Target.windows(
+            r"d:\Other Place\proj", WIN_PY))["id"] != ra["id"]
 
 
 def test_windows_create_writes_launchers_for_the_new_path(tmp_path):
@@ -605,9 +605,9 @@ def test_windows_create_writes_launchers_for_the_new_path(tmp_path):
     target = r"E:\new place\app"
     py = dict(WIN_PY, executable=r"C:\Program Files\Python311\python.exe")
     with vocker.Store(tmp_path / "home") as store:
-        image = vocker.commit(store, a, windows_path=ENV_A, python_info=WIN_PY)["id"]
+        image = vocker.commit(store, a, target=vocker.Target.windows(ENV_A, WIN_PY))["id"]
         out = tmp_path / "out"
-        r = vocker.create(store, image, out, windows_path=target, python_info=py)
+        r = vocker.create(store, image, out, target=vocker.Target.windows(target, py))
         assert r["pyc_compiled"] == 0
     exe = (out / "Scripts" / "vockdemo.exe").read_bytes()
     stub, shebang, zipb = split_launcher(exe)
@@ -674,7 +674,7 @@ def test_read_only_files_are_cleared_before_delete(tmp_path, monkeypatch):
             raise PermissionError(13, "Access is denied", path)
         return real_unlink(path, *a, dir_fd=dir_fd, **kw)
     monkeypatch.setattr(os, "unlink", unlink)
-    vocker.rmtree(str(d), windows=True)
+    vocker.rmtree(str(d), target=vocker.Target.windows())
     assert not d.exists()
 
 
@@ -683,18 +683,19 @@ def test_names_windows_cannot_hold_are_refused_for_a_windows_target(name, tmp_pa
     store, image = _plain_image(tmp_path, names=("ok.txt", f"pkg/{name}"))
     with store:
         with pytest.raises(vocker.InvalidInputError):
-            vocker.create(store, image, tmp_path / "c", windows_path=r"C:\envs\c")
+            vocker.create(store, image, tmp_path / "c", target=vocker.Target.windows(r"C:\envs\c"))
         assert not (tmp_path / "c").exists()
         # committed as a Windows environment, the same folder is refused too
         with pytest.raises(vocker.InvalidInputError, match="cannot commit"):
-            vocker.commit(store, tmp_path / "src", kind="plain", windows_path=r"C:\envs\src")
+            vocker.commit(store, tmp_path / "src", kind="plain",
+                          target=vocker.Target.windows(r"C:\envs\src"))
         # a POSIX target is fine
         vocker.create(store, image, tmp_path / "posix")
 
 
 def test_names_colliding_by_case_are_refused(tmp_path):
     """Images must work on case-insensitive disks (Windows, macOS)."""
-    with pytest.raises(vocker.InvalidInputError, match="differs only by case"):
+    with pytest.raises(vocker.InvalidInputError, match="cannot commit .*collide by case"):
         _plain_image(tmp_path, names=("pkg/Readme.txt", "pkg/README.txt"))
     # an image that has them anyway (made by hand, or hostile) is refused on create
     store, image = _plain_image(tmp_path / "ok", names=("pkg/Readme.txt",))
@@ -720,5 +721,5 @@ def test_names_colliding_by_case_are_refused(tmp_path):
     ("\\\\?\\C:\\" + "c" * 300, "\\\\?\\C:\\" + "c" * 300),
 ])
 def test_long_paths_use_the_extended_form_on_windows(path, expected):
-    assert vocker.extended_path(path, windows=True) == expected
-    assert vocker.extended_path(path, windows=False) == path
+    assert vocker.extended_path(path, vocker.Target.windows()) == expected
+    assert vocker.extended_path(path, vocker.Target(win=False)) == path
