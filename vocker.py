@@ -181,6 +181,22 @@ class IntegrityError(InvalidInputError):
         self.object_id = object_id
 
 
+class UnsupportedLauncherError(InvalidInputError):
+    """A Windows launcher names the environment but cannot be templated safely."""
+
+    def __init__(self, reason, hint=None):
+        super().__init__(reason, hint)
+        self.reason = reason
+
+
+class ZipFormatError(InvalidInputError):
+    """A launcher's zip is malformed or uses a feature vocker does not rewrite."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class EnvironmentProblem(VockerError):
     exit_code = EXIT_ENVIRONMENT
 
@@ -2371,12 +2387,20 @@ def venv_old_paths(root, cfg, env_paths, prompt, base_paths):
 # environment's python.exe, and an appended zip. Their templates keep the
 # binary layout with the path replaced by a placeholder and the zip's
 # timestamps normalized; rendering changes the "#!" line only.
-
-class UnsupportedLauncherError(InvalidInputError, ValueError):
-    """The data is a launcher that embeds the environment path, but cannot be
-    templated safely (unsupported format, zip64, encrypted entries, or the
-    path also appears somewhere we do not know how to rewrite)."""
-
+#
+# distlib launcher: ``stub + shebang_line + zip``. The zip is found through its
+# End Of Central Directory record (searched from the end; a comment may follow
+# it, nothing else); it starts at ``eocd - cd_size - cd_offset`` and its central
+# directory and local headers must parse. The shebang is the last ``#!`` before
+# the zip (as the C launcher reads it), free of NUL/CR/LF up to a 1-4 byte CR/LF
+# ending (pip writes ``\n\r\n``, pypa/installer ``\n``) that ends at the zip.
+# uv trampoline, tail layouts: ``stub [+ zip] + utf8_path + u32le(len) + magic``
+# with magic UVUV, UVSC (script) or UVPY (python proxy, no zip); uv >= 0.8 keeps
+# the path in PE resources, which vocker detects and refuses.
+# Normalized zip: entries keep their order, names, comments, flags, method and
+# compressed bytes; times become 1980-01-01 00:00, timestamp and uid/gid extra
+# fields go, "version made by" is MS-DOS 2.0 (or "version needed"), attributes
+# are 0 (0x10 for directories), data descriptors go, offsets are recomputed.
 
 #: The distlib launcher reads this many bytes before the zip to find ``#!``
 #: (``MAX_PATH``); a longer shebang line (including its line ending) makes
@@ -2420,15 +2444,13 @@ _EXE_END_RE = re.compile(rb"\.exe(?=$|[\"\s])", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------
-# zip reading / writing
+# zip reading
 # --------------------------------------------------------------------------
 
 
-class _ZipError(ValueError):
-    pass
-
-
 class _Entry:
+    """One zip member: its central-directory fields, extra fields and raw data."""
+
     __slots__ = (
         "version_needed",
         "flags",
@@ -2444,11 +2466,9 @@ class _Entry:
     )
 
 
-def _find_eocd(data: bytes) -> int | None:
-    """Offset of the EOCD record whose comment ends exactly at ``len(data)``.
-
-    Searches backwards over the last 64 KiB + 22 bytes, as zip readers do, so
-    a zip comment (even one containing the signature) is handled."""
+def _find_eocd(data):
+    """Offset of the EOCD record whose comment ends exactly at ``len(data)``, or None;
+    searched backwards over the last 64 KiB + 22 bytes, as zip readers do."""
     n = len(data)
     lo = max(0, n - (_EOCD.size + 0xFFFF))
     pos = data.rfind(_EOCD_SIG, lo)
@@ -2461,101 +2481,131 @@ def _find_eocd(data: bytes) -> int | None:
     return None
 
 
-def _read_zip(data: bytes, eocd_pos: int) -> tuple[int, list[_Entry], bytes]:
-    """Parse the zip whose EOCD is at ``eocd_pos``.
-
-    Returns ``(zip_start, entries, archive_comment)`` where ``zip_start`` is
-    where the archive begins inside ``data`` (``eocd - cd_size - cd_offset``,
-    like :mod:`zipfile`).  Raises :class:`_ZipError` on anything odd."""
+def _read_eocd(data, eocd_pos):
+    """``(entry count, central directory start, zip start, archive comment)`` of
+    the EOCD at ``eocd_pos``; single-disk archives without zip64 only."""
     if eocd_pos < 0 or eocd_pos + _EOCD.size > len(data):
-        raise _ZipError("EOCD out of range")
-    (_sig, disk, disk_cd, n_disk, n_total, cd_size, cd_off, clen) = _EOCD.unpack_from(
+        raise ZipFormatError("EOCD out of range")
+    (sig, disk, disk_cd, n_disk, n_total, cd_size, cd_off, clen) = _EOCD.unpack_from(
         data, eocd_pos
     )
-    if _sig != _EOCD_SIG:
-        raise _ZipError("bad EOCD signature")
+    if sig != _EOCD_SIG:
+        raise ZipFormatError("bad EOCD signature")
     if 0xFFFF in (disk, disk_cd, n_disk, n_total) or 0xFFFFFFFF in (cd_size, cd_off):
-        raise _ZipError("zip64 archives are not supported")
+        raise ZipFormatError("zip64 archives are not supported")
     if eocd_pos >= 20 and data[eocd_pos - 20 : eocd_pos - 16] == _ZIP64_LOCATOR_SIG:
-        raise _ZipError("zip64 archives are not supported")
+        raise ZipFormatError("zip64 archives are not supported")
     if disk != 0 or disk_cd != 0 or n_disk != n_total:
-        raise _ZipError("multi-disk archives are not supported")
+        raise ZipFormatError("multi-disk archives are not supported")
     comment = data[eocd_pos + _EOCD.size : eocd_pos + _EOCD.size + clen]
     cd_start = eocd_pos - cd_size
     zip_start = cd_start - cd_off
     if cd_start < 0 or zip_start < 0:
-        raise _ZipError("central directory out of range")
+        raise ZipFormatError("central directory out of range")
+    return n_total, cd_start, zip_start, comment
 
-    entries: list[_Entry] = []
+
+def _read_cd_entry(data, p, end):
+    """The central-directory record at ``p`` (which must end by ``end``):
+    ``(entry without its local parts, local header offset, next record)``."""
+    if p + _CDH.size > end:
+        raise ZipFormatError("truncated central directory")
+    (sig, _made_by, version_needed, flags, method, _time, _date, crc, csize, usize,
+     nlen, xlen, mlen, _disk_start, _iattr, _eattr, hoff) = _CDH.unpack_from(data, p)
+    if sig != _CDH_SIG:
+        raise ZipFormatError("bad central directory signature")
+    if 0xFFFFFFFF in (csize, usize, hoff):
+        raise ZipFormatError("zip64 entries are not supported")
+    q = p + _CDH.size
+    e = _Entry()
+    e.version_needed, e.flags, e.method = version_needed, flags, method
+    e.crc, e.csize, e.usize = crc, csize, usize
+    e.name = data[q : q + nlen]
+    e.cd_extra = data[q + nlen : q + nlen + xlen]
+    e.comment = data[q + nlen + xlen : q + nlen + xlen + mlen]
+    nxt = q + nlen + xlen + mlen
+    if nxt > end:
+        raise ZipFormatError("truncated central directory entry")
+    return e, hoff, nxt
+
+
+def _read_local(data, e, lho, cd_start):
+    """Fill ``e``'s local extra field and data from the local header at ``lho``;
+    both must lie before the central directory."""
+    if lho + _LFH.size > cd_start:
+        raise ZipFormatError("local header out of range")
+    (lsig, _lver, _lflags, _lmethod, _lt, _ld, _lcrc, _lcs, _lus, lnlen, lxlen) = (
+        _LFH.unpack_from(data, lho)
+    )
+    if lsig != _LFH_SIG:
+        raise ZipFormatError("bad local header signature")
+    lname_start = lho + _LFH.size
+    data_start = lname_start + lnlen + lxlen
+    data_end = data_start + e.csize
+    if data_end > cd_start:
+        raise ZipFormatError("entry data out of range")
+    e.local_extra = data[lname_start + lnlen : data_start]
+    e.data = data[data_start:data_end]
+
+
+def _read_zip(data, eocd_pos):
+    """``(zip_start, entries, archive_comment)`` of the zip whose EOCD is at
+    ``eocd_pos``; raises :class:`ZipFormatError` on anything odd."""
+    n_total, cd_start, zip_start, comment = _read_eocd(data, eocd_pos)
+    entries = []
     p = cd_start
     for _ in range(n_total):
-        if p + _CDH.size > eocd_pos:
-            raise _ZipError("truncated central directory")
-        (
-            sig,
-            _made_by,
-            version_needed,
-            flags,
-            method,
-            _time,
-            _date,
-            crc,
-            csize,
-            usize,
-            nlen,
-            xlen,
-            mlen,
-            _disk_start,
-            _iattr,
-            _eattr,
-            hoff,
-        ) = _CDH.unpack_from(data, p)
-        if sig != _CDH_SIG:
-            raise _ZipError("bad central directory signature")
-        if 0xFFFFFFFF in (csize, usize, hoff):
-            raise _ZipError("zip64 entries are not supported")
-        q = p + _CDH.size
-        name = data[q : q + nlen]
-        cd_extra = data[q + nlen : q + nlen + xlen]
-        ecomment = data[q + nlen + xlen : q + nlen + xlen + mlen]
-        p = q + nlen + xlen + mlen
-        if p > eocd_pos:
-            raise _ZipError("truncated central directory entry")
-
-        lho = zip_start + hoff
-        if lho + _LFH.size > cd_start:
-            raise _ZipError("local header out of range")
-        (lsig, _lver, _lflags, _lmethod, _lt, _ld, _lcrc, _lcs, _lus, lnlen, lxlen) = (
-            _LFH.unpack_from(data, lho)
-        )
-        if lsig != _LFH_SIG:
-            raise _ZipError("bad local header signature")
-        lname_start = lho + _LFH.size
-        local_extra = data[lname_start + lnlen : lname_start + lnlen + lxlen]
-        data_start = lname_start + lnlen + lxlen
-        data_end = data_start + csize
-        if data_end > cd_start:
-            raise _ZipError("entry data out of range")
-
-        e = _Entry()
-        e.version_needed = version_needed
-        e.flags = flags
-        e.method = method
-        e.crc = crc
-        e.csize = csize
-        e.usize = usize
-        e.name = name
-        e.cd_extra = cd_extra
-        e.local_extra = local_extra
-        e.comment = ecomment
-        e.data = data[data_start:data_end]
+        e, hoff, p = _read_cd_entry(data, p, eocd_pos)
+        _read_local(data, e, zip_start + hoff, cd_start)
         entries.append(e)
     if p != eocd_pos:
-        raise _ZipError("central directory size mismatch")
+        raise ZipFormatError("central directory size mismatch")
     return zip_start, entries, comment
 
 
-def _strip_volatile_extra(extra: bytes) -> bytes:
+def _read_standalone_zip(zip_bytes):
+    """``(entries, archive_comment)`` of data that is one zip and nothing else."""
+    eocd = _find_eocd(zip_bytes)
+    if eocd is None:
+        raise ZipFormatError("no End Of Central Directory record at the end of the data")
+    start, entries, comment = _read_zip(zip_bytes, eocd)
+    if start != 0:
+        raise ZipFormatError("zip has %d bytes of prepended data; pass only the zip" % start)
+    return entries, comment
+
+
+def _entry_content(e):
+    """The uncompressed content of ``e``, checked against its size and CRC."""
+    if e.method == 0:
+        content = e.data
+    elif e.method == 8:
+        d = zlib.decompressobj(-15)
+        try:
+            content = d.decompress(e.data) + d.flush()
+        except zlib.error as exc:
+            raise ZipFormatError("entry %r has bad deflate data: %s" % (e.name, exc)) from None
+    else:
+        raise ZipFormatError("compression method %d is not supported" % e.method)
+    if len(content) != e.usize or (zlib.crc32(content) & 0xFFFFFFFF) != e.crc:
+        raise ZipFormatError("entry %r fails its CRC/size check" % e.name)
+    return content
+
+
+# --------------------------------------------------------------------------
+# zip writing
+# --------------------------------------------------------------------------
+
+
+def _set_entry_content(e, content):
+    """Replace an entry's content, storing it uncompressed with a fresh CRC."""
+    e.method = 0
+    e.data = content
+    e.crc = zlib.crc32(content) & 0xFFFFFFFF
+    e.csize = e.usize = len(content)
+    e.flags &= ~0x0006  # deflate option bits mean nothing for stored data
+
+
+def _strip_volatile_extra(extra):
     """Drop timestamp / ownership extra fields; keep all others in order.
     Malformed extra data is kept verbatim (it is still deterministic)."""
     out = bytearray()
@@ -2572,117 +2622,48 @@ def _strip_volatile_extra(extra: bytes) -> bytes:
     return bytes(out)
 
 
-def _write_zip(entries: list[_Entry], comment: bytes) -> bytes:
+def _local_record(e, flags):
+    """``e``'s local header (fixed time, no volatile extras), name, extra and data."""
+    extra = _strip_volatile_extra(e.local_extra)
+    header = _LFH.pack(_LFH_SIG, e.version_needed, flags, e.method, _DOS_TIME_0,
+                       _DOS_DATE_1980, e.crc, e.csize, e.usize, len(e.name), len(extra))
+    return header + e.name + extra + e.data
+
+
+def _central_record(e, flags, offset):
+    """``e``'s central-directory record for a local header at ``offset``."""
+    extra = _strip_volatile_extra(e.cd_extra)
+    version_made_by = max(20, e.version_needed & 0xFF)  # create_system 0 (MS-DOS)
+    external_attr = 0x10 if e.name.endswith(b"/") else 0  # MS-DOS dir bit
+    header = _CDH.pack(_CDH_SIG, version_made_by, e.version_needed, flags, e.method,
+                       _DOS_TIME_0, _DOS_DATE_1980, e.crc, e.csize, e.usize, len(e.name),
+                       len(extra), len(e.comment), 0, 0, external_attr, offset)
+    return header + e.name + extra + e.comment
+
+
+def _write_zip(entries, comment):
     """Serialise entries as a normalised, standalone zip."""
     out = bytearray()
     cd = bytearray()
     for e in entries:
         if e.flags & 0x1:
-            raise _ZipError("encrypted entries are not supported")
+            raise ZipFormatError("encrypted entries are not supported")
         flags = e.flags & ~0x0008  # no data descriptor: sizes are in the header
-        local_extra = _strip_volatile_extra(e.local_extra)
-        cd_extra = _strip_volatile_extra(e.cd_extra)
         offset = len(out)
-        out += _LFH.pack(
-            _LFH_SIG,
-            e.version_needed,
-            flags,
-            e.method,
-            _DOS_TIME_0,
-            _DOS_DATE_1980,
-            e.crc,
-            e.csize,
-            e.usize,
-            len(e.name),
-            len(local_extra),
-        )
-        out += e.name
-        out += local_extra
-        out += e.data
-        version_made_by = max(20, e.version_needed & 0xFF)  # create_system 0 (MS-DOS)
-        external_attr = 0x10 if e.name.endswith(b"/") else 0  # MS-DOS dir bit
-        cd += _CDH.pack(
-            _CDH_SIG,
-            version_made_by,
-            e.version_needed,
-            flags,
-            e.method,
-            _DOS_TIME_0,
-            _DOS_DATE_1980,
-            e.crc,
-            e.csize,
-            e.usize,
-            len(e.name),
-            len(cd_extra),
-            len(e.comment),
-            0,
-            0,
-            external_attr,
-            offset,
-        )
-        cd += e.name
-        cd += cd_extra
-        cd += e.comment
+        out += _local_record(e, flags)
+        cd += _central_record(e, flags, offset)
     if len(entries) > 0xFFFE or len(out) > 0xFFFFFFFE or len(cd) > 0xFFFFFFFE:
-        raise _ZipError("result would need zip64")
+        raise ZipFormatError("result would need zip64")
     eocd = _EOCD.pack(
         _EOCD_SIG, 0, 0, len(entries), len(entries), len(cd), len(out), len(comment)
     )
     return bytes(out) + bytes(cd) + eocd + comment
 
 
-def _read_standalone_zip(zip_bytes: bytes) -> tuple[list[_Entry], bytes]:
-    eocd = _find_eocd(zip_bytes)
-    if eocd is None:
-        raise _ZipError("no End Of Central Directory record at the end of the data")
-    start, entries, comment = _read_zip(zip_bytes, eocd)
-    if start != 0:
-        raise _ZipError("zip has %d bytes of prepended data; pass only the zip" % start)
-    return entries, comment
-
-
-def _entry_content(e: _Entry) -> bytes:
-    if e.method == 0:
-        content = e.data
-    elif e.method == 8:
-        d = zlib.decompressobj(-15)
-        content = d.decompress(e.data) + d.flush()
-    else:
-        raise _ZipError("compression method %d is not supported" % e.method)
-    if len(content) != e.usize or (zlib.crc32(content) & 0xFFFFFFFF) != e.crc:
-        raise _ZipError("entry %r fails its CRC/size check" % e.name)
-    return content
-
-
-def _set_entry_content(e: _Entry, content: bytes) -> None:
-    """Replace an entry's content, storing it uncompressed with a fresh CRC."""
-    e.method = 0
-    e.data = content
-    e.crc = zlib.crc32(content) & 0xFFFFFFFF
-    e.csize = e.usize = len(content)
-    e.flags &= ~0x0006  # deflate option bits mean nothing for stored data
-
-
-def normalize_zip(zip_bytes: bytes) -> bytes:
-    """Return ``zip_bytes`` rewritten deterministically.
-
-    * every entry's date/time becomes 1980-01-01 00:00:00 (local header and
-      central directory), and extra fields carrying timestamps or uid/gid
-      (``UT``, NTFS, ``UX``, ``ux``, PKWARE Unix) are dropped;
-    * "version made by" becomes 2.0 (or the entry's "version needed", if
-      higher) on create-system 0 (MS-DOS); external attributes become 0
-      (0x10, the MS-DOS directory bit, for names ending in ``/``); internal
-      attributes 0;
-    * data descriptors are dropped (sizes and CRC go into the local header);
-    * entries keep their central-directory order, names, comments, flags,
-      compression method and **compressed bytes unchanged**, so CRCs stay
-      valid; the archive comment is kept;
-    * offsets are recomputed, so the result is a valid standalone zip.
-
-    Zips differing only in timestamps/attributes normalise to identical
-    bytes.  Raises ``ValueError`` for data that is not a single standalone
-    zip (prepended/trailing data), zip64, multi-disk or encrypted archives.
-    """
+def normalize_zip(zip_bytes):
+    """``zip_bytes`` rewritten deterministically (see the section comment), so zips
+    differing only in timestamps and attributes give identical bytes. Raises
+    :class:`ZipFormatError` unless it is one standalone single-disk, plain zip."""
     entries, comment = _read_standalone_zip(bytes(zip_bytes))
     return _write_zip(entries, comment)
 
@@ -2693,7 +2674,7 @@ def normalize_zip(zip_bytes: bytes) -> bytes:
 
 
 def _strip_trailing_seps(p):
-    # Keep "C:\" and "\" intact: they are roots, not a path + separator.
+    """``p`` (str or bytes) without trailing separators, keeping roots like ``C:\\``."""
     sep = "\\/" if isinstance(p, str) else b"\\/"
     q = p.rstrip(sep)
     if not q or (len(q) == 2 and q[1:2] in (":", b":")):
@@ -2701,18 +2682,13 @@ def _strip_trailing_seps(p):
     return q
 
 
-def windows_spellings(path: str) -> list[bytes]:
-    """All UTF-8 spellings of the Windows path ``path`` a file may contain.
-
-    Variants: as given, all-backslash, all-forward-slash, each with the drive
-    letter upper- and lower-case.  Trailing separators are dropped (except
-    for a bare root like ``C:\\``).  Result: longest first (all variants
-    have the same length today, so the order is stable: as-given first), no
-    duplicates.  ANSI-code-page encodings (for ``.bat`` files) and the
-    ``\\\\?\\`` prefix are out of scope."""
+def windows_spellings(path):
+    """UTF-8 spellings of Windows ``path`` a file may hold: as given, all-``\\``,
+    all-``/``, each with both drive-letter cases; no trailing separator (but a
+    bare root), no duplicates, as given first (ANSI code pages, ``\\\\?\\``: no)."""
     p = _strip_trailing_seps(path)
     forms = [p, p.replace("/", "\\"), p.replace("\\", "/")]
-    out: list[bytes] = []
+    out = []
     for f in forms:
         cands = [f]
         if len(f) >= 2 and f[1] == ":" and f[0].isascii() and f[0].isalpha():
@@ -2725,7 +2701,8 @@ def windows_spellings(path: str) -> list[bytes]:
     return out
 
 
-def _canon(b: bytes, ignore_case: bool) -> bytes:
+def _canon(b, ignore_case):
+    """``b`` with ``\\`` separators and a lower-case drive letter (or all lower case)."""
     b = b.replace(b"/", b"\\")
     if ignore_case:
         return b.lower()  # ASCII only, by design
@@ -2734,7 +2711,7 @@ def _canon(b: bytes, ignore_case: bool) -> bytes:
     return b
 
 
-def _match_env_prefix(path: bytes, env_spellings, ignore_case: bool) -> int | None:
+def _match_env_prefix(path, env_spellings, ignore_case):
     """Length of the env-path prefix of ``path`` (followed by a separator),
     or None.  Slashes and drive-letter case never matter."""
     cp = _canon(path, ignore_case)
@@ -2752,7 +2729,8 @@ def _match_env_prefix(path: bytes, env_spellings, ignore_case: bool) -> int | No
     return None
 
 
-def _contains_env(data: bytes, env_spellings, ignore_case: bool) -> bool:
+def _contains_env(data, env_spellings, ignore_case):
+    """True if ``data`` holds any spelling of the environment path anywhere."""
     hay = data.lower() if ignore_case else data
     for s in env_spellings:
         s = _strip_trailing_seps(bytes(s))
@@ -2769,18 +2747,25 @@ def _contains_env(data: bytes, env_spellings, ignore_case: bool) -> bool:
     return False
 
 
-def _check_placeholder(placeholder: bytes) -> bytes:
-    placeholder = bytes(placeholder)
-    if not placeholder or any(c in placeholder for c in b'"\r\n\x00'):
-        raise ValueError("placeholder must be non-empty and free of quotes/newlines/NUL")
-    return placeholder
+def _shebang_bytes(what, value):
+    """``value`` as bytes, refused when empty or holding a quote, CR, LF or NUL."""
+    value = bytes(value)
+    if not value or any(c in value for c in b'"\r\n\x00'):
+        raise InvalidInputError(
+            f"{what} cannot go into a launcher's #! line: {os.fsdecode(value)!r}",
+            "it must be non-empty and free of quotes, newlines and NUL")
+    return value
 
 
-def _check_env_path(env_path: bytes) -> bytes:
-    env_path = bytes(env_path)
-    if not env_path or any(c in env_path for c in b'"\r\n\x00'):
-        raise ValueError("env_path must be non-empty and free of quotes/newlines/NUL")
-    return _strip_trailing_seps(env_path)
+def _check_placeholder(placeholder):
+    """The placeholder as bytes, checked for use in a shebang line."""
+    return _shebang_bytes("placeholder", placeholder)
+
+
+def _check_env_path(env_path):
+    """The environment path as bytes without trailing separators, checked for use
+    in a shebang line."""
+    return _strip_trailing_seps(_shebang_bytes("environment path", env_path))
 
 
 # --------------------------------------------------------------------------
@@ -2788,7 +2773,8 @@ def _check_env_path(env_path: bytes) -> bytes:
 # --------------------------------------------------------------------------
 
 
-def _split_launcher(data: bytes):
+def _split_launcher(data):
+    """:func:`split_launcher` on bytes, without its guard against surprises."""
     if len(data) < 64 or data[:2] != b"MZ":
         return None
     eocd = _find_eocd(data)
@@ -2796,7 +2782,7 @@ def _split_launcher(data: bytes):
         return None
     try:
         zip_start, entries, _comment = _read_zip(data, eocd)
-    except _ZipError:
+    except ZipFormatError:
         return None
     if not entries or zip_start < 4:
         return None
@@ -2814,28 +2800,17 @@ def _split_launcher(data: bytes):
     return data[:idx], line, data[zip_start:]
 
 
-def split_launcher(data: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """Split a distlib launcher into ``(stub, shebang_line, zip_bytes)``.
-
-    ``shebang_line`` includes its line ending exactly as written (pip on
-    Windows writes ``b'\\n\\r\\n'``, pypa/installer ``b'\\n'``);
-    ``stub + shebang_line + zip_bytes == data``.  The zip is located through
-    its End Of Central Directory record (searched from the end, zip comment
-    allowed, nothing may follow the comment); its start is ``eocd -
-    cd_size - cd_offset`` and its central directory and local headers must
-    parse.  The shebang is the last ``#!`` before the zip start (as the C
-    launcher does) and must run, without NUL/CR/LF, up to a 1-4 byte CR/LF
-    line ending that ends exactly at the zip start.  The stub must start
-    with ``MZ``.
-
-    Returns None for anything else; never raises on garbage."""
+def split_launcher(data):
+    """``(stub, shebang_line, zip_bytes)`` of a distlib launcher (layout in the
+    section comment), their concatenation being ``data``; None for anything
+    else, never raising on garbage."""
     try:
         return _split_launcher(bytes(data))
     except Exception:  # pragma: no cover - belt and braces for garbage input
         return None
 
 
-def _parse_shebang(line: bytes):
+def _parse_shebang(line):
     """``(exe, quoted, args, terminator)`` for a launcher shebang line, parsed
     like the C launcher (``#!``, optional whitespace, a quoted executable or
     one ending in ``.exe``), or None."""
@@ -2855,31 +2830,10 @@ def _parse_shebang(line: bytes):
     return rest[: m.end()], False, rest[m.end() :], term
 
 
-def launcher_template(
-    data: bytes,
-    env_spellings: list[bytes],
-    placeholder: bytes,
-    *,
-    ignore_case: bool = False,
-) -> bytes | None:
-    """Turn a distlib launcher for an environment into a template.
-
-    If ``data`` splits (see :func:`split_launcher`) and its shebang
-    executable lies inside the environment (any of ``env_spellings``; the
-    drive-letter case and ``\\`` vs ``/`` never matter; with
-    ``ignore_case=True`` the whole ASCII path is compared case-insensitively)
-    returns::
-
-        stub + b'#!"' + placeholder + rest_of_exe + b'"' + args + line_ending
-             + normalize_zip(zip)
-
-    i.e. the executable is always quoted in the template, ``rest_of_exe``
-    (e.g. ``\\Scripts\\python.exe``), any interpreter arguments and the
-    original line ending are kept verbatim.  Otherwise returns None.
-
-    Raises :class:`UnsupportedLauncherError` when the shebang names the
-    environment but the launcher cannot be templated (zip64/encrypted zip,
-    or an environment path also present outside the shebang)."""
+def launcher_template(data, env_spellings, placeholder, *, ignore_case=False):
+    """``stub + #!"placeholder\\rest_of_exe" + args + line end + normalized zip`` when
+    ``data`` is a distlib launcher whose executable lies in the environment, else None.
+    Raises :class:`UnsupportedLauncherError` when such a launcher cannot be templated."""
     placeholder = _check_placeholder(placeholder)
     parts = split_launcher(data)
     if parts is None:
@@ -2897,9 +2851,9 @@ def launcher_template(
         raise UnsupportedLauncherError("shebang %r has unexpected quotes" % line)
     try:
         zip_norm = normalize_zip(zip_bytes)
-    except ValueError as exc:
+    except ZipFormatError as exc:
         raise UnsupportedLauncherError(
-            "launcher names the environment but its zip cannot be normalised: %s" % exc
+            "launcher names the environment but its zip cannot be normalised: %s" % exc.reason
         ) from None
     template = stub + b'#!"' + placeholder + rest + b'"' + args + term + zip_norm
     if _contains_env(template, env_spellings, ignore_case):
@@ -2909,43 +2863,29 @@ def launcher_template(
     return template
 
 
-def render_launcher(
-    template: bytes,
-    placeholder: bytes,
-    env_path: bytes,
-    *,
-    strict: bool = True,
-) -> bytes:
-    """Inverse of :func:`launcher_template`: a launcher for ``env_path``.
-
-    Only the shebang line is touched.  The executable ``env_path +
-    rest_of_exe`` is written the way distlib's ``enquote_executable`` does
-    (in double quotes if and only if it contains a space); arguments and the
-    template's line ending are kept.  Trailing separators of ``env_path``
-    are dropped.
-
-    Raises ``ValueError`` if ``template`` is not a launcher template for
-    ``placeholder``, or (``strict=True``) if the rendered shebang line would
-    be longer than :data:`LAUNCHER_SHEBANG_MAX` bytes, which the launcher
-    cannot read."""
+def render_launcher(template, placeholder, env_path, *, strict=True):
+    """The launcher for ``env_path`` from a :func:`launcher_template`: only the ``#!``
+    line changes, its executable quoted iff it holds a space (as distlib does); with
+    ``strict``, a line over :data:`LAUNCHER_SHEBANG_MAX` bytes is refused."""
     placeholder = _check_placeholder(placeholder)
     env_path = _check_env_path(env_path)
     parts = split_launcher(template)
     if parts is None:
-        raise ValueError("not a launcher template")
+        raise InvalidInputError("not a launcher template")
     stub, line, zip_bytes = parts
     parsed = _parse_shebang(line)
     if parsed is None or not parsed[1] or not parsed[0].startswith(placeholder):
-        raise ValueError("template shebang %r does not start with the placeholder" % line)
+        raise InvalidInputError(
+            "template shebang %r does not start with the placeholder" % line)
     exe, _quoted, args, term = parsed
     exe = env_path + exe[len(placeholder) :]
     exe_field = b'"' + exe + b'"' if b" " in exe else exe
     new_line = b"#!" + exe_field + args + term
     if strict and len(new_line) > LAUNCHER_SHEBANG_MAX:
-        raise ValueError(
+        raise InvalidInputError(
             "shebang line for %r is %d bytes; the Windows launcher only reads %d"
-            % (env_path, len(new_line), LAUNCHER_SHEBANG_MAX)
-        )
+            % (env_path, len(new_line), LAUNCHER_SHEBANG_MAX),
+            "choose a shorter target path")
     return stub + new_line + zip_bytes
 
 
@@ -2954,33 +2894,8 @@ def render_launcher(
 # --------------------------------------------------------------------------
 
 
-def uv_trampoline_format(data: bytes) -> str | None:
-    """Which uv trampoline layout ``data`` uses, or None.
-
-    ``"UVUV"``, ``"UVSC"`` (script) and ``"UVPY"`` (python proxy) are the
-    tail layouts ``stub [+ zip] + utf8_path + u32le(len(path)) + magic``;
-    ``"rsrc"`` is the PE-resource layout of uv >= 0.8.x (detected by the
-    UTF-16 resource name ``UV_TRAMPOLINE_KIND`` that the trampoline binary
-    embeds).  Never raises."""
-    try:
-        data = bytes(data)
-        if len(data) < 64 or data[:2] != b"MZ":
-            return None
-        if _split_uv_tail(data) is not None:
-            return data[-4:].decode("ascii")
-        if _UV_RSRC_MARKER in data:
-            return "rsrc"
-    except Exception:  # pragma: no cover
-        return None
-    return None
-
-
-def is_uv_trampoline(data: bytes) -> bool:
-    """True if ``data`` is a uv trampoline executable of any known layout."""
-    return uv_trampoline_format(data) is not None
-
-
-def _split_uv_tail(data: bytes):
+def _split_uv_tail(data):
+    """:func:`split_uv_trampoline` on bytes, without its guard against surprises."""
     magic = data[-4:]
     if magic not in _UV_TAIL_MAGICS or len(data) < 2 + 8:
         return None
@@ -3004,30 +2919,50 @@ def _split_uv_tail(data: bytes):
         return None
     try:
         zip_start, entries, _c = _read_zip(front, eocd)
-    except _ZipError:
+    except ZipFormatError:
         return None
     if not entries or zip_start < 2:
         return None
     return front[:zip_start], front[zip_start:], path, magic
 
 
-def split_uv_trampoline(data: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
-    """Split a tail-layout uv trampoline into ``(stub, zip_bytes,
-    python_path, magic)`` (``zip_bytes == b''`` for ``UVPY``), so that
-    ``stub + zip_bytes + python_path + u32le(len(python_path)) + magic ==
-    data``.  None for anything else, including the PE-resource layout;
-    never raises."""
+def split_uv_trampoline(data):
+    """``(stub, zip_bytes, python_path, magic)`` of a tail-layout uv trampoline
+    (``zip_bytes`` empty for ``UVPY``); None for anything else, including the
+    PE-resource layout; never raises."""
     try:
         return _split_uv_tail(bytes(data))
     except Exception:  # pragma: no cover
         return None
 
 
-def _uv_tail(stub: bytes, zip_bytes: bytes, path: bytes, magic: bytes) -> bytes:
+def uv_trampoline_format(data):
+    """``"UVUV"``, ``"UVSC"`` or ``"UVPY"`` for a tail-layout uv trampoline,
+    ``"rsrc"`` for the PE-resource layout of uv >= 0.8, else None; never raises."""
+    try:
+        data = bytes(data)
+        if len(data) < 64 or data[:2] != b"MZ":
+            return None
+        if _split_uv_tail(data) is not None:
+            return data[-4:].decode("ascii")
+        if _UV_RSRC_MARKER in data:
+            return "rsrc"
+    except Exception:  # pragma: no cover
+        return None
+    return None
+
+
+def is_uv_trampoline(data):
+    """True if ``data`` is a uv trampoline executable of any known layout."""
+    return uv_trampoline_format(data) is not None
+
+
+def _uv_tail(stub, zip_bytes, path, magic):
+    """A tail-layout uv trampoline from its parts."""
     return stub + zip_bytes + path + struct.pack("<L", len(path)) + magic
 
 
-def _rewrite_main_shebang(zip_bytes: bytes, fn) -> tuple[bytes, bool]:
+def _rewrite_main_shebang(zip_bytes, fn):
     """Normalise ``zip_bytes``; pass the executable of ``__main__.py``'s first
     ``#!`` line to ``fn(exe) -> new_exe | None``.  Returns (zip, changed)."""
     entries, comment = _read_standalone_zip(zip_bytes)
@@ -3048,43 +2983,29 @@ def _rewrite_main_shebang(zip_bytes: bytes, fn) -> tuple[bytes, bool]:
     return _write_zip(entries, comment), changed
 
 
-def uv_trampoline_template(
-    data: bytes,
-    env_spellings: list[bytes],
-    placeholder: bytes,
-    *,
-    ignore_case: bool = False,
-) -> bytes | None:
-    """Template a uv trampoline (tail layouts ``UVUV``/``UVSC``/``UVPY``).
+def _refuse_rsrc_trampoline(data, env_spellings, ignore_case):
+    """Refuse a PE-resource uv trampoline that embeds the environment path."""
+    if uv_trampoline_format(data) == "rsrc" and _contains_env(data, env_spellings, ignore_case):
+        raise UnsupportedLauncherError(
+            "uv trampoline stores the Python path in PE resources (uv >= 0.8 layout); "
+            "rewriting it needs PE resource editing, which is not supported",
+            "create the environment with `uv venv --relocatable` (relative Python path, "
+            "nothing to template) or install console scripts with pip")
 
-    The environment prefix is replaced by ``placeholder`` in the tail python
-    path (its length field is recomputed) and in the first ``#!`` line of
-    ``__main__.py`` (stored uncompressed with a fresh CRC); the zip is
-    normalised as by :func:`normalize_zip`.  Returns None if ``data`` is not
-    a uv trampoline, or is one that does not contain the environment path
-    (e.g. a ``--relocatable`` environment).
 
-    Raises :class:`UnsupportedLauncherError` for a PE-resource trampoline
-    (uv >= 0.8.x) that embeds the environment path, or if the path remains
-    somewhere else in the file."""
+def uv_trampoline_template(data, env_spellings, placeholder, *, ignore_case=False):
+    """A tail-layout uv trampoline with the environment prefix of its Python path and
+    ``__main__.py`` shebang replaced by ``placeholder``, zip normalized; None if it is
+    none or names no environment. Raises :class:`UnsupportedLauncherError` if it can't."""
     placeholder = _check_placeholder(placeholder)
     data = bytes(data)
     parts = split_uv_trampoline(data)
     if parts is None:
-        if uv_trampoline_format(data) == "rsrc" and _contains_env(
-            data, env_spellings, ignore_case
-        ):
-            raise UnsupportedLauncherError(
-                "uv trampoline stores the Python path in PE resources "
-                "(uv >= 0.8 layout); rewriting it needs PE resource editing, "
-                "which is not supported. Create the environment with "
-                "`uv venv --relocatable` (relative Python path, nothing to "
-                "template) or install console scripts with pip."
-            )
+        _refuse_rsrc_trampoline(data, env_spellings, ignore_case)
         return None
     stub, zip_bytes, path, magic = parts
 
-    def swap(exe: bytes) -> bytes | None:
+    def swap(exe):
         n = _match_env_prefix(exe, env_spellings, ignore_case)
         return None if n is None else placeholder + exe[n:]
 
@@ -3093,11 +3014,11 @@ def uv_trampoline_template(
     if zip_bytes:
         try:
             new_zip, zip_changed = _rewrite_main_shebang(zip_bytes, swap)
-        except ValueError as exc:
+        except ZipFormatError as exc:
             if new_path is None and not _contains_env(data, env_spellings, ignore_case):
                 return None
             raise UnsupportedLauncherError(
-                "uv trampoline zip cannot be templated: %s" % exc
+                "uv trampoline zip cannot be templated: %s" % exc.reason
             ) from None
     if new_path is None and not zip_changed:
         return None
@@ -3109,19 +3030,17 @@ def uv_trampoline_template(
     return template
 
 
-def render_uv_trampoline(template: bytes, placeholder: bytes, env_path: bytes) -> bytes:
-    """Inverse of :func:`uv_trampoline_template`: substitute ``env_path`` for
-    ``placeholder`` at the start of the tail python path and of the
-    ``__main__.py`` shebang (written unquoted, as uv does); nowhere else.
-    Raises ``ValueError`` if ``template`` is not a tail-layout uv trampoline."""
+def render_uv_trampoline(template, placeholder, env_path):
+    """Inverse of :func:`uv_trampoline_template`: ``env_path`` for ``placeholder`` at the
+    start of the tail Python path and the ``__main__.py`` shebang (unquoted, as uv does)."""
     placeholder = _check_placeholder(placeholder)
     env_path = _check_env_path(env_path)
     parts = split_uv_trampoline(template)
     if parts is None:
-        raise ValueError("not a uv trampoline template")
+        raise InvalidInputError("not a uv trampoline template")
     stub, zip_bytes, path, magic = parts
 
-    def fill(exe: bytes) -> bytes | None:
+    def fill(exe):
         return env_path + exe[len(placeholder) :] if exe.startswith(placeholder) else None
 
     new_path = fill(path)
