@@ -33,6 +33,7 @@ def _one_line_error(p, code):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith("vocker: error: ")
+    assert "vocker:" not in lines[0][len("vocker: error: "):]  # one prefix
     assert "Traceback" not in p.stderr
 
 
@@ -64,14 +65,18 @@ def test_bad_inputs_give_one_line_errors(plain_home, tmp_path):
         (["commit", str(notenv / "readme.txt")], vocker.EXIT_INVALID, "not a directory"),
         (["commit", str(notenv), "--kind", "plain", "-t", "Bad Tag!"], vocker.EXIT_USAGE, "invalid"),
         (["create", "plain:0", str(exists)], vocker.EXIT_CONFLICT, "already exists"),
-        (["create", "nosuch:1", str(tmp_path / "x")], vocker.EXIT_NOT_FOUND, "image not found"),
-        (["create", "abcdef0123", str(tmp_path / "x")], vocker.EXIT_NOT_FOUND, "image not found"),
+        (["create", "nosuch:1", str(tmp_path / "x")], vocker.EXIT_NOT_FOUND, "no image nosuch:1;"),
+        (["create", "abcdef0123", str(tmp_path / "x")], vocker.EXIT_NOT_FOUND,
+         "no image ID starts with abcdef0123, and there is no image abcdef0123:latest"),
         (["create", shared, str(tmp_path / "x")], vocker.EXIT_CONFLICT, "ambiguous"),
         (["create", "plain:0", str(tmp_path / "x"), "--link-mode", "magic"], vocker.EXIT_USAGE, "invalid choice"),
         (["frobnicate"], vocker.EXIT_USAGE, "invalid choice"),
-        (["inspect", "nosuch"], vocker.EXIT_NOT_FOUND, "not found"),
+        (["inspect", "nosuch"], vocker.EXIT_NOT_FOUND, "no image nosuch:latest (':latest' is"),
         (["rm", str(tmp_path / "never-created")], vocker.EXIT_NOT_FOUND, "container not found"),
-        (["tag", "nosuch", "x:1"], vocker.EXIT_NOT_FOUND, "not found"),
+        (["tag", "nosuch", "x:1"], vocker.EXIT_NOT_FOUND, "no image nosuch:latest"),
+        (["images", "--frob"], vocker.EXIT_USAGE, "unrecognized arguments: --frob; see 'vocker images --help'"),
+        (["images", "--debug", "--frob"], vocker.EXIT_USAGE, "unrecognized arguments"),
+        (["create", "plain:0"], vocker.EXIT_USAGE, "required: path"),
     ]
     for args, code, fragment in cases:
         p = cli(*args, home=home)
@@ -83,7 +88,7 @@ def test_bad_inputs_give_one_line_errors(plain_home, tmp_path):
 def test_json_outputs_and_lifecycle(plain_home, tmp_path):
     home, ids, base = plain_home
     r = cli_json("commit", str(base / "src0"), "--kind", "plain", "-t", "again:1", home=home)
-    assert r["id"] == ids[0] and r["tags"] == ["again:1"]
+    assert r["id"] == ids[0] and r["tags"] == ["again:1", "plain:0"]  # all its tags
     images = cli_json("images", home=home)
     assert {i["id"] for i in images} == set(ids)
     c = cli_json("create", ids[0][:12], str(tmp_path / "ctr"), home=home)
