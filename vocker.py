@@ -5366,9 +5366,11 @@ def _is_image(store, ref):
 
 
 def _swapped(command, words):
-    return UsageError(f"'{words[1]}' looks like {'an image' if command == 'create' else 'a repository'}"
-                      f" and '{words[0]}' does not",
-                      f"arguments swapped? try: vocker {command} {shlex.join(words[1:2] + words[:1] + words[2:])}")
+    """The error for ``vocker COMMAND A B ...`` where B, A ... was meant."""
+    what = "an image" if command == "create" else "a repository"
+    fixed = shlex.join([words[1], words[0], *words[2:]])
+    return UsageError(f"'{words[1]}' looks like {what} and '{words[0]}' does not",
+                      f"arguments swapped? try: vocker {command} {fixed}")
 
 
 def _explain_missing(store, exc):

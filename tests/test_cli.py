@@ -9,7 +9,7 @@ import time
 import pytest
 
 import vocker
-from conftest import clean_env, cli, cli_json, vocker_cmd
+from conftest import clean_env, cli, cli_json, require_python, vocker_cmd
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +198,29 @@ def test_progress_only_on_request_when_not_a_terminal(plain_home, tmp_path):
     forced = cli("--progress", "create", "plain:1", str(tmp_path / "b"), home=home, check=True)
     assert "creating: 1/1" in forced.stderr
     assert forced.stdout.startswith("created ")   # stdout stays clean for scripts
+
+
+#: the order in which the examples of every --help run, as a user would
+HELP_ORDER = [[], ["commit"], ["create"], ["images"], ["ps"], ["tag"], ["inspect"], ["push"],
+              ["pull"], ["save"], ["load"], ["repo"], ["rm"], ["rmi"]]
+
+
+def test_help_examples_are_true(tmp_path):
+    """Every example of every --help, pasted into a shell in this order, works."""
+    py = require_python("3.11")
+    subprocess.run([py, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    env = clean_env({"VOCKER_HOME": str(tmp_path / "home")})
+    env["PATH"] = os.path.dirname(vocker_cmd()[0]) + os.pathsep + env["PATH"]
+    ran = []
+    for words in HELP_ORDER:
+        text = cli(*words, "--help", home=tmp_path / "home", check=True).stdout
+        examples = text.split("examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        assert examples, words
+        for line in examples:
+            assert line.startswith("  vocker "), line
+            p = subprocess.run(["bash", "-c", line.strip()], env=env, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0, (line, p.stdout, p.stderr)
+            ran.append(line.split()[1])
+    assert set(ran) == {w[0] for w in HELP_ORDER if w} and vocker_cmd()[0].endswith("vocker")
+    assert cli("images", "-q", home=tmp_path / "home").stdout == ""  # the last one removed all
