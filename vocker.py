@@ -5797,7 +5797,8 @@ def main(argv=None):
         if debug and not isinstance(exc, UsageError):
             traceback.print_exc()
         if isinstance(exc, NotFoundError) and state["store"] is not None:
-            _explain_missing(state["store"], exc)
+            with contextlib.suppress(sqlite3.Error):  # the plain message is still true
+                _explain_missing(state["store"], exc)
         return _fail(exc.exit_code, type(exc).__name__, exc.message, exc.hint, as_json,
                      state["store"])
     except BrokenPipeError:  # output piped into head & co.
