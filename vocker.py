@@ -15,10 +15,12 @@ __version__ = "0.1.0"
 
 import argparse
 import contextlib
+import difflib
 import errno
 import json
 import os
 import re
+import shlex
 import shutil
 import sqlite3
 import stat
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -1291,6 +1294,10 @@ class _StoreImages:
         return [r[0] for r in self._all("SELECT name FROM tags WHERE image=? ORDER BY name",
                                         (image_id,))]
 
+    def tag_names(self):
+        """Every tag name, sorted (the suggestions for a name not found)."""
+        return [r[0] for r in self._all("SELECT name FROM tags ORDER BY name")]
+
     def set_tag(self, name, image_id):
         """Point tag ``name`` (normalized) at ``image_id``."""
         with self.transaction() as db:
@@ -1598,6 +1605,7 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
             raise
         finally:
             self._in_transaction = False
+
 
 
 def normalize_tag(ref):
@@ -3720,13 +3728,11 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
     data = c.manifest.serialize()
     image_id = hash_bytes(data)
     with store.transaction():
-        size, nfiles = store.add_image(image_id, data, c.trees, c.blob_rows(), tags=tags,
-                                       source=os.path.abspath(path), base_exe=c.base_exe)
+        store.add_image(image_id, data, c.trees, c.blob_rows(), tags=tags,
+                        source=os.path.abspath(path), base_exe=c.base_exe)
         store.cache_stats(c.stat_rows())
-    files, m = c.files, c.manifest
-    return {"id": image_id, "short_id": short_id(image_id), "tags": tags, "kind": m.kind,
-            "python": m.python, "parent": m.parent, "files": nfiles,
-            "size": size, "files_read": sum(1 for j in files if j.read),
+    files = c.files
+    return {**image_info(store, image_id), "files_read": sum(1 for j in files if j.read),
             "bytes_read": sum(j.st[2] for j in files if j.read),
             "seconds": round(time.monotonic() - t0, 3), "warnings": c.warnings}
 
@@ -4335,7 +4341,7 @@ def create(store, image, path, link_mode="auto", python=None, compile=True, prog
     image_id = store.resolve_image(image)
     c = Creator(store, image_id, path, link_mode, python, compile, progress,
                 target, checkpoint)
-    result = c.run()
+    result = {**c.run(), **find_container(store, c.path)}  # the container object's shape
     result["seconds"] = round(time.monotonic() - t0, 3)
     return result
 
@@ -4344,23 +4350,45 @@ def create(store, image, path, link_mode="auto", python=None, compile=True, prog
 # Images and containers #######################################################
 ###############################################################################
 
+def iso_time(ts):
+    """Seconds since the epoch as ISO 8601 UTC (``2026-12-02T11:42:07Z``)."""
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def image_object(store, image_id, manifest, created, size, files):
+    """The one JSON shape of an image (docs/json.md); ``manifest`` is a dict."""
+    py = manifest.get("python")
+    return {"id": image_id, "short_id": short_id(image_id), "tags": store.tags_of(image_id),
+            "kind": manifest["kind"], "python": dict(py) if py else None, "size": size,
+            "files": files, "created": iso_time(created), "parent": manifest.get("parent")}
+
+
+def container_object(store, path, image_id, created, link_mode, exe):
+    """The one JSON shape of a container (docs/json.md): ``python`` holds the
+    interpreter it runs and the image's Python facts, or is null."""
+    try:
+        facts = store.manifest(image_id).python
+    except NotFoundError:  # the image was removed after the create
+        facts = None
+    python = None if exe is None and not facts else {"executable": exe, **(facts or {})}
+    return {"path": path, "image": image_id, "short_id": short_id(image_id),
+            "tags": store.tags_of(image_id), "created": iso_time(created),
+            "link_mode": link_mode, "python": python, "exists": os.path.isdir(path)}
+
+
+def image_info(store, image_id):
+    """The image object of a stored image."""
+    created, _, size, files = store.image_row(image_id)
+    return image_object(store, image_id, store.manifest(image_id).to_dict(), created, size, files)
+
+
 def list_images(store):
-    out = []
-    for image_id, manifest, created, size, files, source in store.image_rows():
-        m = json.loads(bytes(manifest))
-        py = m.get("python") or {}
-        out.append({"id": image_id, "short_id": short_id(image_id),
-                    "tags": store.tags_of(image_id), "kind": m["kind"],
-                    "python": py.get("version"), "size": size, "files": files,
-                    "created": created, "parent": m.get("parent")})
-    return out
+    return [image_object(store, image_id, json.loads(bytes(manifest)), created, size, files)
+            for image_id, manifest, created, size, files, source in store.image_rows()]
 
 
 def list_containers(store):
-    rows = store.container_rows()
-    return [{"path": p, "image": i, "short_id": short_id(i), "tags": store.tags_of(i),
-             "created": c, "link_mode": lm, "python": py, "exists": os.path.isdir(p)}
-            for p, i, c, lm, py in rows]
+    return [container_object(store, *row) for row in store.container_rows()]
 
 
 def tag_image(store, image, name):
@@ -4389,9 +4417,7 @@ def find_container(store, path):
     row = store.container_row(target)
     if row is None:
         raise NotFoundError("container", target, "run 'vocker ps' to list containers")
-    p, i, c, lm, py = row
-    return {"path": p, "image": i, "short_id": short_id(i), "tags": store.tags_of(i),
-            "created": c, "link_mode": lm, "python": py, "exists": os.path.isdir(p)}
+    return container_object(store, *row)
 
 
 def remove_container(store, path):
@@ -4435,13 +4461,10 @@ def inspect(store, name):
         with contextlib.suppress(NotFoundError):
             return {"type": "container", **find_container(store, name)}
     image_id = store.resolve_image(name)
-    m = store.manifest(image_id)
+    m = store.manifest(image_id).to_dict()
     created, source, size, files = store.image_row(image_id)
-    containers = store.containers_using(image_id)
-    return {"type": "image", "id": image_id, "short_id": short_id(image_id),
-            "tags": store.tags_of(image_id), "manifest": m.to_dict(),
-            "created": created, "source": source, "size": size, "files": files,
-            "containers": containers}
+    return {"type": "image", **image_object(store, image_id, m, created, size, files),
+            "manifest": m, "source": source, "containers": store.containers_using(image_id)}
 
 
 ###############################################################################
@@ -5442,7 +5465,8 @@ def pull(store, location, refs, headers=None, progress=None):
         results = []
         for ref in refs:
             image_id, tag = _resolve_remote(src, ref, index)
-            results.append(_pull_one(store, src, image_id, tag, progress))
+            one = _pull_one(store, src, image_id, tag, progress)
+            results.append({**image_info(store, image_id), **one})
         return {"source": location, "images": results, "bytes": src.bytes,
                 "requests": src.requests}
     finally:
@@ -5646,10 +5670,10 @@ def load(store, path, progress=None):
 # Commands ####################################################################
 ###############################################################################
 
-def _json_text(data):
+def _json_text(data, indent=2):
     """JSON for a terminal: the same values, with DEL and C1 characters
     ``\\u``-escaped too (json.dumps escapes only C0)."""
-    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    text = json.dumps(data, indent=indent, sort_keys=True, ensure_ascii=False)
     return re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
@@ -5664,8 +5688,11 @@ def _emit(args, data, text, quiet_text=None):
         print(text)
 
 
-def _when(ts):
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+def _warn(args, warnings):
+    """Warnings on stderr (under --json they are in the result instead)."""
+    if not args.quiet and not args.json:
+        for w in warnings:
+            print(terminal_safe(f"vocker: warning: {w}"), file=sys.stderr)
 
 
 def _progress(args, label):
@@ -5679,6 +5706,51 @@ def _progress(args, label):
     return Progress(label, enabled=enabled)
 
 
+def _looks_like_path(word):
+    """A word that names a folder or a repository location, not an image."""
+    return (os.path.isabs(word) or "://" in word or os.path.isdir(word)
+            or word.startswith(("./", "../", "~", "." + os.sep, ".." + os.sep)))
+
+
+def _is_image(store, ref):
+    try:
+        store.resolve_image(ref)
+    except VockerError:
+        return False
+    return True
+
+
+def _swapped(command, words):
+    """The error for ``vocker COMMAND A B ...`` where B, A ... was meant."""
+    what = "an image" if command == "create" else "a repository"
+    fixed = shlex.join([words[1], words[0], *words[2:]])
+    return UsageError(f"'{words[1]}' looks like {what} and '{words[0]}' does not",
+                      f"arguments swapped? try: vocker {command} {fixed}")
+
+
+def _explain_missing(store, exc):
+    """Reword 'image not found' for a local name: the tags meant, and whether
+    ':latest' was implied."""
+    ref = exc.name
+    if exc.what != "image" or not isinstance(ref, str) or not TAG_RE.fullmatch(ref):
+        return
+    implied = ":" not in ref
+    full = ref + ":latest" if implied else ref
+    repo = full.partition(":")[0]
+    names = store.tag_names()
+    same = [n.partition(":")[2] for n in names if n.partition(":")[0] == repo]
+    close = difflib.get_close_matches(full, names, n=3)
+    if implied and PREFIX_RE.fullmatch(ref):
+        exc.message = f"no image ID starts with {ref}, and there is no image {full}"
+    else:
+        exc.message = f"no image {full}" + (" (':latest' is implied when no tag is given)"
+                                            if implied else "")
+    hints = [f"did you mean {' or '.join(close)}?"] if close else []
+    if same and (implied or not close):
+        hints.append(f"tags of {repo}: {', '.join(same)}")
+    exc.hint = "; ".join(hints) or exc.hint
+
+
 def cmd_commit(store, args):
     labels = {}
     for item in args.label or ():
@@ -5688,36 +5760,48 @@ def cmd_commit(store, args):
         labels[k] = v
     r = commit(store, args.path, tags=args.tag or (), kind=args.kind, python=args.python,
                labels=labels, progress=_progress(args, "committing"))
-    for w in r["warnings"]:
-        if not args.quiet:
-            print(f"vocker: warning: {w}", file=sys.stderr)
+    _warn(args, r["warnings"])
     _emit(args, r, r["id"], r["id"])
     return EXIT_OK
 
 
 def cmd_create(store, args):
-    r = create(store, args.image, args.path, link_mode=args.link_mode, python=args.python,
-               compile=not args.no_compile, progress=_progress(args, "creating"))
-    for w in r["warnings"]:
-        if not args.quiet:
-            print(f"vocker: warning: {w}", file=sys.stderr)
+    try:
+        r = create(store, args.image, args.path, link_mode=args.link_mode, python=args.python,
+                   compile=not args.no_compile, progress=_progress(args, "creating"))
+    except (NotFoundError, UsageError):
+        if (_looks_like_path(args.image) and not _is_image(store, args.image)
+                and _is_image(store, args.path)):
+            raise _swapped("create", [args.image, args.path]) from None
+        raise
+    _warn(args, r["warnings"])
     text = (f"created {r['path']} from {r['short_id']} "
             f"({r['link_mode']}, {r['pyc_compiled']} compiled, {r['pyc_cached']} cached .pyc"
             + (f", {r['repaired']} damaged store files repaired" if r["repaired"] else "") + ")")
-    _emit(args, r, text)
+    _emit(args, r, terminal_safe(text), r["path"])
     return EXIT_OK
+
+
+def _tag_matches(tag, name):
+    """``web`` matches every tag of repository web; ``web:1.0`` one tag."""
+    return tag == name if ":" in name else tag.partition(":")[0] == name
 
 
 def cmd_images(store, args):
     rows = list_images(store)
+    if args.name is not None:
+        normalize_tag(args.name)  # refuses what no tag can be
+        rows = [r for r in rows if any(_tag_matches(t, args.name) for t in r["tags"])]
     if args.json or args.quiet:
-        _emit(args, rows, "\n".join(r["short_id"] for r in rows))
+        _emit(args, rows, None, "\n".join(r["id"] for r in rows))
         return EXIT_OK
     lines = [f"{'NAME:TAG':<30} {'IMAGE ID':<12}  {'KIND':<10} {'PYTHON':<8} {'SIZE':>9}  CREATED"]
     for r in rows:
-        for t in r["tags"] or ["<none>"]:
-            lines.append(f"{t:<30} {r['short_id']:<12}  {r['kind']:<10} {r['python'] or '-':<8} "
-                         f"{human_size(r['size']):>9}  {_when(r['created'])}")
+        tags = [t for t in r["tags"] if args.name is None or _tag_matches(t, args.name)]
+        version = (r["python"] or {}).get("version") or "-"
+        for t in tags or ["<none>"]:
+            lines.append(f"{t:<30} {r['short_id']:<12}  {r['kind']:<10} {version:<8} "
+                         f"{human_size(r['size']):>9}  {r['created'] or '-'}")
     print("\n".join(lines))
     return EXIT_OK
 
@@ -5725,12 +5809,13 @@ def cmd_images(store, args):
 def cmd_ps(store, args):
     rows = list_containers(store)
     if args.json or args.quiet:
-        _emit(args, rows, "\n".join(r["path"] for r in rows))
+        _emit(args, rows, None, "\n".join(terminal_safe(r["path"]) for r in rows))
         return EXIT_OK
-    lines = [f"{'IMAGE ID':<12}  {'LINK':<8} {'STATUS':<8} {'CREATED':<16}  PATH"]
+    lines = [f"{'IMAGE ID':<12}  {'LINK':<8} {'STATUS':<8} {'CREATED':<20}  PATH"]
     for r in rows:
-        lines.append(f"{r['short_id']:<12}  {r['link_mode']:<8} "
-                     f"{'ok' if r['exists'] else 'missing':<8} {_when(r['created']):<16}  {r['path']}")
+        lines.append(terminal_safe(f"{r['short_id']:<12}  {r['link_mode']:<8} "
+                                   f"{'ok' if r['exists'] else 'missing':<8} "
+                                   f"{r['created'] or '-':<20}  {r['path']}"))
     print("\n".join(lines))
     return EXIT_OK
 
@@ -5751,8 +5836,9 @@ def cmd_rmi(store, args):
 
 def cmd_rm(store, args):
     results = [remove_container(store, p) for p in args.paths]
-    _emit(args, results, "\n".join(("removed an interrupted create at " if r.get("interrupted")
-                                    else "") + r["path"] for r in results))
+    _emit(args, results, "\n".join(terminal_safe(
+        ("removed an interrupted create at " if r.get("interrupted") else "") + r["path"])
+        for r in results))
     return EXIT_OK
 
 
@@ -5777,9 +5863,25 @@ def cmd_push(store, args):
     return EXIT_OK
 
 
+def _pull_swapped(args):
+    """``pull IMAGE REPO``: the error to show instead, or None."""
+    places = [w for w in args.images if _looks_like_path(w)]
+    if (len(places) != 1 or _looks_like_path(args.repo) or os.path.exists(args.repo)
+            or not TAG_RE.fullmatch(args.repo)):
+        return None
+    others = [w for w in args.images if w is not places[0]]
+    return _swapped("pull", [args.repo, places[0], *others])
+
+
 def cmd_pull(store, args):
-    r = pull(store, args.repo, args.images, headers=_headers(args),
-             progress=_progress(args, "pulling"))
+    try:
+        r = pull(store, args.repo, args.images, headers=_headers(args),
+                 progress=_progress(args, "pulling"))
+    except VockerError:
+        swapped = _pull_swapped(args)
+        if swapped:
+            raise swapped from None
+        raise
     text = "\n".join(f"{'up to date' if i['present'] else 'pulled'} {i['id']}"
                      f"{' as ' + i['tag'] if i['tag'] else ''}" for i in r["images"])
     _emit(args, r, text, "\n".join(i["id"] for i in r["images"]))
@@ -5806,6 +5908,8 @@ def cmd_repo(store, args):
         _emit(args, r, f"initialized repository {r['path']}")
         return EXIT_OK
     rows = repo_ls(args.repo, headers=_headers(args))
+    for r in rows:  # a repository's index knows only the version: the same object shape
+        r["python"] = {"version": r["python"]} if r["python"] else None
     if args.json or args.quiet:
         _emit(args, rows, None, "\n".join(r["id"] for r in rows))
         return EXIT_OK
@@ -5813,14 +5917,37 @@ def cmd_repo(store, args):
     for r in rows:
         for t in r["tags"] or ["<none>"]:
             lines.append(terminal_safe(f"{t:<30} {r['short_id']:<12}  {r['kind'] or '-':<10} "
-                                       f"{r['python'] or '-'}"))
+                                       f"{(r['python'] or {}).get('version') or '-'}"))
     print("\n".join(lines))
     return EXIT_OK
 
 
+def _field(obj, path):
+    """The value at dotted ``path`` into ``obj``; a usage error naming the
+    fields there when it is not one."""
+    value, done = obj, []
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            keys = sorted(value) if isinstance(value, dict) else []
+            close = difflib.get_close_matches(key, keys, n=1)
+            where = ".".join(done) or "the top level"
+            hint = (f"did you mean {'.'.join(done + close)}?" if close
+                    else f"fields at {where}: {', '.join(keys)}" if keys
+                    else f"{where} is {_json_text(value, None)[:40]}, not an object")
+            raise UsageError(f"no field {path!r} in this {obj['type']}", hint)
+        value = value[key]
+        done.append(key)
+    return value
+
+
 def cmd_inspect(store, args):
     r = inspect(store, args.name)
-    print(_json_text(r))
+    if not args.format:
+        print(_json_text(r))
+        return EXIT_OK
+    values = [_field(r, f.strip()) for f in args.format.split(",")]
+    print("\t".join(terminal_safe(v if isinstance(v, str) else _json_text(v, None))
+                    for v in values))
     return EXIT_OK
 
 
@@ -5830,7 +5957,21 @@ def cmd_inspect(store, args):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise UsageError(f"{self.prog}: {message}", f"see '{self.prog} --help'")
+        raise UsageError(message, f"see '{self.prog} --help'")
+
+
+def _global_options(parser, default):
+    """Options accepted before or after the command (``default`` SUPPRESS in
+    the commands, so that one given first is not reset)."""
+    d = (lambda v: v) if default is None else (lambda v: default)
+    parser.add_argument("--home", metavar="DIR", default=d(None),
+                        help="store folder (default: $VOCKER_HOME, else the user data dir)")
+    parser.add_argument("--debug", action="store_true", default=d(False),
+                        help="show tracebacks of errors (not of usage errors)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d(None),
+                        help="show progress on stderr (default: only on a terminal)")
+    parser.add_argument("--json", action="store_true", default=d(False),
+                        help="print JSON for scripts, errors too (docs/json.md)")
 
 
 def build_parser():
@@ -5842,16 +5983,14 @@ def build_parser():
                        "  vocker create web:1.0 ./web2        # image -> new environment\n"
                        "  vocker images                       # list images\n"
                        "  vocker ps                           # list containers\n\n"
-                       + EXIT_CODES_HELP)
+                       "options --home, --debug, --progress and --json go before or after "
+                       "the command.\n\n" + EXIT_CODES_HELP)
     p.add_argument("--version", action="version", version=f"vocker {__version__}")
-    p.add_argument("--home", metavar="DIR", help="store folder (default: $VOCKER_HOME, "
-                   "else the user data dir)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show progress on stderr (default: only on a terminal)")
+    _global_options(p, None)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
-    common.add_argument("-q", "--quiet", action="store_true", help="print only IDs or nothing")
+    _global_options(common, argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="print only IDs (containers: paths), one a line, or nothing")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name, func, help_, examples):
@@ -5862,7 +6001,7 @@ def build_parser():
 
     sp = add("commit", cmd_commit, "turn an environment into an image; prints its ID",
              "  vocker commit ./venv\n  vocker commit ./venv -t web:1.0 --label team=data\n"
-             "  vocker commit C:\\envs\\py311 --kind venv --json\n")
+             "  vocker commit ./venv --kind venv --json\n")
     sp.add_argument("path", help="the environment's folder")
     sp.add_argument("-t", "--tag", action="append", metavar="NAME[:TAG]", help="tag the image")
     sp.add_argument("--kind", choices=KINDS, help="venv, standalone or plain (default: detect)")
@@ -5870,8 +6009,8 @@ def build_parser():
     sp.add_argument("--label", action="append", metavar="KEY=VALUE", help="add a label")
 
     sp = add("create", cmd_create, "make a new environment (container) from an image",
-             "  vocker create web:1.0 ./web\n  vocker create 3f2a9c ./web --link-mode copy\n"
-             "  vocker create web:1.0 ./web --python /usr/bin/python3.11 --no-compile\n")
+             "  vocker create web:1.0 ./web\n  vocker create web:1.0 ./web-copy --link-mode copy\n"
+             "  vocker create web:1.0 ./web-quick --no-compile\n")
     sp.add_argument("image", help="image ID, unique ID prefix, or NAME[:TAG]")
     sp.add_argument("path", help="folder to create (must not exist)")
     sp.add_argument("--link-mode", choices=LINK_MODES, default="auto",
@@ -5880,29 +6019,28 @@ def build_parser():
     sp.add_argument("--python", metavar="EXE", help="base interpreter to use")
     sp.add_argument("--no-compile", action="store_true", help="do not create .pyc files")
 
-    add("images", cmd_images, "list images", "  vocker images\n  vocker images --json\n")
-    add("ps", cmd_ps, "list containers", "  vocker ps\n  vocker ps --json\n")
-    sp = add("tag", cmd_tag, "give an image a name", "  vocker tag 3f2a9c web:1.0\n")
+    sp = add("images", cmd_images, "list images (all, or those of one name)",
+             "  vocker images\n  vocker images web           # every tag of web\n"
+             "  vocker images web:1.0 -q    # its full ID\n  vocker images --json\n")
+    sp.add_argument("name", nargs="?", metavar="NAME[:TAG]", help="only this repository or tag")
+    add("ps", cmd_ps, "list containers", "  vocker ps\n  vocker ps -q\n  vocker ps --json\n")
+    sp = add("tag", cmd_tag, "give an image a name", "  vocker tag web:1.0 web:stable\n")
     sp.add_argument("image")
     sp.add_argument("name", metavar="NAME[:TAG]")
-    sp = add("rmi", cmd_rmi, "remove images (or one tag of an image)",
-             "  vocker rmi web:1.0\n  vocker rmi 3f2a9c --force\n")
-    sp.add_argument("images", nargs="+", metavar="IMAGE")
-    sp.add_argument("-f", "--force", action="store_true", help="remove an image with several tags")
-    sp = add("rm", cmd_rm, "delete containers (their folders and records)",
-             "  vocker rm ./web\n")
-    sp.add_argument("paths", nargs="+", metavar="PATH")
     sp = add("inspect", cmd_inspect, "show an image or a container as JSON",
-             "  vocker inspect web:1.0\n  vocker inspect ./web\n")
+             "  vocker inspect web:1.0\n  vocker inspect ./web\n"
+             "  vocker inspect web:1.0 --format id,manifest.python.version\n")
     sp.add_argument("name", metavar="IMAGE|CONTAINER")
+    sp.add_argument("--format", metavar="FIELD[,FIELD]",
+                    help="print only these fields, tab-separated: dotted paths into the "
+                         "JSON (strings as is, other values as JSON)")
 
     sp = add("push", cmd_push, "copy images (and their tags) to a repository folder or share",
-             "  vocker push web:1.0 /srv/vocker-repo\n  vocker push web:1.0 web:1.1 \\\\server\\share\\repo\n")
+             "  vocker push web:1.0 ./repo\n  vocker push web:1.0 web:stable ./repo\n")
     sp.add_argument("images", nargs="+", metavar="IMAGE")
     sp.add_argument("repo", metavar="REPO", help="repository folder (made if empty)")
     sp = add("pull", cmd_pull, "fetch images from a repository (folder, file:// or http(s)://)",
-             "  vocker pull https://example.org/repo web:1.0\n"
-             "  vocker pull /mnt/share/repo 3f2a9c41d0b7e2...   # pinned by ID\n")
+             "  vocker pull ./repo web:1.0\n  vocker pull ./repo web:1.0 --home ./other-store\n")
     sp.add_argument("repo", metavar="REPO")
     sp.add_argument("images", nargs="+", metavar="IMAGE", help="NAME[:TAG], ID or unique ID prefix")
     sp.add_argument("--header", action="append", metavar="'NAME: VALUE'",
@@ -5915,13 +6053,20 @@ def build_parser():
              "  vocker load web.vocker\n")
     sp.add_argument("file", metavar="FILE")
     sp = add("repo", cmd_repo, "make or list a repository",
-             "  vocker repo init /srv/vocker-repo\n  vocker repo ls https://example.org/repo\n")
+             "  vocker repo init ./repo2\n  vocker repo ls ./repo\n")
     rsub = sp.add_subparsers(dest="repo_command", metavar="ACTION", required=True)
     r1 = rsub.add_parser("init", help="make an empty repository folder", parents=[common])
     r1.add_argument("path", metavar="DIR")
     r2 = rsub.add_parser("ls", help="list a repository's images and tags", parents=[common])
     r2.add_argument("repo", metavar="REPO")
     r2.add_argument("--header", action="append", metavar="'NAME: VALUE'")
+    sp = add("rm", cmd_rm, "delete containers (their folders and records)",
+             "  vocker rm ./web\n  vocker rm $(vocker ps -q)    # every container\n")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp = add("rmi", cmd_rmi, "remove images (or one tag of an image)",
+             "  vocker rmi web:stable\n  vocker rmi --force $(vocker images -q)    # every image\n")
+    sp.add_argument("images", nargs="+", metavar="IMAGE")
+    sp.add_argument("-f", "--force", action="store_true", help="remove an image with several tags")
     return p
 
 
@@ -5931,67 +6076,108 @@ def build_parser():
 
 #: commands that only read the store: they work on a read-only store too
 READ_ONLY_COMMANDS = (cmd_images, cmd_inspect, cmd_ps, cmd_save)
+#: the hidden names vocker stages under: ``.NAME.vocker-PID-RANDOM`` beside NAME
+_STAGE_RE = re.compile(r"(?<![^/\\])\.([^/\\]+?)\.vocker-(?:[0-9]+-)?[0-9a-f]{8}(?![0-9A-Za-z])")
+
+
+def _given(argv, flag):
+    """Whether ``flag`` is on the command line (before any ``--``)."""
+    words = list(argv)
+    return flag in (words[:words.index("--")] if "--" in words else words)
+
+
+def _user_paths(text, store):
+    """``text`` naming the user's paths where it named vocker's staging ones."""
+    text = _STAGE_RE.sub(r"\1", text)
+    if store is not None:
+        tmp = re.escape(store.tmp_dir + os.sep) + r"[^\s;:,)]*"
+        text = re.sub(tmp, lambda m: f"{store.home} (the store)", text)
+    return text
+
+
+def _fail(code, kind, message, hint, as_json, store, prefix="vocker: error: "):
+    """Report an error on stderr (one line, or the JSON error object); returns ``code``."""
+    message, hint = _user_paths(message, store), hint and _user_paths(hint, store)
+    if as_json:
+        error = {"code": code, "type": kind, "message": message, "hint": hint}
+        print(_json_text({"error": error}, None), file=sys.stderr)
+    else:
+        print(terminal_safe(prefix + message + (f"; {hint}" if hint else "")), file=sys.stderr)
+    return code
+
+
+def _check_imports():
+    if _IMPORT_ERROR is None:
+        return
+    here = f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform}"
+    if sys.argv and sys.argv[0].lower().endswith(".pyz"):
+        raise EnvironmentProblem(
+            f"this vocker.pyz has no blake3/zstandard modules for {here}",
+            "run it with CPython 3.11-3.14 (py -3.12 vocker.pyz ...), or get the "
+            "universal build (build_zipapp.py --universal)")
+    raise EnvironmentProblem(
+        f"vocker needs the blake3 and zstandard modules ({_IMPORT_ERROR}) for {here}",
+        "install them (pip install blake3 zstandard) or use a vocker.pyz built "
+        "for this Python")
+
+
+def _run(argv, state):
+    """Parse ``argv`` and run its command; the store goes into ``state``."""
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    if extra:  # named here, where the command is known
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}",
+                         f"see 'vocker {args.command or ''} --help'".replace("  ", " "))
+    _check_imports()
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    if args.func is not cmd_repo:  # repo init/ls need no local store
+        state["store"] = Store(args.home or default_home(),
+                               readonly=None if args.func in READ_ONLY_COMMANDS else False)
+    return args.func(state["store"], args)
 
 
 def main(argv=None):
     """Run the command line; returns the exit code."""
-    parser = build_parser()
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
-    store = None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug, as_json = _given(argv, "--debug"), _given(argv, "--json")
+    state = {"store": None}
     try:
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as exc:  # --help and --version
-            return exc.code if isinstance(exc.code, int) else EXIT_OK
-        if _IMPORT_ERROR is not None:
-            here = f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform}"
-            if sys.argv and sys.argv[0].lower().endswith(".pyz"):
-                raise EnvironmentProblem(
-                    f"this vocker.pyz has no blake3/zstandard modules for {here}",
-                    "run it with CPython 3.11-3.14 (py -3.12 vocker.pyz ...), or get the "
-                    "universal build (build_zipapp.py --universal)")
-            raise EnvironmentProblem(
-                f"vocker needs the blake3 and zstandard modules ({_IMPORT_ERROR}) for {here}",
-                "install them (pip install blake3 zstandard) or use a vocker.pyz built "
-                "for this Python")
-        if not getattr(args, "func", None):
-            parser.print_help()
-            return EXIT_USAGE
-        if args.func is not cmd_repo:  # repo init/ls need no local store
-            store = Store(args.home or default_home(),
-                          readonly=None if args.func in READ_ONLY_COMMANDS else False)
-        return args.func(store, args)
+        return _run(argv, state)
     except VockerError as exc:
-        if debug:
-            import traceback
+        if debug and not isinstance(exc, UsageError):
             traceback.print_exc()
-        print(f"vocker: error: {terminal_safe(str(exc))}", file=sys.stderr)
-        return exc.exit_code
+        if isinstance(exc, NotFoundError) and state["store"] is not None:
+            with contextlib.suppress(sqlite3.Error):  # the plain message is still true
+                _explain_missing(state["store"], exc)
+        return _fail(exc.exit_code, type(exc).__name__, exc.message, exc.hint, as_json,
+                     state["store"])
     except BrokenPipeError:  # output piped into head & co.
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")
         return EXIT_OK
     except KeyboardInterrupt:
-        print("vocker: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _fail(EXIT_INTERRUPTED, "KeyboardInterrupt", "interrupted", None, as_json,
+                     state["store"], prefix="vocker: ")
     except OSError as exc:
         if debug:
-            import traceback
             traceback.print_exc()
         where = f" ({exc.filename})" if exc.filename else ""
-        print(terminal_safe(f"vocker: error: {exc.strerror or exc}{where}; check the path, "
-                            "free space and permissions"), file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return _fail(EXIT_ENVIRONMENT, type(exc).__name__, f"{exc.strerror or exc}{where}",
+                     "check the path, free space and permissions", as_json, state["store"])
     except Exception as exc:  # a bug
-        import traceback
         if debug:
             traceback.print_exc()
-        print(f"vocker: internal error: {type(exc).__name__}: {exc}; run again with --debug "
-              "and report it", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(EXIT_ERROR, type(exc).__name__, f"{type(exc).__name__}: {exc}",
+                     "run again with --debug and report it", as_json, state["store"],
+                     prefix="vocker: internal error: ")
     finally:
-        if store is not None:
-            store.close()
+        if state["store"] is not None:
+            state["store"].close()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import vocker
-from conftest import clean_env, cli, cli_json, vocker_cmd
+from conftest import clean_env, cli, cli_json, require_python, vocker_cmd
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,7 @@ def _one_line_error(p, code):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith("vocker: error: ")
+    assert "vocker:" not in lines[0][len("vocker: error: "):]  # one prefix
     assert "Traceback" not in p.stderr
 
 
@@ -63,14 +64,18 @@ def test_bad_inputs_give_one_line_errors(plain_home, tmp_path):
         (["commit", str(notenv / "readme.txt")], vocker.EXIT_INVALID, "not a directory"),
         (["commit", str(notenv), "--kind", "plain", "-t", "Bad Tag!"], vocker.EXIT_USAGE, "invalid"),
         (["create", "plain:0", str(exists)], vocker.EXIT_CONFLICT, "already exists"),
-        (["create", "nosuch:1", str(tmp_path / "x")], vocker.EXIT_NOT_FOUND, "image not found"),
-        (["create", "abcdef0123", str(tmp_path / "x")], vocker.EXIT_NOT_FOUND, "image not found"),
+        (["create", "nosuch:1", str(tmp_path / "x")], vocker.EXIT_NOT_FOUND, "no image nosuch:1;"),
+        (["create", "abcdef0123", str(tmp_path / "x")], vocker.EXIT_NOT_FOUND,
+         "no image ID starts with abcdef0123, and there is no image abcdef0123:latest"),
         (["create", shared, str(tmp_path / "x")], vocker.EXIT_CONFLICT, "ambiguous"),
         (["create", "plain:0", str(tmp_path / "x"), "--link-mode", "magic"], vocker.EXIT_USAGE, "invalid choice"),
         (["frobnicate"], vocker.EXIT_USAGE, "invalid choice"),
-        (["inspect", "nosuch"], vocker.EXIT_NOT_FOUND, "not found"),
+        (["inspect", "nosuch"], vocker.EXIT_NOT_FOUND, "no image nosuch:latest (':latest' is"),
         (["rm", str(tmp_path / "never-created")], vocker.EXIT_NOT_FOUND, "container not found"),
-        (["tag", "nosuch", "x:1"], vocker.EXIT_NOT_FOUND, "not found"),
+        (["tag", "nosuch", "x:1"], vocker.EXIT_NOT_FOUND, "no image nosuch:latest"),
+        (["images", "--frob"], vocker.EXIT_USAGE, "unrecognized arguments: --frob; see 'vocker images --help'"),
+        (["images", "--debug", "--frob"], vocker.EXIT_USAGE, "unrecognized arguments"),
+        (["create", "plain:0"], vocker.EXIT_USAGE, "required: path"),
     ]
     for args, code, fragment in cases:
         p = cli(*args, home=home)
@@ -82,7 +87,7 @@ def test_bad_inputs_give_one_line_errors(plain_home, tmp_path):
 def test_json_outputs_and_lifecycle(plain_home, tmp_path):
     home, ids, base = plain_home
     r = cli_json("commit", str(base / "src0"), "--kind", "plain", "-t", "again:1", home=home)
-    assert r["id"] == ids[0] and r["tags"] == ["again:1"]
+    assert r["id"] == ids[0] and r["tags"] == ["again:1", "plain:0"]  # all its tags
     images = cli_json("images", home=home)
     assert {i["id"] for i in images} == set(ids)
     c = cli_json("create", ids[0][:12], str(tmp_path / "ctr"), home=home)
@@ -191,3 +196,29 @@ def test_progress_only_on_request_when_not_a_terminal(plain_home, tmp_path):
     forced = cli("--progress", "create", "plain:1", str(tmp_path / "b"), home=home, check=True)
     assert "creating: 1/1" in forced.stderr
     assert forced.stdout.startswith("created ")   # stdout stays clean for scripts
+
+
+#: the order in which the examples of every --help run, as a user would
+HELP_ORDER = [[], ["commit"], ["create"], ["images"], ["ps"], ["tag"], ["inspect"], ["push"],
+              ["pull"], ["save"], ["load"], ["repo"], ["rm"], ["rmi"]]
+
+
+def test_help_examples_are_true(tmp_path):
+    """Every example of every --help, pasted into a shell in this order, works."""
+    py = require_python("3.11")
+    subprocess.run([py, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    env = clean_env({"VOCKER_HOME": str(tmp_path / "home")})
+    env["PATH"] = os.path.dirname(vocker_cmd()[0]) + os.pathsep + env["PATH"]
+    ran = []
+    for words in HELP_ORDER:
+        text = cli(*words, "--help", home=tmp_path / "home", check=True).stdout
+        examples = text.split("examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        assert examples, words
+        for line in examples:
+            assert line.startswith("  vocker "), line
+            p = subprocess.run(["bash", "-c", line.strip()], env=env, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0, (line, p.stdout, p.stderr)
+            ran.append(line.split()[1])
+    assert set(ran) == {w[0] for w in HELP_ORDER if w} and vocker_cmd()[0].endswith("vocker")
+    assert cli("images", "-q", home=tmp_path / "home").stdout == ""  # the last one removed all

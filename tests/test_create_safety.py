@@ -149,7 +149,7 @@ def test_hostile_image_is_refused_at_create_and_writes_nothing_outside(case, tmp
         good = _store_image(store, tmp_path, VENV, "venv", _python_need())
         r = vocker.create(store, good, parent / "web")
         assert r["pyc_compiled"] + r["pyc_cached"] == 1 and r["warnings"] == []
-        assert os.readlink(parent / "web" / "bin" / "python") == r["python"]
+        assert os.readlink(parent / "web" / "bin" / "python") == r["python"]["executable"]
         assert _snapshot(parent / "web-2") == {k[len("web-2/"):]: v for k, v in before.items()
                                                if k.startswith("web-2/")}
 

@@ -25,7 +25,7 @@ def test_round_trip_per_python(minor, home, tmp_path, wheelhouse):
         assert r["python"]["cache_tag"] == "cpython-" + minor.replace(".", "")
         target = tmp_path / "dst"
         c = vocker.create(store, f"py:{minor}", target)
-        assert os.path.realpath(c["python"]) == os.path.realpath(py)
+        assert os.path.realpath(c["python"]["executable"]) == os.path.realpath(py)
         out = run([target / "bin" / "vockdemo"]).stdout
         assert out.startswith("vockdemo 1.0 from ") and str(target) in out
         tag = "cpython-" + minor.replace(".", "")

@@ -738,4 +738,5 @@ def test_repo_ls_escapes_terminal_control_characters(tmp_path, capsys):
     assert not any(0 <= ord(c) < 0x20 and c != "\n" or 0x7f <= ord(c) <= 0x9f for c in out)
     assert len(out.strip().splitlines()) == 2 and "\\x1b]0;owned" in out
     rc, out, err = vk(capsys, "--home", tmp_path / "h", "repo", "ls", repo, "--json")
-    assert json.loads(out)[0]["kind"] == evil and json.loads(out)[0]["python"] == "3.11\x1b[0m"
+    row = json.loads(out)[0]
+    assert row["kind"] == evil and row["python"] == {"version": "3.11\x1b[0m"}

@@ -93,8 +93,8 @@ def test_activate_sets_new_path_and_prompt(container):
 def test_pyvenv_cfg_names_this_machines_interpreter(container):
     target, r = container
     cfg = vocker.parse_pyvenv_cfg((target / "pyvenv.cfg").read_text())
-    assert cfg["home"] == os.path.dirname(r["python"])
-    assert os.path.realpath(target / "bin" / "python") == os.path.realpath(r["python"])
+    assert cfg["home"] == os.path.dirname(r["python"]["executable"])
+    assert os.path.realpath(target / "bin" / "python") == os.path.realpath(r["python"]["executable"])
     assert str(target) in cfg.get("command", str(target))
 
 

@@ -112,7 +112,7 @@ def test_pyz_as_a_user(pyz, minor, tmp_path, wheelhouse):
     assert os.fspath(copy) in out
 
     images = user.json("images")
-    assert [(i["id"], i["tags"], i["python"][:len(minor) + 1]) for i in images] == \
+    assert [(i["id"], i["tags"], i["python"]["version"][:len(minor) + 1]) for i in images] == \
         [(image["id"], ["demo:1"], minor + ".")]
     ps = user.json("ps")
     assert [(c["path"], c["image"], c["exists"]) for c in ps] == \
