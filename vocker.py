@@ -14,23 +14,34 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import argparse
+import base64
+import collections
 import contextlib
+import csv
 import difflib
 import errno
+import http.client
+import io
 import json
+import netrc
 import os
 import re
 import shlex
 import shutil
+import socket
 import sqlite3
 import stat
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
 import traceback
+import unicodedata
+import urllib.parse
+import urllib.request
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -184,20 +195,20 @@ class IntegrityError(InvalidInputError):
         self.object_id = object_id
 
 
-class UnsupportedLauncherError(InvalidInputError):
-    """A Windows launcher names the environment but cannot be templated safely."""
+class LauncherError(InvalidInputError):
+    """A Windows launcher (``reason`` says what) vocker cannot template."""
 
     def __init__(self, reason, hint=None):
         super().__init__(reason, hint)
         self.reason = reason
 
 
-class ZipFormatError(InvalidInputError):
-    """A launcher's zip is malformed or uses a feature vocker does not rewrite."""
+class UnsupportedLauncherError(LauncherError):
+    """A Windows launcher names the environment but cannot be templated safely."""
 
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
+
+class ZipFormatError(LauncherError):
+    """A launcher's zip is malformed or uses a feature vocker does not rewrite."""
 
 
 class EnvironmentProblem(VockerError):
@@ -213,6 +224,14 @@ class LinkModeError(EnvironmentProblem):
 
 class PythonError(VockerError):
     exit_code = EXIT_PYTHON
+
+
+class NetworkError(VockerError):
+    exit_code = EXIT_NETWORK
+
+    def __init__(self, url, detail, hint="check the address and the connection, then retry"):
+        super().__init__(f"cannot fetch {url}: {detail}", hint)
+        self.url = url
 
 
 ###############################################################################
@@ -327,7 +346,6 @@ def terminal_safe(text):
 def name_key(name):
     """Names with equal keys collide: equal after Unicode normalization (NFC
     and NFD spell the same name on macOS) and case folding (Windows, macOS)."""
-    import unicodedata
     return unicodedata.normalize("NFC", name).casefold()
 
 
@@ -405,6 +423,165 @@ def human_size(n):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000.0
+
+
+###############################################################################
+# Files and progress ##########################################################
+###############################################################################
+
+_made_dirs = set()  # folders this process already made
+
+
+def _makedirs(d):
+    if d not in _made_dirs:
+        os.makedirs(d, exist_ok=True)
+        _made_dirs.add(d)
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def rmtree(path, trash=None, restore_readonly=None, target=None):
+    """Delete a tree without ever changing a file's mode: files may be
+    hardlinks of the pool, shared by every container.
+
+    POSIX: deleting needs only the folder writable; a folder of the tree that
+    refuses is made writable (folders are never shared). Windows (``target``
+    overrides this machine, for tests): a read-only file must lose its
+    attribute before it can be deleted, and the attribute belongs to the
+    inode; ``restore_readonly(st)`` is then called with the deleted file's
+    lstat so the store can set it back on its pool copy. A file that still
+    cannot be deleted (Windows: in use) is renamed into ``trash``."""
+    win = (target or Target.local()).win
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(top.st_mode):
+        _remove_file(path, top, win, trash, restore_readonly)
+        return
+    stack = [(path, None)]
+    while stack:
+        d, children = stack.pop()
+        if children is None:
+            children = _retry(_dir_entries, d, lambda: _writable_dir(d, win)) or []
+            stack.append((d, []))
+            for p, st in children:
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((p, None))
+                else:
+                    _remove_file(p, st, win, trash, restore_readonly)
+        else:  # Windows: a read-only folder refuses; POSIX: its parent decides
+            _retry(os.rmdir, d, lambda: (win and _writable_dir(d, win),
+                                         _writable_dir(os.path.dirname(d), win)))
+
+
+def _writable_dir(d, win):
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(os.lstat(d).st_mode)
+        os.chmod(d, (mode | stat.S_IWRITE) if win else (mode | stat.S_IRWXU))
+
+
+def _retry(fn, p, fix):
+    """``fn(p)``; once more after ``fix()`` if permission was refused."""
+    try:
+        return fn(p)
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        fix()
+    return fn(p)
+
+
+def _dir_entries(d):
+    with os.scandir(d) as it:
+        return [(e.path, e.stat(follow_symlinks=False)) for e in it]
+
+
+def _remove_file(p, st, win, trash, restore_readonly):
+    """One file or link of :func:`rmtree` (``st``: its scandir stat)."""
+    parent = os.path.dirname(p)
+    try:
+        if win and not st.st_mode & stat.S_IWRITE:
+            st = os.lstat(p)  # scandir gives no inode or link count on Windows
+            os.chmod(p, stat.S_IWRITE | stat.S_IREAD)
+            try:
+                _retry(os.unlink, p, lambda: _writable_dir(parent, win))
+            finally:
+                if restore_readonly is not None and st.st_nlink > 1:
+                    restore_readonly(st)
+        elif win and stat.S_ISLNK(st.st_mode) and _is_dir_link(p):
+            _retry(os.rmdir, p, lambda: _writable_dir(parent, win))
+        else:
+            _retry(os.unlink, p, lambda: _writable_dir(parent, win))
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if trash is None:
+            raise
+        os.makedirs(trash, exist_ok=True)
+        os.replace(p, os.path.join(trash, uuid.uuid4().hex))
+
+
+def _is_dir_link(p):
+    """A Windows directory symlink or junction (deleted with rmdir)."""
+    try:
+        return os.path.isdir(p)
+    except OSError:
+        return False
+
+
+def extended_path(path, target=None):
+    """On Windows (this machine, or ``target``), the ``\\\\?\\`` form of a long
+    absolute path (past 260 characters plain Win32 calls fail); unchanged elsewhere."""
+    if not (target or Target.local()).win:
+        return path
+    if path.startswith("\\\\?\\") or len(path) < 240:
+        return path
+    if path.startswith("\\\\"):   # \\server\share\... -> \\?\UNC\server\share\...
+        return "\\\\?\\UNC\\" + path[2:]
+    return "\\\\?\\" + path
+
+
+class Progress:
+    """A one-line counter (objects, and bytes when known) on stderr."""
+
+    def __init__(self, label, total=0, enabled=None):
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self.enabled = enabled
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.total_bytes = 0
+        self.bytes = 0
+        self._last = 0.0
+        self._width = 0
+
+    def update(self, n=1, label=None, nbytes=0):
+        self.done += n
+        self.bytes += nbytes
+        if label:
+            self.label = label
+        if self.enabled:
+            now = time.monotonic()
+            if now - self._last > 0.1 or self.done >= self.total:
+                self._last = now
+                text = f"{self.label}: {self.done}" + (f"/{self.total}" if self.total else "")
+                if self.total_bytes:
+                    text += f" objects, {human_size(self.bytes)}/{human_size(self.total_bytes)}"
+                self._width = max(self._width, len(text))
+                sys.stderr.write("\r" + text.ljust(self._width))
+                sys.stderr.flush()
+
+    def close(self):
+        if self.enabled and self.done:
+            sys.stderr.write("\r" + " " * self._width + "\r")
+            sys.stderr.flush()
 
 
 ###############################################################################
@@ -586,6 +763,55 @@ class Manifest:
         return m
 
 
+def check_link_target(rel, target):
+    """Raise unless a relative symlink at ``rel`` stays inside the environment.
+
+    A target may climb with leading ``..`` no higher than the link's folder's
+    depth, then name components only: ``..`` after a name is refused, since
+    that name may itself be a symlink and a chain of such links could escape.
+    """
+    t = target.replace("\\", "/")
+    bad = InvalidInputError(f"symlink {rel} points outside the environment to {target}",
+                            "make it point inside the environment")
+    if not t or t.startswith("/") or re.match(r"[A-Za-z]:", t) or "\0" in t:
+        raise bad
+    depth = rel.count("/")
+    named = False
+    for comp in t.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if named or depth == 0:
+                raise bad
+            depth -= 1
+        else:
+            named = True
+
+
+#: the documented interpreter links: ``bin/python*`` (``Scripts\\python*``) at
+#: the top of the environment may point at the base interpreter
+_INTERPRETER_LINK_RE = re.compile(r"(?:bin|Scripts)/(?:python|pypy)[^/]*")
+
+
+def check_link_template(rel, tpl):
+    """Raise unless a templated symlink target stays inside the environment:
+    ``@@VOCKER:ENV@@`` alone, or ``@@VOCKER:ENV@@/`` + a relative path with no
+    ``..``, empty component, backslash or other placeholder; or exactly
+    ``@@VOCKER:PYEXE@@`` for an interpreter link (``bin/python*``).
+    Shared by commit, pull and create: one rule set."""
+    if tpl == PH_ENV:
+        return
+    if tpl == PH_PYEXE and _INTERPRETER_LINK_RE.fullmatch(rel):
+        return
+    prefix = PH_ENV + b"/"
+    rest = tpl[len(prefix):]
+    if not tpl.startswith(prefix) or b"\\" in rest or PH_MARK in rest or \
+            any(comp in (b"", b"..") for comp in rest.split(b"/")):
+        raise InvalidInputError(f"symlink {rel} points outside the environment",
+                                "a link may point only inside the environment, "
+                                "or be bin/python* -> the base interpreter")
+
+
 ###############################################################################
 # SQLite store ################################################################
 ###############################################################################
@@ -644,7 +870,6 @@ def _cannot_write(exc):
 def decompress_blob(blob_id, cdata, size):
     """Decompress one zstd frame of declared ``size`` and verify it. Memory
     follows the bytes that really come out, never the declared size."""
-    import io
     parts = []
     verify_frame(blob_id, size, io.BytesIO(cdata), len(cdata), out=parts.append)
     return b"".join(parts)
@@ -1607,7 +1832,6 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
             self._in_transaction = False
 
 
-
 def normalize_tag(ref):
     """``name`` -> ``name:latest``; raise on names Docker would refuse."""
     if not TAG_RE.fullmatch(ref):
@@ -1627,122 +1851,6 @@ def ref_forms(ref):
     return ref + ":latest", ref
 
 
-_made_dirs = set()
-
-
-def _makedirs(d):
-    if d not in _made_dirs:
-        os.makedirs(d, exist_ok=True)
-        _made_dirs.add(d)
-
-
-def _unlink_quiet(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def rmtree(path, trash=None, restore_readonly=None, target=None):
-    """Delete a tree without ever changing a file's mode: files may be
-    hardlinks of the pool, shared by every container.
-
-    POSIX: deleting needs only the folder writable; a folder of the tree that
-    refuses is made writable (folders are never shared). Windows (``target``
-    overrides this machine, for tests): a read-only file must lose its
-    attribute before it can be deleted, and the attribute belongs to the
-    inode; ``restore_readonly(st)`` is then called with the deleted file's
-    lstat so the store can set it back on its pool copy. A file that still
-    cannot be deleted (Windows: in use) is renamed into ``trash``."""
-    win = (target or Target.local()).win
-    try:
-        top = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(top.st_mode):
-        _remove_file(path, top, win, trash, restore_readonly)
-        return
-    stack = [(path, None)]
-    while stack:
-        d, children = stack.pop()
-        if children is None:
-            children = _retry(_dir_entries, d, lambda: _writable_dir(d, win)) or []
-            stack.append((d, []))
-            for p, st in children:
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append((p, None))
-                else:
-                    _remove_file(p, st, win, trash, restore_readonly)
-        else:  # Windows: a read-only folder refuses; POSIX: its parent decides
-            _retry(os.rmdir, d, lambda: (win and _writable_dir(d, win),
-                                         _writable_dir(os.path.dirname(d), win)))
-
-
-def _writable_dir(d, win):
-    with contextlib.suppress(OSError):
-        mode = stat.S_IMODE(os.lstat(d).st_mode)
-        os.chmod(d, (mode | stat.S_IWRITE) if win else (mode | stat.S_IRWXU))
-
-
-def _retry(fn, p, fix):
-    """``fn(p)``; once more after ``fix()`` if permission was refused."""
-    try:
-        return fn(p)
-    except FileNotFoundError:
-        return None
-    except PermissionError:
-        fix()
-    return fn(p)
-
-
-def _dir_entries(d):
-    with os.scandir(d) as it:
-        return [(e.path, e.stat(follow_symlinks=False)) for e in it]
-
-
-def _remove_file(p, st, win, trash, restore_readonly):
-    """One file or link of :func:`rmtree` (``st``: its scandir stat)."""
-    parent = os.path.dirname(p)
-    try:
-        if win and not st.st_mode & stat.S_IWRITE:
-            st = os.lstat(p)  # scandir gives no inode or link count on Windows
-            os.chmod(p, stat.S_IWRITE | stat.S_IREAD)
-            try:
-                _retry(os.unlink, p, lambda: _writable_dir(parent, win))
-            finally:
-                if restore_readonly is not None and st.st_nlink > 1:
-                    restore_readonly(st)
-        elif win and stat.S_ISLNK(st.st_mode) and _is_dir_link(p):
-            _retry(os.rmdir, p, lambda: _writable_dir(parent, win))
-        else:
-            _retry(os.unlink, p, lambda: _writable_dir(parent, win))
-    except FileNotFoundError:
-        pass
-    except OSError:
-        if trash is None:
-            raise
-        os.makedirs(trash, exist_ok=True)
-        os.replace(p, os.path.join(trash, uuid.uuid4().hex))
-
-
-def _is_dir_link(p):
-    """A Windows directory symlink or junction (deleted with rmdir)."""
-    try:
-        return os.path.isdir(p)
-    except OSError:
-        return False
-
-
-def extended_path(path, target=None):
-    """On Windows (this machine, or ``target``), the ``\\\\?\\`` form of a long
-    absolute path (past 260 characters plain Win32 calls fail); unchanged elsewhere."""
-    if not (target or Target.local()).win:
-        return path
-    if path.startswith("\\\\?\\") or len(path) < 240:
-        return path
-    if path.startswith("\\\\"):   # \\server\share\... -> \\?\UNC\server\share\...
-        return "\\\\?\\UNC\\" + path[2:]
-    return "\\\\?\\" + path
 
 
 ###############################################################################
@@ -1755,7 +1863,7 @@ FICLONE = 0x40049409
 def reflink_file(src, dst):
     """Copy-on-write clone of ``src`` at ``dst``; raises OSError if unsupported."""
     if sys.platform == "darwin":
-        import ctypes
+        import ctypes  # here: only this platform has it, or needs it
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.clonefile(os.fsencode(src), os.fsencode(dst), 0) != 0:
             err = ctypes.get_errno()
@@ -1763,7 +1871,7 @@ def reflink_file(src, dst):
         return
     if not sys.platform.startswith("linux"):
         raise OSError(errno.EOPNOTSUPP, "reflinks are not supported on this platform")
-    import fcntl
+    import fcntl  # here: POSIX only
     sfd = os.open(src, os.O_RDONLY)
     try:
         dfd = create_exclusive(dst)
@@ -3063,42 +3171,6 @@ def render_uv_trampoline(template, placeholder, env_path):
 # Commit: environment -> image ################################################
 ###############################################################################
 
-class Progress:
-    """A one-line counter (objects, and bytes when known) on stderr."""
-
-    def __init__(self, label, total=0, enabled=None):
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        self.enabled = enabled
-        self.label = label
-        self.total = total
-        self.done = 0
-        self.total_bytes = 0
-        self.bytes = 0
-        self._last = 0.0
-        self._width = 0
-
-    def update(self, n=1, label=None, nbytes=0):
-        self.done += n
-        self.bytes += nbytes
-        if label:
-            self.label = label
-        if self.enabled:
-            now = time.monotonic()
-            if now - self._last > 0.1 or self.done >= self.total:
-                self._last = now
-                text = f"{self.label}: {self.done}" + (f"/{self.total}" if self.total else "")
-                if self.total_bytes:
-                    text += f" objects, {human_size(self.bytes)}/{human_size(self.total_bytes)}"
-                self._width = max(self._width, len(text))
-                sys.stderr.write("\r" + text.ljust(self._width))
-                sys.stderr.flush()
-
-    def close(self):
-        if self.enabled and self.done:
-            sys.stderr.write("\r" + " " * self._width + "\r")
-            sys.stderr.flush()
-
 
 class _FileJob:
     """One regular file of a commit: its stat, then (read, or known from a
@@ -3616,7 +3688,6 @@ def _full_disk_error(exc, stage, target, store):
 
 def _bounded_map(pool, fn, items, window):
     """pool.map that keeps at most ``window`` tasks in flight (flat memory)."""
-    import collections
     pending = collections.deque()
     for item in items:
         pending.append(pool.submit(fn, item))
@@ -3626,34 +3697,8 @@ def _bounded_map(pool, fn, items, window):
         yield pending.popleft().result()
 
 
-def check_link_target(rel, target):
-    """Raise unless a relative symlink at ``rel`` stays inside the environment.
-
-    A target may climb with leading ``..`` no higher than the link's folder's
-    depth, then name components only: ``..`` after a name is refused, since
-    that name may itself be a symlink and a chain of such links could escape.
-    """
-    t = target.replace("\\", "/")
-    bad = InvalidInputError(f"symlink {rel} points outside the environment to {target}",
-                            "make it point inside the environment")
-    if not t or t.startswith("/") or re.match(r"[A-Za-z]:", t) or "\0" in t:
-        raise bad
-    depth = rel.count("/")
-    named = False
-    for comp in t.split("/"):
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if named or depth == 0:
-                raise bad
-            depth -= 1
-        else:
-            named = True
-
-
 def normalize_record(data, record_rel, templated):
     """Blank hash and size in RECORD for templated files and .pyc files."""
-    import csv
     base = record_rel.rsplit("/", 2)[0] if record_rel.count("/") >= 2 else ""
     out = []
     for line in data.split(b"\n"):
@@ -3869,30 +3914,6 @@ def _expansion(get_tree, root):
     return done
 
 
-#: the documented interpreter links: ``bin/python*`` (``Scripts\\python*``) at
-#: the top of the environment may point at the base interpreter
-_INTERPRETER_LINK_RE = re.compile(r"(?:bin|Scripts)/(?:python|pypy)[^/]*")
-
-
-def check_link_template(rel, tpl):
-    """Raise unless a templated symlink target stays inside the environment:
-    ``@@VOCKER:ENV@@`` alone, or ``@@VOCKER:ENV@@/`` + a relative path with no
-    ``..``, empty component, backslash or other placeholder; or exactly
-    ``@@VOCKER:PYEXE@@`` for an interpreter link (``bin/python*``).
-    Shared by commit, pull and create: one rule set."""
-    if tpl == PH_ENV:
-        return
-    if tpl == PH_PYEXE and _INTERPRETER_LINK_RE.fullmatch(rel):
-        return
-    prefix = PH_ENV + b"/"
-    rest = tpl[len(prefix):]
-    if not tpl.startswith(prefix) or b"\\" in rest or PH_MARK in rest or \
-            any(comp in (b"", b"..") for comp in rest.split(b"/")):
-        raise InvalidInputError(f"symlink {rel} points outside the environment",
-                                "a link may point only inside the environment, "
-                                "or be bin/python* -> the base interpreter")
-
-
 def check_bytecode_name(rel, name):
     """Raise for a tree entry that is bytecode or a bytecode folder: commit
     never stores them, and vocker places the store's own ``.pyc`` files."""
@@ -3936,7 +3957,7 @@ def _pid_alive(pid):
 
 
 def _windows_pid_alive(pid):  # pragma: no cover - Windows only
-    import ctypes
+    import ctypes  # here: used on Windows only
     kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
     handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
     if not handle:
@@ -4484,8 +4505,6 @@ def inspect(store, name):
 # Writers put packs first, then image files (manifest last), then index.json;
 # a reader never sees an image whose objects are missing.
 
-import io  # noqa: E402 - the paced HTTP reader below is an io.RawIOBase
-
 REPO_MARKER = "vocker-repo.json"
 REPO_MARKER_DATA = b'{"format":1,"kind":"vocker-repository"}\n'
 RANGE_GAP = 256 << 10         # coalesce reads of blobs closer than this
@@ -4507,14 +4526,6 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 #: errno values of an open that met a link, FIFO or device where a folder or file was due
 _NOT_PLAIN = {errno.ELOOP, errno.ENOTDIR, errno.EMLINK, errno.ENXIO, errno.EISDIR,
               errno.ENODEV, getattr(errno, "EFTYPE", errno.ELOOP)}
-
-
-class NetworkError(VockerError):
-    exit_code = EXIT_NETWORK
-
-    def __init__(self, url, detail, hint="check the address and the connection, then retry"):
-        super().__init__(f"cannot fetch {url}: {detail}", hint)
-        self.url = url
 
 
 def _at(d, name):
@@ -4763,7 +4774,6 @@ class TarSource(FolderSource):
     """A saved archive (a tar of a repository), read in place."""
 
     def __init__(self, path):
-        import tarfile
         super().__init__(path)
         try:
             self.tar = tarfile.open(path, "r:")
@@ -4855,7 +4865,6 @@ class _PacedReader(io.RawIOBase):
         return True
 
     def readinto(self, b):
-        import socket
         self.pace.account(0)
         self.sock.settimeout(max(self.pace.remaining(), 0.001))
         try:
@@ -4914,7 +4923,6 @@ class HttpSource:
     and a deadline (_Pace) on every connection."""
 
     def __init__(self, url, headers=None, timeout=None, retries=4, min_rate=None):
-        import urllib.parse
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"bad repository URL {url!r}")
@@ -4939,8 +4947,6 @@ class HttpSource:
         self.tmp_dir = None
 
     def _netrc_auth(self):
-        import base64
-        import netrc
         try:
             auth = netrc.netrc().authenticators(self.host)
         except (OSError, netrc.NetrcParseError):
@@ -4954,7 +4960,6 @@ class HttpSource:
             self.ends[rel] = max(self.ends.get(rel, 0), end)
 
     def _conn(self, url, fresh=False):
-        import http.client
         conn = getattr(self.local, "conn", None)
         if conn is None or fresh:
             if conn is not None:
@@ -4983,7 +4988,6 @@ class HttpSource:
             raise
 
     def _fetch_once(self, rel, start, end, limit):
-        import http.client
         url = f"{self.url}/{rel}"
         got = bytearray()
         received = 0
@@ -5104,8 +5108,6 @@ def open_source(location, headers=None):
     if re.match(r"(?i)https?://", location):
         return HttpSource(location, headers)
     if location.lower().startswith("file://"):
-        import urllib.parse
-        import urllib.request
         location = urllib.request.url2pathname(urllib.parse.urlsplit(location).path)
     if os.path.isfile(location):
         return TarSource(location)
@@ -5263,11 +5265,11 @@ _LOCK_GUARD = threading.Lock()  # POSIX record locks are per process: one holder
 def _try_lock(fd):
     try:
         if WINDOWS:
-            import msvcrt
+            import msvcrt  # here: each exists on one platform only
             os.lseek(fd, 0, os.SEEK_SET)
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         else:
-            import fcntl
+            import fcntl  # here: each exists on one platform only
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except OSError as exc:
@@ -5279,11 +5281,11 @@ def _try_lock(fd):
 def _unlock(fd):
     with contextlib.suppress(OSError):
         if WINDOWS:
-            import msvcrt
+            import msvcrt  # here: each exists on one platform only
             os.lseek(fd, 0, os.SEEK_SET)
             msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
         else:
-            import fcntl
+            import fcntl  # here: each exists on one platform only
             fcntl.lockf(fd, fcntl.LOCK_UN)
 
 
@@ -5316,7 +5318,6 @@ def _repo_lock(root, timeout=120):
 
 
 def _hostname():
-    import socket
     return socket.gethostname() or "localhost"
 
 
@@ -5622,7 +5623,6 @@ def repo_ls(location, headers=None):
 
 def save(store, refs, out):
     """Write images into one portable archive (a tar of a repository)."""
-    import tarfile
     out = os.path.abspath(out)
     # staged beside the output, not in the store: save works on a read-only store
     stage = os.path.join(os.path.dirname(out),
