@@ -867,4 +867,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _setup  # here, not at the top: importing this module must not re-execute anything
+    _setup.reexec_in_bench_venv(__file__)
     sys.exit(main())

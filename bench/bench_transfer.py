@@ -799,4 +799,7 @@ def compare_trees(a: Path, b: Path) -> str:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _setup  # here, not at the top: importing this module must not re-execute anything
+    _setup.reexec_in_bench_venv(__file__)
     sys.exit(main())
