@@ -1852,7 +1852,6 @@ def ref_forms(ref):
 
 
 
-
 ###############################################################################
 # Linking #####################################################################
 ###############################################################################
@@ -4163,7 +4162,7 @@ class Creator:
         plan = _image_plan(self.store, self.manifest, self.target)
         self.progress.total = len(plan[1])
         stage = self._stage_path()
-        self.store.add_pending_create(self.path, stage, _hostname())
+        self.store.add_pending_create(self.path, stage, hostname())
         try:
             self.checkpoint("pending")
             self._build(stage, *plan)
@@ -4230,7 +4229,7 @@ class Creator:
         store, target = self.store, self.path
         row = store.pending_create(target)
         if row is not None:
-            if not _create_dead(row, _hostname()):
+            if not _create_dead(row, hostname()):
                 raise ConflictError(f"{target} is being created by vocker process {row['pid']}",
                                     "wait for it to finish, or choose another path")
             try:
@@ -4451,7 +4450,7 @@ def remove_container(store, path):
     except NotFoundError as not_found:
         if row is None:
             raise
-        if not _create_dead(row, _hostname()):
+        if not _create_dead(row, hostname()):
             raise ConflictError(f"{target} is being created by vocker process {row['pid']}",
                                 "wait for it to finish, then retry") from None
         try:
@@ -5250,12 +5249,13 @@ def repo_init(path):
     for d in ("tmp", "images", "packs"):
         with repo.folder(d, create=True):
             pass
-    repo.create_once("index.json", _index_bytes({"format": 1, "images": {}, "tags": {}}))
+    repo.create_once("index.json", index_bytes({"format": 1, "images": {}, "tags": {}}))
     repo.create_once(REPO_MARKER, REPO_MARKER_DATA)
     return {"path": os.path.abspath(path)}
 
 
-def _index_bytes(index):
+def index_bytes(index):
+    """The canonical bytes of a repository's index.json."""
     return json.dumps(index, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
@@ -5290,7 +5290,7 @@ def _unlock(fd):
 
 
 @contextlib.contextmanager
-def _repo_lock(root, timeout=120):
+def repo_lock(root, timeout=120):
     """Exclusive lock for updating index.json: an OS lock (fcntl.lockf, which
     NFS honours; msvcrt.locking on Windows) on ``.lock``, a file that is never
     deleted. A process that dies releases it, so there is no stale lock to break."""
@@ -5317,7 +5317,8 @@ def _repo_lock(root, timeout=120):
         _LOCK_GUARD.release()
 
 
-def _hostname():
+def hostname():
+    """This machine's name, recorded with a create in progress."""
     return socket.gethostname() or "localhost"
 
 
@@ -5427,7 +5428,7 @@ def push(store, refs, repo, progress=None):
     finally:
         for f in files.values():
             f.close()
-    with _repo_lock(target):
+    with repo_lock(target):
         index = parse_index(target.read("index.json", MAX_META), target.root)
         for image_id, tag in wanted:
             m = json.loads(store.manifest(image_id).serialize())
@@ -5435,7 +5436,7 @@ def push(store, refs, repo, progress=None):
                                          "python": (m["python"] or {}).get("version")}
             if tag:
                 index["tags"][tag] = image_id
-        target.write("index.json", _index_bytes(index))
+        target.write("index.json", index_bytes(index))
     return {"repository": target.root, "images": pushed, "bytes": sent}
 
 

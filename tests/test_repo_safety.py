@@ -370,11 +370,11 @@ LOCKER = textwrap.dedent("""
     repo = vocker.RepoDir(root)
     marker = os.path.join(root, "holder")
     for i in range(rounds):
-        with vocker._repo_lock(root, timeout=60):
+        with vocker.repo_lock(root, timeout=60):
             fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # fails if held twice
             index = vocker.parse_index(repo.read("index.json", 1 << 20), root)
             index["tags"][f"{me}:r{i}"] = "0" * 64
-            repo.write("index.json", vocker._index_bytes(index))
+            repo.write("index.json", vocker.index_bytes(index))
             os.close(fd)
             os.unlink(marker)
 """)
@@ -383,7 +383,7 @@ LOCKER = textwrap.dedent("""
 def _stale_lock(repo):
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (repo / ".lock").write_text(f"{dead.pid} {vocker._hostname()}\n")
+    (repo / ".lock").write_text(f"{dead.pid} {vocker.hostname()}\n")
     os.utime(repo / ".lock", (time.time() - 3600, time.time() - 3600))
 
 
@@ -432,20 +432,20 @@ def test_lock_held_elsewhere_times_out_with_a_conflict(tmp_path):
     vocker.repo_init(str(repo))
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time, vocker\n"
-         "with vocker._repo_lock(sys.argv[1]):\n    print('held', flush=True)\n"
+         "with vocker.repo_lock(sys.argv[1]):\n    print('held', flush=True)\n"
          "    time.sleep(30)\n", str(repo)],
         cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.monotonic()
         with pytest.raises(vocker.ConflictError, match="locked by another push"):
-            with vocker._repo_lock(str(repo), timeout=0.5):
+            with vocker.repo_lock(str(repo), timeout=0.5):
                 pass
         assert time.monotonic() - t0 < 5
     finally:
         holder.kill()
         holder.wait()
-    with vocker._repo_lock(str(repo), timeout=5):  # a killed holder released it
+    with vocker.repo_lock(str(repo), timeout=5):  # a killed holder released it
         pass
 
 

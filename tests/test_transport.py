@@ -625,7 +625,7 @@ def test_lock_left_by_a_killed_push_is_broken(images, tmp_path):
     vocker.repo_init(str(target))
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (target / ".lock").write_text(f"{dead.pid} {vocker._hostname()}\n")
+    (target / ".lock").write_text(f"{dead.pid} {vocker.hostname()}\n")
     p = cli("push", "demo:1", str(target), home=home, timeout=60)
     assert p.returncode == 0, p.stderr
     # the lock is an OS lock on a file that stays: nothing to break, nothing to delete
