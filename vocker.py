@@ -5407,9 +5407,9 @@ def push(store, refs, repo, progress=None):
     if re.match(r"(?i)https?://", repo):
         raise UsageError("push goes to a folder or a share, not to an HTTP URL",
                          "push to the folder your web server serves")
+    wanted = [store.resolve_ref(ref) for ref in refs]  # before a repository is made
     target = _push_target(repo)
     target.clean_tmp()
-    wanted = [store.resolve_ref(ref) for ref in refs]
     have, good, files = _repo_blobs(target), set(), {}
     pushed, sent = [], 0
     try:
@@ -5723,7 +5723,7 @@ def _is_image(store, ref):
 
 def _swapped(command, words):
     """The error for ``vocker COMMAND A B ...`` where B, A ... was meant."""
-    what = "an image" if command == "create" else "a repository"
+    what = "an image" if command in ("create", "push") else "a repository"
     fixed = shlex.join([words[1], words[0], *words[2:]])
     return UsageError(f"'{words[1]}' looks like {what} and '{words[0]}' does not",
                       f"arguments swapped? try: vocker {command} {fixed}")
@@ -5856,8 +5856,23 @@ def _headers(args):
     return out
 
 
+def _push_swapped(args):
+    """``push REPO IMAGE``: the error to show instead, or None."""
+    first = args.images[0]
+    if (len(args.images) != 1 or not _looks_like_path(first) or _looks_like_path(args.repo)
+            or os.path.exists(args.repo) or not TAG_RE.fullmatch(args.repo)):
+        return None
+    return _swapped("push", [first, args.repo])
+
+
 def cmd_push(store, args):
-    r = push(store, args.images, args.repo)
+    try:
+        r = push(store, args.images, args.repo)
+    except VockerError:
+        swapped = _push_swapped(args)
+        if swapped:
+            raise swapped from None
+        raise
     text = "\n".join(f"pushed {short_id(i['id'])}{' as ' + i['tag'] if i['tag'] else ''} "
                      f"({i['new_blobs']} of {i['blobs']} blobs new)" for i in r["images"])
     _emit(args, r, text)

@@ -41,12 +41,16 @@ def _error(p, code):
     (["pull", "web:1.0", "./repo", "web:2.0"],
      "arguments swapped? try: vocker pull ./repo web:1.0 web:2.0"),
     (["pull", "{base}/repo", "web:9"], None),
+    (["push", "./repo", "web:1.0"], "arguments swapped? try: vocker push web:1.0 ./repo"),
+    (["push", "{base}/repo", "web:2.0"], "arguments swapped? try: vocker push web:2.0 {base}/repo"),
+    (["push", "nosuch:1", "./elsewhere"], None),
 ])
 def test_swapped_arguments_say_so(web_home, words, expect):
     home, base = web_home
     words = [w.replace("{base}", str(base)) for w in words]
     p = cli(*words, home=home, cwd=base)
     assert not (base / "new").exists()
+    assert not any((base / w).exists() for w in ("web:1.0", "web:2.0"))  # no repository made
     if expect is None:
         assert p.returncode != 0 and "swapped" not in p.stderr, p.stderr
         return
