@@ -2196,7 +2196,7 @@ def bounded_output(argv, timeout=PY_LIST_TIMEOUT, limit=PY_LIST_LIMIT):
     reader.start()
     reader.join(timeout)
     try:
-        if reader.is_alive() or len(got[0]) > limit or proc.wait(timeout=1) != 0:
+        if reader.is_alive() or not got or len(got[0]) > limit or proc.wait(timeout=1) != 0:
             return ""
     except subprocess.TimeoutExpired:
         return ""
@@ -2289,7 +2289,7 @@ def registry_pythons(mm, sources):
                         v.get("InstallPath") and str(PureWindowsPath(v["InstallPath"], "python.exe")))
                     if isinstance(exe, str) and exe:
                         pairs.append((f"{company}/{tag}", exe))
-    except (OSError, AttributeError, TypeError):
+    except (OSError, ImportError, AttributeError, TypeError):
         return []
     return _by_version(pairs, mm)
 
@@ -2341,8 +2341,9 @@ def known_pythons(major, minor, sources):
     for d in ("/usr/local/bin", "/usr/bin", "/opt/homebrew/bin"):
         out.append(os.path.join(d, f"python{mm}"))
     if WINDOWS:
-        for base in (os.path.join(env.get("LOCALAPPDATA", ""), "Programs", "Python"),
-                     env.get("ProgramFiles", r"C:\Program Files")):
+        local = env.get("LOCALAPPDATA")
+        for base in ([os.path.join(local, "Programs", "Python")] if local else []) + \
+                [env.get("ProgramFiles", r"C:\Program Files")]:
             out.append(os.path.join(base, f"Python{major}{minor}", "python.exe"))
     return out
 
@@ -2353,14 +2354,15 @@ def discover_pythons(version, hints=(), homes=(), search=True, sources=None):
     ``homes``, then (``search``) each source; ``looked`` names the sources."""
     major, minor = (version.split(".") + ["", ""])[:2]
     mm, names = f"{major}.{minor}", _python_names(major, minor)
-    groups = [("recorded", list(hints) + [os.path.join(h, n) for h in homes if h for n in names])]
+    recorded = list(hints) + [os.path.join(h, n) for h in homes if h for n in names]
+    groups = [("recorded base", recorded)]
     if search:
         s = sources or PythonSources()
         groups += [("py -0p", launcher_pythons(mm, s) if s.py else None),
                    ("registry", registry_pythons(mm, s) if s.registry else None),
                    ("uv " + os.pathsep.join(uv_python_dirs(s.env)), uv_pythons(mm, s)),
                    ("PATH", path_pythons(names, s)),
-                   ("pyenv, system folders", known_pythons(major, minor, s))]
+                   ("known folders", known_pythons(major, minor, s))]
     seen, result, looked = set(), [], []
     for label, paths in groups:
         if paths is None:
