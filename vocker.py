@@ -2163,11 +2163,20 @@ class PythonSources:
 
     def __init__(self, py=None, registry=None, env=None):
         self.env = os.environ if env is None else env
-        if py is None and WINDOWS:
-            found = shutil.which("py", path=self.env.get("PATH"))
-            py = [found] if found else None
-        self.py = py
+        self.py = py if py is not None or not WINDOWS else _py_launcher(self.env)
         self.registry = read_pep514 if registry is None and WINDOWS else registry
+
+
+def _py_launcher(env):
+    """[path] of the ``py`` launcher: on PATH, else where its installers put
+    it (per user, then for all users); None if there is none."""
+    local, windir = env.get("LOCALAPPDATA"), env.get("SystemRoot") or env.get("WINDIR")
+    found = shutil.which("py", path=env.get("PATH", ""))
+    for exe in [found] + [os.path.join(d, *rest, "py.exe") for d, rest in
+                          ((local, ("Programs", "Python", "Launcher")), (windir, ())) if d]:
+        if exe and os.path.isfile(exe):
+            return [exe]
+    return None
 
 
 def _mentions(tag, mm):

@@ -11,6 +11,11 @@ import vocker
 from conftest import clean_env, make_venv, require_python, run, vocker_cmd
 from vocker import PythonSources
 
+#: the fake ``py`` is a /bin/sh script and uv layouts are symlinks (which Wine
+#: only pretends to make): these run on POSIX; the Windows lane runs the rest
+posix_only = pytest.mark.skipif(os.name == "nt", reason="fake py is a /bin/sh script; "
+                                "uv layouts use symlinks")
+
 # ``py -0p`` as the launchers print it (new launcher2: ``-V:TAG [*] PATH``;
 # old launcher: ``-X.Y[-BITS] PATH [*]``), with lines that name no interpreter.
 PY_LISTS = [
@@ -63,6 +68,7 @@ def pys():
     return {m: require_python(m) for m in ("3.9", "3.11", "3.12")}
 
 
+@posix_only
 def test_py_launcher_lists_matching_version_first(tmp_path, pys):
     out = listing(("3.12", pys["3.12"]), ("3.11", pys["3.11"]), ("3.9", pys["3.9"]))
     py = fake_py(tmp_path, f"[ \"$1\" = -0p ] || exit 3\ncat <<'EOF'\n{out}EOF")
@@ -70,6 +76,7 @@ def test_py_launcher_lists_matching_version_first(tmp_path, pys):
     assert got == [pys["3.11"], pys["3.12"], pys["3.9"]]
 
 
+@posix_only
 @pytest.mark.parametrize("body", [
     "exit 1",                                  # fails
     "printf '\\377\\376 not a list\\n'",       # junk
@@ -86,6 +93,7 @@ def test_a_missing_py_is_skipped_quietly(tmp_path):
     assert vocker.launcher_pythons("3.11", PythonSources(py=py, env={})) == []
 
 
+@posix_only
 @pytest.mark.parametrize("body", ["exec sleep 30", "sleep 30; echo late"])
 def test_a_py_that_hangs_is_abandoned_in_time(tmp_path, body):
     py = fake_py(tmp_path, body)
@@ -94,6 +102,7 @@ def test_a_py_that_hangs_is_abandoned_in_time(tmp_path, body):
     assert time.monotonic() - start < 5
 
 
+@posix_only
 def test_py_output_is_bounded(tmp_path, pys):
     many = listing(*[("3.11", pys["3.11"])] * 1000)
     py = fake_py(tmp_path, f"cat <<'EOF'\n{many}EOF")
@@ -148,6 +157,7 @@ def uv_dir(root, pys):
     return root
 
 
+@posix_only
 def test_uv_install_dir_override_and_default(tmp_path, pys):
     root = uv_dir(tmp_path / "uvpy", pys)
     want = [str(root / "cpython-3.11.7-linux-x86_64-gnu" / "bin" / "python3")]
@@ -170,6 +180,7 @@ def test_uv_scan_is_bounded(tmp_path):
     assert len(got) <= 2 * vocker.DISCOVERY_MAX
 
 
+@posix_only
 def test_sources_in_order_each_path_once(tmp_path, pys):
     root = uv_dir(tmp_path / "uvpy", pys)
     uv311 = str(root / "cpython-3.11.7-linux-x86_64-gnu" / "bin" / "python3")
@@ -192,6 +203,7 @@ def test_sources_in_order_each_path_once(tmp_path, pys):
     assert looked[:3] == ["recorded base (1)", "py -0p (1)", "registry (1)"]
 
 
+@posix_only
 def test_find_python_through_one_source_only(tmp_path, pys):
     root = uv_dir(tmp_path / "uvpy", pys)
     info = vocker.query_python(pys["3.9"])
@@ -211,6 +223,7 @@ def vocker_run(*args, home, extra):
                env=clean_env(extra), timeout=300)
 
 
+@posix_only
 def test_create_finds_a_python_only_uv_knows(tmp_path, pys):
     src = make_venv(pys["3.9"], tmp_path / "src", ())
     first, home = tmp_path / "first", tmp_path / "home"
@@ -232,3 +245,17 @@ def test_create_finds_a_python_only_uv_knows(tmp_path, pys):
     assert p.returncode == 0, p.stderr
     out = run([tmp_path / "dst" / "bin" / "python", "-c", "import sys; print(sys.version)"])
     assert out.stdout.startswith("3.9.")
+
+
+def test_py_launcher_is_found_where_its_installers_put_it(tmp_path):
+    launcher = tmp_path / "local" / "Programs" / "Python" / "Launcher"
+    launcher.mkdir(parents=True)
+    env = {"PATH": "", "LOCALAPPDATA": str(tmp_path / "local"), "SystemRoot": str(tmp_path)}
+    assert vocker._py_launcher(env) is None
+    (tmp_path / "py.exe").write_bytes(b"MZ")
+    assert vocker._py_launcher(env) == [str(tmp_path / "py.exe")]
+    (launcher / "py.exe").write_bytes(b"MZ")
+    assert vocker._py_launcher(env) == [str(launcher / "py.exe")]
+    if not vocker.WINDOWS:     # no launcher, no registry looked for off Windows
+        s = PythonSources(env=env)
+        assert s.py is None and s.registry is None
