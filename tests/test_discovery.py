@@ -3,6 +3,7 @@ Python folders, PATH; their order, de-duplication and bounds; create finding
 an interpreter only one source knows."""
 
 import os
+import sys
 import time
 
 import pytest
@@ -15,6 +16,8 @@ from vocker import PythonSources
 #: only pretends to make): these run on POSIX; the Windows lane runs the rest
 posix_only = pytest.mark.skipif(os.name == "nt", reason="fake py is a /bin/sh script; "
                                 "uv layouts use symlinks")
+windows_only = pytest.mark.skipif(os.name != "nt", reason="runs a .bat launcher and the "
+                                  "real registry reader: Windows only")
 
 # ``py -0p`` as the launchers print it (new launcher2: ``-V:TAG [*] PATH``;
 # old launcher: ``-X.Y[-BITS] PATH [*]``), with lines that name no interpreter.
@@ -259,3 +262,33 @@ def test_py_launcher_is_found_where_its_installers_put_it(tmp_path):
     if not vocker.WINDOWS:     # no launcher, no registry looked for off Windows
         s = PythonSources(env=env)
         assert s.py is None and s.registry is None
+
+
+@windows_only
+def test_a_py_bat_on_path_is_listed_on_windows(tmp_path):
+    base = getattr(sys, "_base_executable", sys.executable)
+    mm = "%d.%d" % sys.version_info[:2]
+    (tmp_path / "py.bat").write_bytes(
+        b"@echo off\r\necho Installed Pythons found by py Launcher for Windows\r\n"
+        b"echo  -V:3.99 *        C:\\nowhere\\python.exe\r\n"
+        + f"echo  -{mm}-64        {base}\r\n".encode("mbcs"))
+    env = dict(os.environ, PATH=str(tmp_path) + os.pathsep + os.environ.get("PATH", ""))
+    sources = PythonSources(env=env)
+    assert [os.path.normcase(p) for p in sources.py] == [os.path.normcase(tmp_path / "py.bat")]
+    assert vocker.launcher_pythons(mm, sources) == [base, r"C:\nowhere\python.exe"]
+
+
+@windows_only
+def test_the_real_registry_is_read_on_windows(tmp_path):
+    import winreg  # exists only on Windows
+    company, hkcu = f"VockerTest{os.getpid()}", winreg.HKEY_CURRENT_USER
+    with winreg.CreateKey(hkcu, rf"Software\Python\{company}\9.9\InstallPath") as key:
+        winreg.SetValueEx(key, "", 0, winreg.REG_SZ, str(tmp_path))
+        winreg.SetValueEx(key, "ExecutablePath", 0, winreg.REG_SZ, str(tmp_path / "p.exe"))
+    try:
+        assert vocker.read_pep514()["HKCU"][company] == {"9.9": {
+            "InstallPath": str(tmp_path), "ExecutablePath": str(tmp_path / "p.exe")}}
+        assert vocker.registry_pythons("9.9", PythonSources(env={}))[0] == str(tmp_path / "p.exe")
+    finally:
+        for sub in (r"\9.9\InstallPath", r"\9.9", ""):
+            winreg.DeleteKey(hkcu, rf"Software\Python\{company}{sub}")
