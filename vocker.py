@@ -2213,7 +2213,12 @@ def bounded_output(argv, timeout=PY_LIST_TIMEOUT, limit=PY_LIST_LIMIT):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return got[0].decode("utf-8", "replace")
+        if not reader.is_alive():
+            proc.stdout.close()
+    try:
+        return got[0].decode("utf-8")
+    except UnicodeDecodeError:     # the old launcher writes the ANSI code page
+        return got[0].decode("mbcs" if WINDOWS else "latin-1", "replace")
 
 
 #: one ``py -0p`` line: the new launcher's `` -V:3.11 *  C:\..``, the old
