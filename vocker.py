@@ -2149,48 +2149,251 @@ def _python_names(major, minor):
         [f"python{major or 3}", "python", "python.exe"]
 
 
-def _usual_pythons(major, minor, names):
-    """Where interpreters of that version usually are on this machine."""
-    mm = f"{major}.{minor}"
-    out = [sys.executable]
-    out += [found for found in map(shutil.which, names[:-1]) if found]
-    roots = [os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")]
-    for root in roots:
-        vdir = os.path.join(root, "versions")
-        if os.path.isdir(vdir):
-            for v in sorted(os.listdir(vdir), reverse=True):
-                if v.startswith(mm + ".") or v == mm:
-                    out.append(os.path.join(vdir, v, "bin", f"python{mm}"))
-    uvdir = os.path.expanduser("~/.local/share/uv/python")
-    if os.path.isdir(uvdir):
-        for v in sorted(os.listdir(uvdir), reverse=True):
-            if v.startswith(f"cpython-{mm}."):
-                out.append(os.path.join(uvdir, v, "bin", f"python{mm}"))
+#: bounds of interpreter discovery: a source that stalls or floods is skipped
+PY_LIST_TIMEOUT = 10            # seconds ``py -0p`` may take
+PY_LIST_LIMIT = 64 * 1024       # bytes of its output read at most
+DISCOVERY_MAX = 32              # entries taken from any one source or folder
+
+
+class PythonSources:
+    """Where discovery looks beyond fixed paths: the ``py`` launcher command
+    (argv before ``-0p``), a reader of the PEP 514 registry tree and the
+    environment mapping; None takes this machine's (py and registry on Windows)."""
+
+    def __init__(self, py=None, registry=None, env=None):
+        self.env = os.environ if env is None else env
+        self.py = py if py is not None or not WINDOWS else _py_launcher(self.env)
+        self.registry = read_pep514 if registry is None and WINDOWS else registry
+
+
+def _py_launcher(env):
+    """[path] of the ``py`` launcher: on PATH, else where its installers put
+    it (per user, then for all users); None if there is none."""
+    local, windir = env.get("LOCALAPPDATA"), env.get("SystemRoot") or env.get("WINDIR")
+    found = shutil.which("py", path=env.get("PATH", ""))
+    for exe in [found] + [os.path.join(d, *rest, "py.exe") for d, rest in
+                          ((local, ("Programs", "Python", "Launcher")), (windir, ())) if d]:
+        if exe and os.path.isfile(exe):
+            return [exe]
+    return None
+
+
+def _mentions(tag, mm):
+    """Whether a launcher or registry tag names version ``mm`` (X.Y)."""
+    return bool(re.search(r"(?<![\d.])" + re.escape(mm) + r"(?!\d)", tag))
+
+
+def _by_version(pairs, mm):
+    """The paths of (tag, path) ``pairs``, the ones tagged ``mm`` first."""
+    pairs = list(pairs)[:DISCOVERY_MAX]
+    return [p for t, p in pairs if _mentions(t, mm)] + \
+        [p for t, p in pairs if not _mentions(t, mm)]
+
+
+def bounded_output(argv, timeout=PY_LIST_TIMEOUT, limit=PY_LIST_LIMIT):
+    """The text ``argv`` prints, or "" if it fails, takes over ``timeout``
+    seconds or prints over ``limit`` bytes (it is killed then)."""
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+    except (OSError, ValueError):
+        return ""
+    got = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.read(limit + 1)),
+                              daemon=True)
+    reader.start()
+    reader.join(timeout)
+    try:
+        if reader.is_alive() or not got or len(got[0]) > limit or proc.wait(timeout=1) != 0:
+            return ""
+    except subprocess.TimeoutExpired:
+        return ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if not reader.is_alive():
+            proc.stdout.close()
+    try:
+        return got[0].decode("utf-8")
+    except UnicodeDecodeError:     # the old launcher writes the ANSI code page
+        return got[0].decode("mbcs" if WINDOWS else "latin-1", "replace")
+
+
+#: one ``py -0p`` line: the new launcher's `` -V:3.11 *  C:\..``, the old
+#: one's `` -3.11-64  C:\.. *``; ``(venv)`` lines and path-less lines never match
+_PY_LIST_LINE = re.compile(r"^\s*(-V:\S+|-\d[\w.\-]*)\s+(?:\*\s+)?(\S.*?)(?:\s+\*)?\s*$")
+
+
+def parse_py_list(text):
+    """(tag, path) of each interpreter in ``py -0p`` output, in its order."""
+    out = []
+    for line in text.splitlines()[:DISCOVERY_MAX * 2]:
+        m = _PY_LIST_LINE.match(line)
+        if m and (m[2][1:3] == ":\\" or m[2][:2] == "\\\\" or m[2][:1] == "/"):
+            out.append((m[1].lstrip("-").removeprefix("V:"), m[2]))
+    return out
+
+
+def launcher_pythons(mm, sources):
+    """Interpreters the ``py`` launcher lists (``py -0p``), ``mm`` first."""
+    if not sources.py:
+        return []
+    return _by_version(parse_py_list(bounded_output([*sources.py, "-0p"])), mm)
+
+
+def read_pep514():
+    """This machine's PEP 514 tree: {view: {company: {tag: {"InstallPath":
+    folder, "ExecutablePath": exe}}}} of HKCU, HKLM and HKLM's 32-bit view."""
+    import winreg  # exists only on Windows; only called there
+    views = (("HKCU", winreg.HKEY_CURRENT_USER, 0),
+             ("HKLM", winreg.HKEY_LOCAL_MACHINE, winreg.KEY_WOW64_64KEY),
+             ("HKLM-32", winreg.HKEY_LOCAL_MACHINE, winreg.KEY_WOW64_32KEY))
+    tree = {}
+    for view, hive, flag in views:
+        try:
+            with winreg.OpenKey(hive, r"Software\Python", 0, winreg.KEY_READ | flag) as key:
+                tree[view] = {c: _reg_tags(winreg, key, c, flag)
+                              for c in _reg_subkeys(winreg, key) if c != "PyLauncher"}
+        except OSError:
+            continue
+    return tree
+
+
+def _reg_subkeys(winreg, key):
+    """The first names of the subkeys of ``key`` (bounded)."""
+    out = []
+    for i in range(DISCOVERY_MAX):
+        try:
+            out.append(winreg.EnumKey(key, i))
+        except OSError:
+            break
+    return out
+
+
+def _reg_tags(winreg, key, company, flag):
+    """{tag: {"InstallPath", "ExecutablePath"}} of one company's key."""
+    tags = {}
+    try:
+        with winreg.OpenKey(key, company, 0, winreg.KEY_READ | flag) as ck:
+            for tag in _reg_subkeys(winreg, ck):
+                tags[tag] = values = {}
+                with contextlib.suppress(OSError), \
+                        winreg.OpenKey(ck, tag + r"\InstallPath", 0, winreg.KEY_READ | flag) as ik:
+                    for field, name in (("InstallPath", ""), ("ExecutablePath", "ExecutablePath")):
+                        with contextlib.suppress(OSError):
+                            values[field] = winreg.QueryValueEx(ik, name)[0]
+    except OSError:
+        pass
+    return tags
+
+
+def registry_pythons(mm, sources):
+    """Interpreters the PEP 514 registry names (its ``ExecutablePath``, else
+    ``python.exe`` in its ``InstallPath``), ``mm`` first; a bad tree is skipped."""
+    if sources.registry is None:
+        return []
+    pairs = []
+    try:
+        for companies in sources.registry().values():
+            for company, tags in companies.items():
+                for tag, v in tags.items():
+                    exe = v.get("ExecutablePath") or (
+                        v.get("InstallPath") and str(PureWindowsPath(v["InstallPath"], "python.exe")))
+                    if isinstance(exe, str) and exe:
+                        pairs.append((f"{company}/{tag}", exe))
+    except (OSError, ImportError, AttributeError, TypeError):
+        return []
+    return _by_version(pairs, mm)
+
+
+def uv_python_dirs(env):
+    """Folders uv installs Pythons in: ``UV_PYTHON_INSTALL_DIR``, else its
+    data folder's ``python`` (``%APPDATA%\\uv\\data``, ``$XDG_DATA_HOME/uv``...)."""
+    if env.get("UV_PYTHON_INSTALL_DIR"):
+        return [env["UV_PYTHON_INSTALL_DIR"]]
+    if WINDOWS:
+        appdata = env.get("APPDATA")
+        return [os.path.join(appdata, "uv", "data", "python"),
+                os.path.join(appdata, "uv", "python")] if appdata else []
+    data = env.get("XDG_DATA_HOME") or os.path.join(
+        env.get("HOME") or os.path.expanduser("~"), ".local", "share")
+    return [os.path.join(data, "uv", "python")]
+
+
+def uv_pythons(mm, sources):
+    """Interpreters uv manages (``<impl>-X.Y.Z-<platform>`` folders), newest first."""
+    out = []
+    for root in uv_python_dirs(sources.env):
+        try:
+            names = sorted(os.listdir(root), reverse=True)[:DISCOVERY_MAX * 4]
+        except OSError:
+            continue
+        names = [n for n in names if re.match(r"[a-z]+-" + re.escape(mm) + r"[.+\-]", n)]
+        for n in names[:DISCOVERY_MAX]:
+            out += [os.path.join(root, n, "python.exe")] if WINDOWS else \
+                [os.path.join(root, n, "bin", f"python{mm}"), os.path.join(root, n, "bin", "python3")]
+    return out
+
+
+def path_pythons(names, sources):
+    """The usual names found on the environment's PATH, then this interpreter."""
+    path = sources.env.get("PATH", "")
+    return [f for f in (shutil.which(n, path=path) for n in names[:-1]) if f] + [sys.executable]
+
+
+def known_pythons(major, minor, sources):
+    """The folders interpreters of that version usually are in: pyenv's,
+    the system's, the python.org installer's on Windows."""
+    mm, env, out = f"{major}.{minor}", sources.env, []
+    vdir = os.path.join(env.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv"), "versions")
+    with contextlib.suppress(OSError):
+        for v in sorted(os.listdir(vdir), reverse=True)[:DISCOVERY_MAX * 4]:
+            if v.startswith(mm + ".") or v == mm:
+                out.append(os.path.join(vdir, v, "bin", f"python{mm}"))
     for d in ("/usr/local/bin", "/usr/bin", "/opt/homebrew/bin"):
         out.append(os.path.join(d, f"python{mm}"))
     if WINDOWS:
-        local = os.environ.get("LOCALAPPDATA", "")
-        for base in (os.path.join(local, "Programs", "Python"),
-                     os.environ.get("ProgramFiles", r"C:\Program Files")):
+        local = env.get("LOCALAPPDATA")
+        for base in ([os.path.join(local, "Programs", "Python")] if local else []) + \
+                [env.get("ProgramFiles", r"C:\Program Files")]:
             out.append(os.path.join(base, f"Python{major}{minor}", "python.exe"))
     return out
 
 
-def python_candidates(version, hints=(), homes=(), search=True):
-    """The one candidate list: existing paths where an interpreter of
-    ``version`` is likely to be, best first: ``hints``, its usual names in
-    the folders ``homes``, then (``search``) the usual places on this machine."""
+def discover_pythons(version, hints=(), homes=(), search=True, sources=None):
+    """([path], looked): existing paths where an interpreter of ``version``
+    is likely to be, best first, de-duplicated: ``hints``, its usual names in
+    ``homes``, then (``search``) each source; ``looked`` names the sources."""
     major, minor = (version.split(".") + ["", ""])[:2]
-    names = _python_names(major, minor)
-    out = list(hints) + [os.path.join(h, n) for h in homes if h for n in names]
+    mm, names = f"{major}.{minor}", _python_names(major, minor)
+    recorded = list(hints) + [os.path.join(h, n) for h in homes if h for n in names]
+    groups = [("recorded base", recorded)]
     if search:
-        out += _usual_pythons(major, minor, names)
-    seen, result = set(), []
-    for c in out:
-        if c and c not in seen and os.path.exists(c):
-            seen.add(c)
-            result.append(c)
-    return result
+        s = sources or PythonSources()
+        groups += [("py -0p", launcher_pythons(mm, s) if s.py else None),
+                   ("registry", registry_pythons(mm, s) if s.registry else None),
+                   ("uv " + os.pathsep.join(uv_python_dirs(s.env)), uv_pythons(mm, s)),
+                   ("PATH", path_pythons(names, s)),
+                   ("known folders", known_pythons(major, minor, s))]
+    seen, result, looked = set(), [], []
+    for label, paths in groups:
+        if paths is None:
+            continue
+        found = 0
+        for c in paths:
+            key = c and os.path.normcase(os.path.abspath(c))
+            if c and key not in seen and os.path.exists(c):
+                seen.add(key)
+                result.append(c)
+                found += 1
+        looked.append(f"{label} ({found})")
+    return result, looked
+
+
+def python_candidates(version, hints=(), homes=(), search=True, sources=None):
+    """The one candidate list of :func:`discover_pythons`, best first."""
+    return discover_pythons(version, hints, homes, search, sources)[0]
 
 
 def venv_links(root, bindir):
@@ -2218,8 +2421,9 @@ def venv_base_python(root, cfg, hints):
     return None, None
 
 
-def find_python(need, explicit=None, hint=None):
-    """Return (executable, info) of an interpreter that fits ``need``."""
+def find_python(need, explicit=None, hint=None, sources=None):
+    """(executable, info) of an interpreter that fits ``need``: ``explicit``,
+    else the first discovered (``sources``: :class:`PythonSources`) that does."""
     want = f"{need['implementation']} {'.'.join(need['version'].split('.')[:2])} ({need['platform']})"
     if explicit:
         info = query_python(explicit)
@@ -2234,12 +2438,15 @@ def find_python(need, explicit=None, hint=None):
                 f"{explicit} is {info['implementation']} {info['version']} ({info['platform']}) "
                 f"but the image needs {want}", "pass --python with a matching interpreter")
         return info["executable"], info
-    for cand in python_candidates(need["version"], [hint]):
+    cands, looked = discover_pythons(need["version"], [hint], sources=sources)
+    for cand in cands:
         info = query_python(cand)
         if python_matches(info, need):
             return info["executable"], info
-    raise PythonError(f"no {want} interpreter found on this machine",
-                      "install it, or pass --python PATH")
+    mm = ".".join(need["version"].split(".")[:2])
+    raise PythonError(f"no {want} interpreter found on this machine; looked in: "
+                      + ", ".join(looked),
+                      f"pass --python EXE, or install Python {mm}")
 
 
 ###############################################################################
