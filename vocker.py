@@ -101,7 +101,11 @@ PH_ENV = b"@@VOCKER:ENV@@"        # the environment's own absolute path
 PH_PYEXE = b"@@VOCKER:PYEXE@@"    # the base interpreter executable
 PH_PYHOME = b"@@VOCKER:PYHOME@@"  # the base interpreter's directory
 PH_PROMPT = b"@@VOCKER:PROMPT@@"  # activate prompt (environment's dir name)
+PH_SHENV = b"@@VOCKER:SHENV@@"    # the environment's path as one POSIX shell word
+PH_SHPROMPT = b"@@VOCKER:SHPROMPT@@"  # the prompt as one POSIX shell word
 PLACEHOLDERS = (PH_ENV, PH_PYEXE, PH_PYHOME, PH_PROMPT)
+#: placeholders rendered from others: shlex-quoted, as venv >= 3.13.1 writes them
+SHELL_PLACEHOLDERS = ((PH_SHENV, PH_ENV), (PH_SHPROMPT, PH_PROMPT))
 
 KINDS = ("venv", "standalone", "plain")
 LINK_MODES = ("auto", "reflink", "hardlink", "copy")
@@ -2312,11 +2316,37 @@ class Normalizer:
         for raw, rx, ph in self.pairs:
             data = rx.sub(ph.replace(b"\\", b"\\\\"), data)
         data = canonical_header(data)
-        if self.prompt and _ACTIVATE_RE.match(filename):
-            p = re.escape(self.prompt)
-            data = re.sub(rb"\(" + p + rb"\) ", b"(" + PH_PROMPT + b") ", data)
-            data = re.sub(rb'"' + p + rb'"', b'"' + PH_PROMPT + b'"', data)
+        if _ACTIVATE_RE.match(filename):
+            data = template_prompt(data, self.prompt, filename)
         return data
+
+
+#: where venv >= 3.13.1 writes shlex.quote(path/prompt) into activate, .csh, .fish
+_SH_ENV_RE = re.compile(rb"(VIRTUAL_ENV[= ]|\$\((?:cyg|wsl)path )(?:'" + PH_ENV + rb"'|"
+                        + PH_ENV + rb")(?=\)|\r?\n)")
+_SH_PROMPT_AT = (rb"(VIRTUAL_ENV_PROMPT[= ])({q})(?=\r?\n)", rb'(\(")({q})("\))',
+                 rb"(4B8BBE\) )({q})( \()")
+
+
+def template_prompt(data, prompt, filename):
+    """An activate script's prompt (and 3.13.1+'s quoted path) as placeholders,
+    in every form venv 3.8-3.14 writes."""
+    posix = not filename.lower().endswith((".bat", ".ps1", ".py", ".nu"))
+    if posix:
+        data = _SH_ENV_RE.sub(lambda m: m.group(1) + PH_SHENV, data)
+    if not prompt:
+        return data
+    if posix:  # shlex-quoted first: 'a b' and bare web (3.13.1+)
+        q = re.escape(shlex.quote(prompt.decode("utf-8")).encode("utf-8"))
+        for at in _SH_PROMPT_AT:
+            data = re.sub(at.replace(b"{q}", q), lambda m: m.group(1) + PH_SHPROMPT
+                          + (m.group(3) if m.lastindex == 3 else b""), data)
+    p = re.escape(prompt)
+    data = re.sub(rb"\(" + p + rb"\) ", b"(" + PH_PROMPT + b") ", data)
+    data = re.sub(rb'"' + p + rb'"', b'"' + PH_PROMPT + b'"', data)
+    if not posix:  # activate.bat: set "VIRTUAL_ENV_PROMPT=web"
+        data = re.sub(rb"(VIRTUAL_ENV_PROMPT=)" + p + rb'(?="|\r?\n)', rb"\1" + PH_PROMPT, data)
+    return data
 
 
 def canonical_header(data):
@@ -2342,6 +2372,12 @@ def render_template(data, values, target=None):
             return render_uv_trampoline(data, PH_ENV, values[PH_ENV])
         raise InvalidInputError("an executable template is not a launcher vocker can render")
     header = _SIMPLE_HEADER.match(data)
+    for ph, plain in SHELL_PLACEHOLDERS:
+        if ph in data:
+            if plain not in values:
+                raise InvalidInputError(f"template needs {ph.decode()} which this image kind lacks")
+            word = shlex.quote(values[plain].decode("utf-8", "surrogateescape"))
+            data = data.replace(ph, word.encode("utf-8", "surrogateescape"))
     for ph in PLACEHOLDERS:
         if ph in data:
             if ph not in values:
