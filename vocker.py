@@ -5713,10 +5713,24 @@ def _json_text(data, indent=2):
     return re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def _print_json(data, stream=None, indent=2):
+    """Write ``data`` as one JSON document of UTF-8 bytes, whatever the console's
+    or locale's encoding: built whole, then written at once."""
+    stream = stream or sys.stdout
+    raw = (_json_text(data, indent) + "\n").encode("utf-8", "backslashreplace")
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:  # a stream of text only (io.StringIO)
+        stream.write(raw.decode("utf-8"))
+        return
+    stream.flush()
+    buffer.write(raw)
+    buffer.flush()
+
+
 def _emit(args, data, text, quiet_text=None):
     """Print ``data`` as JSON, or ``text``; with --quiet only ``quiet_text``."""
     if args.json:
-        print(_json_text(data))
+        _print_json(data)
     elif args.quiet:
         if quiet_text:
             print(quiet_text)
@@ -5979,7 +5993,7 @@ def _field(obj, path):
 def cmd_inspect(store, args):
     r = inspect(store, args.name)
     if not args.format:
-        print(_json_text(r))
+        _print_json(r)
         return EXIT_OK
     values = [_field(r, f.strip()) for f in args.format.split(",")]
     print("\t".join(terminal_safe(v if isinstance(v, str) else _json_text(v, None))
@@ -6136,7 +6150,7 @@ def _fail(code, kind, message, hint, as_json, store, prefix="vocker: error: "):
     message, hint = _user_paths(message, store), hint and _user_paths(hint, store)
     if as_json:
         error = {"code": code, "type": kind, "message": message, "hint": hint}
-        print(_json_text({"error": error}, None), file=sys.stderr)
+        _print_json({"error": error}, sys.stderr, None)
     else:
         print(terminal_safe(prefix + message + (f"; {hint}" if hint else "")), file=sys.stderr)
     return code
@@ -6177,9 +6191,18 @@ def _run(argv, state):
     return args.func(state["store"], args)
 
 
+def _safe_streams():
+    """Text on stdout and stderr can never fail on encoding: what the console's
+    code page lacks is written as ``\\uXXXX``."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv=None):
     """Run the command line; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    _safe_streams()
     debug, as_json = _given(argv, "--debug"), _given(argv, "--json")
     state = {"store": None}
     try:
