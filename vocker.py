@@ -34,6 +34,7 @@ import stat
 import struct
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import threading
@@ -51,8 +52,8 @@ try:  # checked in main() so that a missing wheel gives a one-line error
     import blake3
     import zstandard
 except ImportError as _exc:  # pragma: no cover - exercised by the zipapp
+    _IMPORT_ERROR = (_exc, "zstandard" if "blake3" in globals() else "blake3")
     blake3 = zstandard = None
-    _IMPORT_ERROR = _exc
 else:
     _IMPORT_ERROR = None
 
@@ -6157,18 +6158,33 @@ def _fail(code, kind, message, hint, as_json, store, prefix="vocker: error: "):
 
 
 def _check_imports():
+    """Raise the one-line reason blake3/zstandard did not import (the
+    ImportError is chained: --debug shows its traceback)."""
     if _IMPORT_ERROR is None:
         return
-    here = f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform}"
-    if sys.argv and sys.argv[0].lower().endswith(".pyz"):
-        raise EnvironmentProblem(
-            f"this vocker.pyz has no blake3/zstandard modules for {here}",
-            "run it with CPython 3.11-3.14 (py -3.12 vocker.pyz ...), or get the "
-            "universal build (build_zipapp.py --universal)")
-    raise EnvironmentProblem(
-        f"vocker needs the blake3 and zstandard modules ({_IMPORT_ERROR}) for {here}",
-        "install them (pip install blake3 zstandard) or use a vocker.pyz built "
-        "for this Python")
+    exc, module = _IMPORT_ERROR
+    here = f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sysconfig.get_platform()}"
+    pyz = bool(sys.argv) and sys.argv[0].lower().endswith(".pyz")
+    if isinstance(exc, ModuleNotFoundError) and pyz:
+        message = f"this vocker.pyz has no blake3/zstandard modules for {here} ({exc})"
+        hint = ("rebuild the .pyz for this Python (build_zipapp.py, --platform windows for "
+                "Windows), run it with a CPython it was built for (py -3.12 vocker.pyz ...), "
+                "or get the universal build (build_zipapp.py --universal)")
+    elif isinstance(exc, ModuleNotFoundError):
+        message = f"vocker needs the blake3 and zstandard modules ({exc}) for {here}"
+        hint = "install them (pip install blake3 zstandard) or use a vocker.pyz built for this Python"
+    else:
+        message = f"cannot load {module} for {here}: {exc}"
+        hint = _IMPORT_HINTS["dll" if "DLL load failed" in str(exc) else "pyz" if pyz else "pip"]
+    raise EnvironmentProblem(message, hint) from exc
+
+
+_IMPORT_HINTS = {
+    "dll": "this system lacks a runtime DLL that module needs: update Windows "
+           "(and install the latest Microsoft Visual C++ Redistributable)",
+    "pyz": "rebuild the .pyz for this Python (build_zipapp.py), or run it with another CPython",
+    "pip": "reinstall it (pip install --force-reinstall blake3 zstandard)",
+}
 
 
 def _run(argv, state):
