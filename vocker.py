@@ -1193,6 +1193,10 @@ class _StoreBlobs:
                             "offset=excluded.offset WHERE blobs.csize = 0", rows)
 
 
+#: a pool file of an executable blob: ``ID.x`` or ``ID.x.GEN``
+_POOL_EXEC_RE = re.compile(r"\.x(\.[0-9]+)?$")
+
+
 class _StorePool:
     """The pool: read-only decompressed copies that containers link to, the
     inodes that name them, and compiled ``.pyc`` files."""
@@ -1355,6 +1359,21 @@ class _StorePool:
                 if hash_bytes(f.read(size + 1)) != pyc_id:
                     return "damaged"
         return "damaged" if self.pool_file_damaged(path, size) else "ok"
+
+    def seal_pool(self):
+        """Windows: set the read-only attribute back on every pool file that
+        lost it. It belongs to the inode, so clearing it on any hardlink (rm,
+        pip's own rmtree in a container) clears it for the pool and every
+        container; returns how many were sealed again."""
+        sealed = 0
+        for d, _, names in os.walk(self.pool_dir):
+            for name in names:
+                p = os.path.join(d, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(p).st_mode & stat.S_IWRITE:
+                        os.chmod(p, 0o555 if _POOL_EXEC_RE.search(name) else 0o444)
+                        sealed += 1
+        return sealed
 
     def restore_readonly(self, st):
         """A container's hardlink of inode ``st`` lost its read-only attribute
@@ -4478,9 +4497,9 @@ def find_container(store, path):
     return container_object(store, *row)
 
 
-def remove_container(store, path):
+def remove_container(store, path, system=None):
     """Delete a container's directory and its record, or what an interrupted
-    create left at ``path``."""
+    create left at ``path``. ``system``: the Target whose rules apply (tests)."""
     target = os.path.abspath(path)
     row = store.pending_create(target)
     try:
@@ -4505,10 +4524,12 @@ def remove_container(store, path):
             raise InvalidInputError(f"{target} is not a directory", "remove it by hand")
         try:
             rmtree(extended_path(target), trash=store.trash_dir_for(target),
-                   restore_readonly=store.restore_readonly)
+                   restore_readonly=store.restore_readonly, target=system)
         except OSError as exc:
             raise EnvironmentProblem(f"cannot delete {target}: {exc.strerror}",
                                      "close programs using it and retry") from None
+        if (system or Target.local()).win:
+            store.seal_pool()
     store.remove_container_row(target)
     return {"path": target, "removed": True}
 
