@@ -102,11 +102,10 @@ PH_ENV = b"@@VOCKER:ENV@@"        # the environment's own absolute path
 PH_PYEXE = b"@@VOCKER:PYEXE@@"    # the base interpreter executable
 PH_PYHOME = b"@@VOCKER:PYHOME@@"  # the base interpreter's directory
 PH_PROMPT = b"@@VOCKER:PROMPT@@"  # activate prompt (environment's dir name)
-PH_SHENV = b"@@VOCKER:SHENV@@"    # the environment's path as one POSIX shell word
 PH_SHPROMPT = b"@@VOCKER:SHPROMPT@@"  # the prompt as one POSIX shell word
 PLACEHOLDERS = (PH_ENV, PH_PYEXE, PH_PYHOME, PH_PROMPT)
 #: placeholders rendered from others: shlex-quoted, as venv >= 3.13.1 writes them
-SHELL_PLACEHOLDERS = ((PH_SHENV, PH_ENV), (PH_SHPROMPT, PH_PROMPT))
+SHELL_PLACEHOLDERS = ((PH_SHPROMPT, PH_PROMPT),)
 
 KINDS = ("venv", "standalone", "plain")
 LINK_MODES = ("auto", "reflink", "hardlink", "copy")
@@ -2341,9 +2340,9 @@ class Normalizer:
         return data
 
 
-#: where venv >= 3.13.1 writes shlex.quote(path/prompt) into activate, .csh, .fish
-_SH_ENV_RE = re.compile(rb"(VIRTUAL_ENV[= ]|\$\((?:cyg|wsl)path )(?:'" + PH_ENV + rb"'|"
-                        + PH_ENV + rb")(?=\)|\r?\n)")
+#: where venv >= 3.13.1 writes shlex.quote(path/prompt) into activate, .csh, .fish;
+#: a bare path there becomes '@@VOCKER:ENV@@', the form of a path that needs quotes
+_SH_ENV_RE = re.compile(rb"(VIRTUAL_ENV[= ]|\$\((?:cyg|wsl)path )" + PH_ENV + rb"(?=\)|\r?\n)")
 _SH_PROMPT_AT = (rb"(VIRTUAL_ENV_PROMPT[= ])({q})(?=\r?\n)", rb'(\(")({q})("\))',
                  rb"(4B8BBE\) )({q})( \()")
 
@@ -2353,7 +2352,7 @@ def template_prompt(data, prompt, filename):
     in every form venv 3.8-3.14 writes."""
     posix = not filename.lower().endswith((".bat", ".ps1", ".py", ".nu"))
     if posix:
-        data = _SH_ENV_RE.sub(lambda m: m.group(1) + PH_SHENV, data)
+        data = _SH_ENV_RE.sub(lambda m: m.group(1) + b"'" + PH_ENV + b"'", data)
     if not prompt:
         return data
     if posix:  # shlex-quoted first: 'a b' and bare web (3.13.1+)
