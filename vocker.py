@@ -34,6 +34,7 @@ import stat
 import struct
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import threading
@@ -51,8 +52,8 @@ try:  # checked in main() so that a missing wheel gives a one-line error
     import blake3
     import zstandard
 except ImportError as _exc:  # pragma: no cover - exercised by the zipapp
+    _IMPORT_ERROR = (_exc, "zstandard" if "blake3" in globals() else "blake3")
     blake3 = zstandard = None
-    _IMPORT_ERROR = _exc
 else:
     _IMPORT_ERROR = None
 
@@ -101,7 +102,10 @@ PH_ENV = b"@@VOCKER:ENV@@"        # the environment's own absolute path
 PH_PYEXE = b"@@VOCKER:PYEXE@@"    # the base interpreter executable
 PH_PYHOME = b"@@VOCKER:PYHOME@@"  # the base interpreter's directory
 PH_PROMPT = b"@@VOCKER:PROMPT@@"  # activate prompt (environment's dir name)
+PH_SHPROMPT = b"@@VOCKER:SHPROMPT@@"  # the prompt as one POSIX shell word
 PLACEHOLDERS = (PH_ENV, PH_PYEXE, PH_PYHOME, PH_PROMPT)
+#: placeholders rendered from others: shlex-quoted, as venv >= 3.13.1 writes them
+SHELL_PLACEHOLDERS = ((PH_SHPROMPT, PH_PROMPT),)
 
 KINDS = ("venv", "standalone", "plain")
 LINK_MODES = ("auto", "reflink", "hardlink", "copy")
@@ -1188,6 +1192,10 @@ class _StoreBlobs:
                             "offset=excluded.offset WHERE blobs.csize = 0", rows)
 
 
+#: a pool file of an executable blob: ``ID.x`` or ``ID.x.GEN``
+_POOL_EXEC_RE = re.compile(r"\.x(\.[0-9]+)?$")
+
+
 class _StorePool:
     """The pool: read-only decompressed copies that containers link to, the
     inodes that name them, and compiled ``.pyc`` files."""
@@ -1350,6 +1358,21 @@ class _StorePool:
                 if hash_bytes(f.read(size + 1)) != pyc_id:
                     return "damaged"
         return "damaged" if self.pool_file_damaged(path, size) else "ok"
+
+    def seal_pool(self):
+        """Windows: set the read-only attribute back on every pool file that
+        lost it. It belongs to the inode, so clearing it on any hardlink (rm,
+        pip's own rmtree in a container) clears it for the pool and every
+        container; returns how many were sealed again."""
+        sealed = 0
+        for d, _, names in os.walk(self.pool_dir):
+            for name in names:
+                p = os.path.join(d, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(p).st_mode & stat.S_IWRITE:
+                        os.chmod(p, 0o555 if _POOL_EXEC_RE.search(name) else 0o444)
+                        sealed += 1
+        return sealed
 
     def restore_readonly(self, st):
         """A container's hardlink of inode ``st`` lost its read-only attribute
@@ -2518,11 +2541,37 @@ class Normalizer:
         for raw, rx, ph in self.pairs:
             data = rx.sub(ph.replace(b"\\", b"\\\\"), data)
         data = canonical_header(data)
-        if self.prompt and _ACTIVATE_RE.match(filename):
-            p = re.escape(self.prompt)
-            data = re.sub(rb"\(" + p + rb"\) ", b"(" + PH_PROMPT + b") ", data)
-            data = re.sub(rb'"' + p + rb'"', b'"' + PH_PROMPT + b'"', data)
+        if _ACTIVATE_RE.match(filename):
+            data = template_prompt(data, self.prompt, filename)
         return data
+
+
+#: where venv >= 3.13.1 writes shlex.quote(path/prompt) into activate, .csh, .fish;
+#: a bare path there becomes '@@VOCKER:ENV@@', the form of a path that needs quotes
+_SH_ENV_RE = re.compile(rb"(VIRTUAL_ENV[= ]|\$\((?:cyg|wsl)path )" + PH_ENV + rb"(?=\)|\r?\n)")
+_SH_PROMPT_AT = (rb"(VIRTUAL_ENV_PROMPT[= ])({q})(?=\r?\n)", rb'(\(")({q})("\))',
+                 rb"(4B8BBE\) )({q})( \()")
+
+
+def template_prompt(data, prompt, filename):
+    """An activate script's prompt (and 3.13.1+'s quoted path) as placeholders,
+    in every form venv 3.8-3.14 writes."""
+    posix = not filename.lower().endswith((".bat", ".ps1", ".py", ".nu"))
+    if posix:
+        data = _SH_ENV_RE.sub(lambda m: m.group(1) + b"'" + PH_ENV + b"'", data)
+    if not prompt:
+        return data
+    if posix:  # shlex-quoted first: 'a b' and bare web (3.13.1+)
+        q = re.escape(shlex.quote(prompt.decode("utf-8")).encode("utf-8"))
+        for at in _SH_PROMPT_AT:
+            data = re.sub(at.replace(b"{q}", q), lambda m: m.group(1) + PH_SHPROMPT
+                          + (m.group(3) if m.lastindex == 3 else b""), data)
+    p = re.escape(prompt)
+    data = re.sub(rb"\(" + p + rb"\) ", b"(" + PH_PROMPT + b") ", data)
+    data = re.sub(rb'"' + p + rb'"', b'"' + PH_PROMPT + b'"', data)
+    if not posix:  # activate.bat: set "VIRTUAL_ENV_PROMPT=web"
+        data = re.sub(rb"(VIRTUAL_ENV_PROMPT=)" + p + rb'(?="|\r?\n)', rb"\1" + PH_PROMPT, data)
+    return data
 
 
 def canonical_header(data):
@@ -2548,6 +2597,12 @@ def render_template(data, values, target=None):
             return render_uv_trampoline(data, PH_ENV, values[PH_ENV])
         raise InvalidInputError("an executable template is not a launcher vocker can render")
     header = _SIMPLE_HEADER.match(data)
+    for ph, plain in SHELL_PLACEHOLDERS:
+        if ph in data:
+            if plain not in values:
+                raise InvalidInputError(f"template needs {ph.decode()} which this image kind lacks")
+            word = shlex.quote(values[plain].decode("utf-8", "surrogateescape"))
+            data = data.replace(ph, word.encode("utf-8", "surrogateescape"))
     for ph in PLACEHOLDERS:
         if ph in data:
             if ph not in values:
@@ -4647,9 +4702,9 @@ def find_container(store, path):
     return container_object(store, *row)
 
 
-def remove_container(store, path):
+def remove_container(store, path, system=None):
     """Delete a container's directory and its record, or what an interrupted
-    create left at ``path``."""
+    create left at ``path``. ``system``: the Target whose rules apply (tests)."""
     target = os.path.abspath(path)
     row = store.pending_create(target)
     try:
@@ -4674,10 +4729,12 @@ def remove_container(store, path):
             raise InvalidInputError(f"{target} is not a directory", "remove it by hand")
         try:
             rmtree(extended_path(target), trash=store.trash_dir_for(target),
-                   restore_readonly=store.restore_readonly)
+                   restore_readonly=store.restore_readonly, target=system)
         except OSError as exc:
             raise EnvironmentProblem(f"cannot delete {target}: {exc.strerror}",
                                      "close programs using it and retry") from None
+        if (system or Target.local()).win:
+            store.seal_pool()
     store.remove_container_row(target)
     return {"path": target, "removed": True}
 
@@ -5885,10 +5942,24 @@ def _json_text(data, indent=2):
     return re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def _print_json(data, stream=None, indent=2):
+    """Write ``data`` as one JSON document of UTF-8 bytes, whatever the console's
+    or locale's encoding: built whole, then written at once."""
+    stream = stream or sys.stdout
+    raw = (_json_text(data, indent) + "\n").encode("utf-8", "backslashreplace")
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:  # a stream of text only (io.StringIO)
+        stream.write(raw.decode("utf-8"))
+        return
+    stream.flush()
+    buffer.write(raw)
+    buffer.flush()
+
+
 def _emit(args, data, text, quiet_text=None):
     """Print ``data`` as JSON, or ``text``; with --quiet only ``quiet_text``."""
     if args.json:
-        print(_json_text(data))
+        _print_json(data)
     elif args.quiet:
         if quiet_text:
             print(quiet_text)
@@ -6166,7 +6237,7 @@ def _field(obj, path):
 def cmd_inspect(store, args):
     r = inspect(store, args.name)
     if not args.format:
-        print(_json_text(r))
+        _print_json(r)
         return EXIT_OK
     values = [_field(r, f.strip()) for f in args.format.split(",")]
     print("\t".join(terminal_safe(v if isinstance(v, str) else _json_text(v, None))
@@ -6323,25 +6394,40 @@ def _fail(code, kind, message, hint, as_json, store, prefix="vocker: error: "):
     message, hint = _user_paths(message, store), hint and _user_paths(hint, store)
     if as_json:
         error = {"code": code, "type": kind, "message": message, "hint": hint}
-        print(_json_text({"error": error}, None), file=sys.stderr)
+        _print_json({"error": error}, sys.stderr, None)
     else:
         print(terminal_safe(prefix + message + (f"; {hint}" if hint else "")), file=sys.stderr)
     return code
 
 
 def _check_imports():
+    """Raise the one-line reason blake3/zstandard did not import (the
+    ImportError is chained: --debug shows its traceback)."""
     if _IMPORT_ERROR is None:
         return
-    here = f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform}"
-    if sys.argv and sys.argv[0].lower().endswith(".pyz"):
-        raise EnvironmentProblem(
-            f"this vocker.pyz has no blake3/zstandard modules for {here}",
-            "run it with CPython 3.11-3.14 (py -3.12 vocker.pyz ...), or get the "
-            "universal build (build_zipapp.py --universal)")
-    raise EnvironmentProblem(
-        f"vocker needs the blake3 and zstandard modules ({_IMPORT_ERROR}) for {here}",
-        "install them (pip install blake3 zstandard) or use a vocker.pyz built "
-        "for this Python")
+    exc, module = _IMPORT_ERROR
+    here = f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sysconfig.get_platform()}"
+    pyz = bool(sys.argv) and sys.argv[0].lower().endswith(".pyz")
+    if isinstance(exc, ModuleNotFoundError) and pyz:
+        message = f"this vocker.pyz has no blake3/zstandard modules for {here} ({exc})"
+        hint = ("rebuild the .pyz for this Python (build_zipapp.py, --platform windows for "
+                "Windows), run it with a CPython it was built for (py -3.12 vocker.pyz ...), "
+                "or get the universal build (build_zipapp.py --universal)")
+    elif isinstance(exc, ModuleNotFoundError):
+        message = f"vocker needs the blake3 and zstandard modules ({exc}) for {here}"
+        hint = "install them (pip install blake3 zstandard) or use a vocker.pyz built for this Python"
+    else:
+        message = f"cannot load {module} for {here}: {exc}"
+        hint = _IMPORT_HINTS["dll" if "DLL load failed" in str(exc) else "pyz" if pyz else "pip"]
+    raise EnvironmentProblem(message, hint) from exc
+
+
+_IMPORT_HINTS = {
+    "dll": "this system lacks a runtime DLL that module needs: update Windows "
+           "(and install the latest Microsoft Visual C++ Redistributable)",
+    "pyz": "rebuild the .pyz for this Python (build_zipapp.py), or run it with another CPython",
+    "pip": "reinstall it (pip install --force-reinstall blake3 zstandard)",
+}
 
 
 def _run(argv, state):
@@ -6364,9 +6450,18 @@ def _run(argv, state):
     return args.func(state["store"], args)
 
 
+def _safe_streams():
+    """Text on stdout and stderr can never fail on encoding: what the console's
+    code page lacks is written as ``\\uXXXX``."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv=None):
     """Run the command line; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    _safe_streams()
     debug, as_json = _given(argv, "--debug"), _given(argv, "--json")
     state = {"store": None}
     try:

@@ -1,0 +1,77 @@
+"""Output never fails on encoding: --json is UTF-8 bytes whatever the locale,
+text goes through a writer that escapes what the stream's encoding lacks.
+
+Runs the real entry point in a subprocess whose stdout and stderr are ASCII
+(PYTHONIOENCODING=ascii, PYTHONUTF8=0), as a Windows console's
+code page lacks most of Unicode, with a container path outside it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+VOCKER = Path(__file__).resolve().parent.parent / "vocker.py"
+#: file names stay UTF-8 (as on Windows, whose file names are Unicode); stdio is ASCII
+NARROW = {"PYTHONIOENCODING": "ascii", "LC_ALL": "C.UTF-8", "PYTHONUTF8": "0"}
+
+
+def vocker(home, *argv):
+    env = {k: v for k, v in os.environ.items() if k not in ("LC_CTYPE", "LANGUAGE")}
+    env.update(NARROW, VOCKER_HOME=str(home))
+    return subprocess.run([sys.executable, str(VOCKER), *map(str, argv)], env=env,
+                          capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def made(tmp_path):
+    """A plain image, and a container at a path ASCII cannot spell."""
+    src = tmp_path / "src 日本"
+    src.mkdir()
+    (src / "data é.txt").write_text("hello\n")
+    home = tmp_path / "store"
+    r = vocker(home, "commit", "--kind", "plain", "-t", "enc:1", src, "--json")
+    assert r.returncode == 0, r.stderr
+    target = tmp_path / "envs" / "日本 env"
+    r = vocker(home, "create", "enc:1", target, "--json")
+    return home, target, r
+
+
+def test_create_json_is_utf8_on_an_ascii_stdout(made):
+    home, target, r = made
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.decode("utf-8"))["path"] == str(target)
+
+
+@pytest.mark.parametrize("argv", [["ps", "--json"], ["images", "--json"], ["inspect", "enc:1"]])
+def test_json_commands_keep_working(made, argv):
+    home, target, _ = made
+    r = vocker(home, *argv)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.decode("utf-8")
+    data = json.loads(text)
+    assert argv[0] == "images" and data[0]["tags"] == ["enc:1"] or str(target) in text
+
+
+@pytest.mark.parametrize("argv", [["ps"], ["images"], ["create", "enc:1", "{target}"]])
+def test_text_output_escapes_what_the_stream_cannot_encode(made, argv):
+    home, target, _ = made
+    r = vocker(home, *[a.format(target=target) for a in argv])
+    out = (r.stdout + r.stderr).decode("ascii")  # really ASCII: nothing raised, nothing lost
+    assert b"UnicodeEncodeError" not in r.stderr
+    if argv[0] == "create":  # the error message names the path, escaped
+        assert r.returncode != 1 and "\\u65e5\\u672c env" in out
+    else:
+        assert r.returncode == 0
+    if argv == ["ps"]:
+        assert "\\u65e5\\u672c env" in out
+
+
+def test_json_error_is_utf8_too(made):
+    home, target, _ = made
+    r = vocker(home, "create", "enc:1", target, "--json")
+    assert r.returncode not in (0, 1)
+    assert json.loads(r.stderr.decode("utf-8"))["error"]["message"].count("日本") >= 1
