@@ -2636,7 +2636,7 @@ def path_spellings(path):
 #: VIRTUAL_ENV set to a literal path in activate (sh), activate.csh, activate.fish
 _VIRTUAL_ENV_RE = re.compile(
     r"""^[ \t]*(?:(?:export[ \t]+)?VIRTUAL_ENV=|(?:setenv|set[ \t]+-gx)[ \t]+VIRTUAL_ENV[ \t]+)"""
-    r"""(?:"([^"$`\\\n]*)"|'([^'\n]*)')[ \t]*$""", re.M)
+    r"""(?:"([^"$`\\\n]*)"|'([^'\n]*)'|([\w@%+=:,./-]+))[ \t]*$""", re.M)  # bare: 3.13.1+
 COPIED_VENV_HINT = ("commit the original environment, or recreate this one where it is "
                     "(python -m venv, then reinstall its packages)")
 
@@ -2651,7 +2651,7 @@ def activate_prefix(root):
                 text = f.read(1 << 20).decode("utf-8", "surrogateescape")
         except OSError:
             continue
-        found |= {a or b for a, b in _VIRTUAL_ENV_RE.findall(text)}
+        found |= {a or b or c for a, b, c in _VIRTUAL_ENV_RE.findall(text)}
     if len(found) > 1:
         raise InvalidInputError(f"cannot commit {root}: its activate scripts name more than "
                                 f"one environment ({', '.join(sorted(found))})", COPIED_VENV_HINT)

@@ -275,3 +275,20 @@ def test_copy_of_a_container_is_its_image(tmp_path):
         _copy(tmp_path / "c", tmp_path / "copy")
         r = vocker.commit(store, tmp_path / "copy")
         assert r["id"] == image and r["parent"] is None
+
+
+def test_moved_313_1_venv_with_bare_paths_is_the_image_it_was(tmp_path):
+    """3.13.1+ writes a path of safe characters unquoted (export VIRTUAL_ENV=/x/venv):
+    that bare form is evidence of the old location too."""
+    from test_prompt import venv_3131
+    py = require_python("3.13")
+    made = tmp_path / "made" / "venv"
+    run([py, "-m", "venv", "--without-pip", made])
+    for name in ("activate", "activate.fish", "activate.csh", "activate.bat"):
+        (made / "bin" / name).write_bytes(venv_3131(name, str(made), "venv"))
+    assert b"VIRTUAL_ENV=" + os.fsencode(made) + b"\n" in (made / "bin" / "activate").read_bytes()
+    with _store(tmp_path / "home") as store:
+        want = vocker.commit(store, made)["id"]
+        moved = tmp_path / "moved"
+        os.rename(made, moved)
+        assert vocker.commit(store, moved)["id"] == want
