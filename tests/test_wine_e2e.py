@@ -93,6 +93,12 @@ def win(lane, tmp_path_factory):
     return w
 
 
+def _stored_bytes(home):
+    """Bytes of the store's objects (loose blobs and packs)."""
+    return sum(p.stat().st_size for d in ("blobs", "packs") for p in (home / d).rglob("*")
+               if p.is_file())
+
+
 def _prefix_of(w, env):
     return w.run(winpath(env / "Scripts" / "python.exe"), "-c",
                  "import sys, vockdemo; print(sys.prefix); print(vockdemo.hello())").splitlines()
@@ -162,8 +168,11 @@ def test_pip_install_in_container_then_commit(win):
     win.create("demo:1", dest)
     win.pip(dest, "vockextra==1.0")
     assert win.run(winpath(dest / "Scripts" / "vockextra.exe")).startswith("vockextra 1.0 from ")
+    before = _stored_bytes(win.home)
     child = win.commit(dest, "-t", "demo:2")
     assert child != win.image
+    grown = _stored_bytes(win.home) - before
+    assert 0 < grown < before / 20, f"the store grew by {grown} of {before} bytes: blobs not shared"
     info = win.inspect("demo:2")
     assert info["parent"] == win.image, info
     rmi_child = win.vocker("rmi", "demo:2")
@@ -318,5 +327,5 @@ def test_non_ansi_path_with_output_piped(win):
     "cmd's `a || exit /b`: Wine's cmd runs both branches (real cmd expands %ERRORLEVEL% at read "
     "time, so only `|| exit /b` and `if errorlevel` are right)",
 ])
-def test_what_wine_cannot_show(gap):
+def test_what_wine_cannot_show(lane, gap):
     pytest.skip(f"Wine 8.0 gap, not tested: {gap}")
