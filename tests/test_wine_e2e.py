@@ -13,12 +13,10 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import stat
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -133,8 +131,6 @@ def test_activate_bat(win):
     assert f"vockdemo 1.0 from {winpath(dest)}\\Scripts\\python.exe" in lines, out
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 bug 1: VIRTUAL_ENV_PROMPT is not re-templated "
-                   "for CPython >= 3.13.1 (activate.bat keeps the committed venv's name)")
 def test_activate_bat_prompt_is_the_containers(win):
     dest = win.root / "prompt env"
     win.create("demo:1", dest)
@@ -153,8 +149,6 @@ def test_create_non_ascii_and_long_paths_piped(win):
         assert win.commit(dest) == win.image, f"an unchanged container at {dest} got another ID"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 bug 1: VIRTUAL_ENV_PROMPT is not re-templated for "
-                   "CPython >= 3.13.1, so venvs in folders of other names get other IDs")
 def test_same_id_for_two_paths(win):
     """Two venvs of the same packages made by python -m venv at two paths: one image ID."""
     other = win.root / "Mes Envs é" / "src2"
@@ -270,8 +264,6 @@ def test_rm_leaves_the_pool_read_only(win):
     assert not _writable_shared(second)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 bug 4: the .pyz says it has no blake3/zstandard "
-                   "modules for this Python when the real cause is 'DLL load failed'")
 def test_pyz_names_a_dll_load_failure(win):
     # without the forwarder DLL, blake3's extension module cannot load under Wine 8.0
     rc, out, err = win.vocker("images", extra_env={
@@ -300,8 +292,6 @@ def test_exit_codes_from_a_batch_file(win):
 
 
 # the last test of the shared store: a failure leaves a container that breaks ps
-@pytest.mark.xfail(strict=True, reason="issue 9 bug 2: output outside the ANSI code page "
-                   "raises UnicodeEncodeError when redirected (--json must be UTF-8)")
 def test_non_ansi_path_with_output_piped(win):
     dest = win.root / "日本 env"
     rc, out, err = win.vocker("--json", "create", "demo:1", winpath(dest), "--no-compile",

@@ -2,7 +2,7 @@
 
 ``setup_lane(cache)`` returns a ``WineLane`` or raises ``LaneUnavailable`` with
 ONE reason (what cannot run here and why); the session fixture turns that into
-a skip.  Steps (facts: docs in /work/shared/WINE.md, measured on Debian 12):
+a skip.  Steps (measured on Debian 12 with Wine 8.0 from its packages):
 
 1. ``VOCKER_WINE=0`` turns the lane off (a local choice; the skip says so);
 2. Wine: ``apt-get install --no-install-recommends wine wine64`` when missing
