@@ -1369,7 +1369,8 @@ class _StorePool:
             for name in names:
                 p = os.path.join(d, name)
                 with contextlib.suppress(OSError):
-                    if os.lstat(p).st_mode & stat.S_IWRITE:
+                    mode = os.lstat(p).st_mode
+                    if stat.S_ISREG(mode) and mode & stat.S_IWRITE:  # chmod follows links
                         os.chmod(p, 0o555 if _POOL_EXEC_RE.search(name) else 0o444)
                         sealed += 1
         return sealed
