@@ -2483,6 +2483,7 @@ _BOUNDARY_BEFORE = rb"(?<![A-Za-z0-9_.\-~+@\x80-\xff])"
 _EXEC_HEADER = re.compile(
     rb"\A#!/bin/sh\n'''exec' (\"[^\"\n]*\"|'[^'\n]*'|[^\s'\"]+)([^\n]*?) \"\$0\" \"\$@\"\n' '''\n")
 _SIMPLE_HEADER = re.compile(rb"\A#!(@@VOCKER:ENV@@[^\s]*)([^\n]*)\n")
+_QUOTED_HEADER = re.compile(rb'\A#!("[^"\n]*")([^\n]*?)\n')
 _ACTIVATE_RE = re.compile(r"(?i)^activate(\..*)?$|^activate_this\.py$")
 
 
@@ -2511,7 +2512,8 @@ class Normalizer:
     longest strings are replaced first.
     """
 
-    def __init__(self, env_paths, pyexe_paths=(), pyhome_paths=(), prompt=None):
+    def __init__(self, env_paths, pyexe_paths=(), pyhome_paths=(), prompt=None, win=None):
+        self.win = WINDOWS if win is None else win
         pairs = []
         for ph, paths in ((PH_ENV, env_paths), (PH_PYEXE, pyexe_paths),
                           (PH_PYHOME, pyhome_paths)):
@@ -2541,7 +2543,7 @@ class Normalizer:
                                     "remove the '@@VOCKER:' text from it")
         for raw, rx, ph in self.pairs:
             data = rx.sub(ph.replace(b"\\", b"\\\\"), data)
-        data = canonical_header(data)
+        data = canonical_header(data, self.win)
         if _ACTIVATE_RE.match(filename):
             data = template_prompt(data, self.prompt, filename)
         return data
@@ -2575,9 +2577,12 @@ def template_prompt(data, prompt, filename):
     return data
 
 
-def canonical_header(data):
-    """Fold distlib's two script header forms into ``#!<exe><args>\\n``."""
-    m = _EXEC_HEADER.match(data)
+def canonical_header(data, win=None):
+    """Fold the header forms distlib writes into ``#!<exe><args>\\n``: on
+    POSIX the ``/bin/sh`` exec form (a path with a space or over the shebang
+    limit), on Windows ``#!"<exe>"`` (a path with a space)."""
+    win = WINDOWS if win is None else win
+    m = (_QUOTED_HEADER if win else _EXEC_HEADER).match(data)
     if m:
         exe = m.group(1)
         if exe[:1] in (b'"', b"'"):
@@ -2614,8 +2619,10 @@ def render_template(data, values, target=None):
         rest = data[line_end + 1:]
         exe_len = len(header.group(1)) - len(PH_ENV) + len(values[PH_ENV])
         exe, post = data[2:2 + exe_len], data[2 + exe_len:line_end]
-        if not (target or Target.local()).win and (b" " in exe or line_end + 1 > SHEBANG_MAX):
-            quoted = b'"' + exe + b'"' if b" " in exe else exe
+        quoted = b'"' + exe + b'"' if b" " in exe else exe
+        if (target or Target.local()).win:
+            data = b"#!" + quoted + post + b"\n" + rest
+        elif b" " in exe or line_end + 1 > SHEBANG_MAX:
             data = (b"#!/bin/sh\n'''exec' " + quoted + post + b' "$0" "$@"\n'
                     + b"' '''\n" + rest)
     return data
@@ -3572,8 +3579,9 @@ class _Source:
             env, prompt = venv_old_paths(self.root, self.cfg, env, prompt,
                                          self.exe_paths + self.home_paths)
         env = t.spellings(env)
-        return (Normalizer(env, prompt=prompt),
-                Normalizer(env, t.spellings(self.exe_paths), t.spellings(self.home_paths)))
+        return (Normalizer(env, prompt=prompt, win=t.win),
+                Normalizer(env, t.spellings(self.exe_paths), t.spellings(self.home_paths),
+                           win=t.win))
 
     def _origin_python(self):
         """The python facts of the image this folder is a container of."""
@@ -6000,10 +6008,18 @@ def _is_image(store, ref):
     return True
 
 
+def command_line(words, win=None):
+    """Words as a command line the user's shell reads back: cmd's quoting on
+    Windows ("C:\\a b"), the POSIX shell's elsewhere ('/a b')."""
+    if WINDOWS if win is None else win:
+        return subprocess.list2cmdline(words)
+    return shlex.join(words)
+
+
 def _swapped(command, words):
     """The error for ``vocker COMMAND A B ...`` where B, A ... was meant."""
     what = "an image" if command in ("create", "push") else "a repository"
-    fixed = shlex.join([words[1], words[0], *words[2:]])
+    fixed = command_line([words[1], words[0], *words[2:]])
     return UsageError(f"'{words[1]}' looks like {what} and '{words[0]}' does not",
                       f"arguments swapped? try: vocker {command} {fixed}")
 

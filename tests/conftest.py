@@ -5,13 +5,13 @@ Fixture layer (no vocker import here):
 * ``find_python(minor)``            -> path of a CPython 3.X interpreter or None
 * ``PYTHONS``                        -> {"3.9": path, "3.11": path, "3.13": path} (those found)
 * ``require_python(minor)``          -> path, or ``pytest.skip`` naming the missing Python
+* ``main_python()``                  -> the interpreter most tests use (MAIN_MINOR)
 * ``find_uv()``                      -> path of the uv binary or None
 * ``run(cmd, ...)``                  -> CompletedProcess; raises CommandFailed with output
 * ``clean_env(extra_env=None)``      -> os.environ minus PIP_*/UV_*/PYTHON*/VIRTUAL_ENV noise
 * ``make_venv(python, path, packages=(), installer="pip", wheelhouse=None, extra_env=None)``
 * ``venv_python(venv)`` / ``venv_site_packages(venv)`` / ``read_record(venv, dist, version)``
-* fixtures: ``wheelhouse`` (session), ``uv_cache_dir`` (session), ``uv_bin`` (session),
-  ``python311`` (function; skips if 3.11 is absent)
+* fixtures: ``wheelhouse`` (session), ``uv_cache_dir`` (session), ``uv_bin`` (session)
 
 Nothing here needs the network: wheels come from ``wheelfactory`` and every
 install is ``--no-index --find-links <wheelhouse>``.
@@ -25,6 +25,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,16 @@ __all__ = [
     "make_venv",
     "read_record",
     "require_python",
+    "main_python",
+    "KILL",
+    "KILLED_RC",
+    "SYMLINKS",
+    "WINDOWS",
+    "make_names",
+    "needs_symlinks",
+    "require_symlinks",
+    "posix_only",
+    "MAIN_MINOR",
     "run",
     "venv_python",
     "venv_site_packages",
@@ -56,6 +67,55 @@ __all__ = [
 #: default timeouts (seconds) for subprocesses started by this layer
 VENV_TIMEOUT = 180
 INSTALL_TIMEOUT = 300
+
+
+# --------------------------------------------------------------------------
+# what this OS can do (the Windows lane runs this suite under Wine too)
+# --------------------------------------------------------------------------
+
+WINDOWS = os.name == "nt"
+#: the signal a test kills a process with, and the exit code that then shows
+#: (Windows has no SIGKILL: os.kill(pid, SIGTERM) is TerminateProcess(pid, 15))
+KILL = getattr(signal, "SIGKILL", signal.SIGTERM)
+KILLED_RC = -KILL if not WINDOWS else KILL
+
+
+def _symlinks_work() -> bool:
+    d = tempfile.mkdtemp(prefix="vocker-symlink-probe-")
+    try:
+        os.symlink("target", os.path.join(d, "l"))
+        return os.path.islink(os.path.join(d, "l"))
+    except (OSError, NotImplementedError):
+        return False
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+SYMLINKS = _symlinks_work()
+NO_SYMLINKS = ("this OS makes no symlinks here (Wine 8.0's os.symlink reports success and "
+               "creates nothing; Windows needs developer mode)")
+needs_symlinks = pytest.mark.skipif(not SYMLINKS, reason=NO_SYMLINKS)
+
+
+def require_symlinks() -> None:
+    """Inside a test (e.g. one row of a table): skip unless symlinks work."""
+    if not SYMLINKS:
+        pytest.skip(NO_SYMLINKS)
+
+
+def posix_only(why: str):
+    """Mark a test that cannot run on Windows; *why* names the POSIX fact it needs."""
+    return pytest.mark.skipif(WINDOWS, reason=f"POSIX only: {why}")
+
+
+def make_names(root, names) -> None:
+    """mkdir each name under *root*, or skip: this filesystem cannot hold them
+    side by side (Windows: case pairs, newlines, reserved names)."""
+    for n in names:
+        try:
+            os.mkdir(os.path.join(root, n))
+        except OSError as e:
+            pytest.skip(f"this filesystem cannot hold the names {names!r} side by side: {e}")
 
 
 # --------------------------------------------------------------------------
@@ -101,6 +161,8 @@ def find_python(minor: str) -> str | None:
         real = os.path.realpath(exe)
         if os.path.isfile(real) and os.access(real, os.X_OK):
             return real
+    if "%d.%d" % sys.version_info[:2] == minor:  # e.g. the Windows lane's one CPython
+        return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
     return None
 
 
@@ -111,6 +173,10 @@ PYTHONS: dict[str, str] = {
     if (path := find_python(minor)) is not None
 }
 
+#: the CPython most tests make venvs with: 3.11 from pyenv; under Windows (the
+#: Wine lane has one CPython, 3.13) the interpreter running the tests
+MAIN_MINOR = "3.11" if sys.platform != "win32" else "%d.%d" % sys.version_info[:2]
+
 
 def require_python(minor: str) -> str:
     """Return the interpreter path for ``minor`` or skip the test naming it."""
@@ -119,6 +185,11 @@ def require_python(minor: str) -> str:
         pytest.skip(f"Python {minor} interpreter not found on this machine "
                     f"(looked in {_pyenv_root() / 'versions'} and PATH)")
     return path
+
+
+def main_python() -> str:
+    """The interpreter of MAIN_MINOR, or ``pytest.skip`` naming it."""
+    return require_python(MAIN_MINOR)
 
 
 # --------------------------------------------------------------------------
@@ -332,12 +403,6 @@ def uv_bin() -> str:
     return path
 
 
-@pytest.fixture
-def python311() -> str:
-    """Path of a CPython 3.11 interpreter; skips (naming it) if absent."""
-    return require_python("3.11")
-
-
 # ---- vocker fixtures ----
 # (Fixtures that import vocker go below this line; maintained by the vocker engineer.)
 
@@ -401,7 +466,7 @@ def template_paths(store, image_id) -> set[str]:
 def pip_venvs(tmp_path_factory, wheelhouse):
     """Two pip venvs of the same packages: one path with a space and non-ASCII
     characters, one so long that pip writes the ``/bin/sh`` exec header."""
-    py = require_python("3.11")
+    py = main_python()
     base = tmp_path_factory.mktemp("pipvenvs")
     a = make_venv(py, base / "dir with spåce" / "vénv", DEMO_PACKAGES, wheelhouse=wheelhouse)
     b = make_venv(py, long_path(base), DEMO_PACKAGES, wheelhouse=wheelhouse)
@@ -410,7 +475,7 @@ def pip_venvs(tmp_path_factory, wheelhouse):
 
 @pytest.fixture(scope="session")
 def uv_venvs(tmp_path_factory, wheelhouse, uv_bin):
-    py = require_python("3.11")
+    py = main_python()
     base = tmp_path_factory.mktemp("uvvenvs")
     a = make_venv(py, base / "uv one", DEMO_PACKAGES, installer="uv", wheelhouse=wheelhouse)
     # "another day": the same wheels with other mtimes (uv records them in uv_cache.json)

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import vocker
-from conftest import clean_env, cli, vocker_cmd
+from conftest import WINDOWS, clean_env, cli, vocker_cmd
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 IMAGE_KEYS = {"id", "short_id", "tags", "kind", "python", "size", "files", "created", "parent"}
@@ -59,8 +59,13 @@ def test_quiet_lists_are_ids_and_paths_that_feed_rmi_and_rm(tmp_path):
     assert sorted(images) == sorted(ids)             # one full ID per image, not per tag
     ps = cli("ps", "-q", home=home, check=True).stdout.splitlines()
     assert sorted(ps) == [str(tmp_path / "c0"), str(tmp_path / "c1")]
-    r = _shell("vocker rm $(vocker ps -q) && vocker rmi --force $(vocker images -q)", home, tmp_path)
-    assert r.returncode == 0, r.stderr
+    if WINDOWS:  # no POSIX shell: the words themselves, as `for /f` in a .bat passes them
+        for r in (cli("rm", *ps, home=home), cli("rmi", "--force", *images, home=home)):
+            assert r.returncode == 0, r.stderr
+    else:
+        r = _shell("vocker rm $(vocker ps -q) && vocker rmi --force $(vocker images -q)", home,
+                   tmp_path)
+        assert r.returncode == 0, r.stderr
     assert cli("images", "-q", home=home, check=True).stdout == ""
     assert cli("ps", "-q", home=home, check=True).stdout == ""
     assert not (tmp_path / "c0").exists()

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import vocker
-from conftest import build_wheel, cli, find_uv, make_venv, require_python, run
+from conftest import build_wheel, cli, find_uv, make_venv, main_python, require_python, run
 
 PREFIX_SCRIPT = "import sys\n\ndef main():\n    print(sys.prefix)\n"
 #: (installer, python) of the real venvs, and a folder name for each (the
@@ -125,7 +125,7 @@ GONE = "/nonexistent-vocker-test/old venv"
 def bare_venv(tmp_path_factory):
     """A real 3.11 venv with no scripts; each test edits a copy of it."""
     base = tmp_path_factory.mktemp("bare")
-    run([require_python("3.11"), "-m", "venv", "--without-pip", base / "venv"])
+    run([main_python(), "-m", "venv", "--without-pip", base / "venv"])
     return base / "venv"
 
 
@@ -160,7 +160,7 @@ def _header(exe):
 
 
 def _base_prefix():
-    return os.path.dirname(os.path.dirname(os.path.realpath(require_python("3.11"))))
+    return os.path.dirname(os.path.dirname(os.path.realpath(main_python())))
 
 
 REFUSED = [
@@ -230,7 +230,7 @@ ACCEPTED = [
 def test_folders_naming_no_other_environment_commit_as_before(activate, scripts, bare_venv,
                                                               tmp_path, store):
     folder = tmp_path / "copy"
-    fill = {"SELF": os.fspath(folder), "BASEEXE": os.path.realpath(require_python("3.11"))}
+    fill = {"SELF": os.fspath(folder), "BASEEXE": os.path.realpath(main_python())}
 
     def sub(text):
         for k, v in fill.items():

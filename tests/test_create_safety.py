@@ -3,7 +3,6 @@ only from this machine's compile, every crash window is recoverable, rm never
 changes a shared inode, and damaged pool files are repaired before linking."""
 
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -11,7 +10,8 @@ import sys
 import pytest
 
 import vocker
-from conftest import REPO, clean_env, cli, image_entries, require_python
+from conftest import (KILLED_RC, REPO, clean_env, cli, image_entries, main_python,
+                      needs_symlinks, posix_only)
 from test_transport import _craft_repo
 from vocker import PH_ENV, PH_PYEXE, PH_PYHOME, Manifest, Tree, TreeEntry, hash_bytes
 
@@ -21,7 +21,7 @@ SITE = "lib/python3.11/site-packages"
 
 
 def _python_need():
-    info = vocker.query_python(require_python("3.11"))
+    info = vocker.query_python(main_python())
     return {k: info[k] for k in ("implementation", "version", "cache_tag", "platform")}
 
 
@@ -196,6 +196,7 @@ def test_honest_venvs_pass_the_link_rules(demo_image, shared_store, uv_venvs, st
         assert all(rel.startswith("bin/python") for rel in templated)
 
 
+@needs_symlinks
 def test_no_write_ever_goes_through_an_existing_name(tmp_path):
     victim = tmp_path / "victim"
     victim.write_bytes(b"mine")
@@ -237,14 +238,15 @@ sys.path.insert(0, sys.argv[5])
 import vocker
 store = vocker.Store(sys.argv[1])
 vocker.create(store, sys.argv[2], sys.argv[3], link_mode="copy",
-              checkpoint=lambda w: w == sys.argv[4] and os.kill(os.getpid(), signal.SIGKILL))
+              checkpoint=lambda w: w == sys.argv[4] and os.kill(
+                  os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM)))
 """
 
 
 def _kill_create_at(home, image, target, window):
     p = subprocess.run([sys.executable, "-c", _KILL_AT, str(home), image, str(target), window,
                         str(REPO)], env=clean_env(), capture_output=True, timeout=120)
-    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert p.returncode == KILLED_RC, p.stderr
 
 
 WINDOWS = ["pending", "staged", "materialized", "renamed"]
@@ -359,6 +361,7 @@ def test_windows_rm_restores_the_read_only_attribute_on_the_pool(three_container
     assert _modes(pool + _files(c2)) == before
 
 
+@posix_only("switches to an ordinary user with setuid")
 def test_rm_as_an_ordinary_user_removes_a_read_only_folder_and_touches_no_pool_mode(tmp_path):
     if os.getuid() != 0:
         pytest.skip("needs root to switch to an ordinary user")

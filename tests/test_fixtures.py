@@ -12,11 +12,12 @@ import zipfile
 import pytest
 
 from conftest import (
+    MAIN_MINOR,
     PYTHONS,
     find_python,
     make_venv,
     read_record,
-    require_python,
+    main_python,
     run,
     venv_python,
     venv_site_packages,
@@ -102,7 +103,7 @@ def test_wheel_is_deterministic_and_valid(tmp_path):
 
 
 def test_find_python_reports_right_versions():
-    assert "3.11" in PYTHONS, "the suite needs a CPython 3.11"
+    assert MAIN_MINOR in PYTHONS, f"the suite needs a CPython {MAIN_MINOR}"
     for minor, path in PYTHONS.items():
         assert os.path.isabs(path) and os.path.isfile(path) and not os.path.islink(path)
         assert find_python(minor) == path
@@ -114,7 +115,7 @@ def test_find_python_reports_right_versions():
 
 
 def test_pip_venv_short_path(tmp_path, wheelhouse):
-    py = require_python("3.11")
+    py = main_python()
     venv = make_venv(py, tmp_path / "v", ["vockdemo==1.0", "vockextra"], wheelhouse=wheelhouse)
     out = run([venv_python(venv), "-c",
                "import vockdemo, vockdemo.core as c, vockextra;"
@@ -135,7 +136,7 @@ def test_pip_venv_short_path(tmp_path, wheelhouse):
 
 
 def test_uv_venv_short_path(tmp_path, wheelhouse, uv_bin):
-    py = require_python("3.11")
+    py = main_python()
     venv = make_venv(py, tmp_path / "v", ["vockdemo==2.0", "vockbig"], installer="uv",
                      wheelhouse=wheelhouse)
     # uv does not byte-compile by default, and never lists pycs in RECORD
@@ -155,7 +156,7 @@ def test_uv_venv_short_path(tmp_path, wheelhouse, uv_bin):
 
 @pytest.mark.parametrize("installer", ["pip", "uv"])
 def test_venv_path_with_space_and_non_ascii(tmp_path, wheelhouse, installer, request):
-    py = require_python("3.11")
+    py = main_python()
     if installer == "uv":
         request.getfixturevalue("uv_bin")
     venv = make_venv(py, tmp_path / "dir with spåce" / "vénv", ["vockdemo==1.0"],
@@ -172,7 +173,7 @@ def test_venv_path_with_space_and_non_ascii(tmp_path, wheelhouse, installer, req
 
 @pytest.mark.parametrize("installer", ["pip", "uv"])
 def test_venv_long_path(tmp_path, wheelhouse, installer, request):
-    py = require_python("3.11")
+    py = main_python()
     if installer == "uv":
         request.getfixturevalue("uv_bin")
     venv = make_venv(py, _long_venv_path(tmp_path), ["vockdemo==1.0"],

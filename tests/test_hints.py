@@ -7,7 +7,7 @@ import os
 import pytest
 
 import vocker
-from conftest import cli
+from conftest import SYMLINKS, cli, require_symlinks
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,8 @@ def web_home(tmp_path_factory):
     src = base / "src"
     (src / "sub").mkdir(parents=True)
     (src / "sub" / "a.txt").write_text("a\n")
-    os.symlink("sub/a.txt", src / "link")
+    if SYMLINKS:
+        os.symlink("sub/a.txt", src / "link")
     cli("commit", str(src), "--kind", "plain", "-t", "web:1.0", "-t", "web:2.0", home=home,
         check=True)
     cli("push", "web:1.0", str(base / "repo"), home=home, check=True)
@@ -30,6 +31,16 @@ def _error(p, code):
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("vocker: error: "), p.stderr
     return lines[0]
+
+
+@pytest.mark.parametrize("words, win, line", [
+    (["web:1.0", "/tmp/a b"], False, "web:1.0 '/tmp/a b'"),
+    (["web:1.0", "C:\\a b"], True, 'web:1.0 "C:\\a b"'),
+    (["web:1.0", "C:\\ab"], True, "web:1.0 C:\\ab"),
+    (["web:1.0", "it's"], False, "web:1.0 'it'\"'\"'s'"),
+])
+def test_suggested_commands_are_quoted_for_the_users_shell(words, win, line):
+    assert vocker.command_line(words, win) == line
 
 
 @pytest.mark.parametrize("words,expect", [
@@ -107,6 +118,7 @@ def test_link_mode_errors_name_the_users_path(web_home, tmp_path, monkeypatch, c
 
 
 def test_os_errors_while_creating_name_the_users_path(web_home, tmp_path, monkeypatch, capsys):
+    require_symlinks()  # the failure is injected into the image's one symlink
     home, base = web_home
 
     def refuse(src, dst, *args, **kwargs):

@@ -4,6 +4,7 @@ rendering and the refusals, on good, hostile and garbage input."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import random
@@ -116,6 +117,14 @@ def test_shebang_forms_match_distlib_on_windows():
     assert sb_b == b"#!D:\\short\\Scripts\\python.exe\n\r\n"
 
 
+#: WinPython (the Wine lane's CPython) patches its own pip's distlib to write a
+#: relative "#!python.exe"; venvs get ensurepip's unpatched pip
+PATCHED_DISTLIB = "basename(get_executable())" in inspect.getsource(
+    distlib_scripts.ScriptMaker._get_shebang)
+
+
+@pytest.mark.skipif(PATCHED_DISTLIB, reason="this interpreter's pip is WinPython's, whose distlib "
+                    "writes a relative '#!python.exe' (not what pip writes)")
 def test_real_distlib_scriptmaker_with_windows_faked(tmp_path, monkeypatch):
     """Run distlib's own ScriptMaker code path with os.name/os.linesep faked to
     Windows, and check it produces what make_launcher builds by hand."""

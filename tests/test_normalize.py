@@ -11,6 +11,7 @@ Pure and fast: no venvs, no subprocesses.
 from __future__ import annotations
 
 import os
+import types
 
 import pytest
 
@@ -73,6 +74,21 @@ HEADER_FORMS = [
 ]
 
 
+#: the same for a Windows target: distlib quotes a path with a space, pip's
+#: fix_script (a wheel's .data/scripts) writes it bare with os.linesep
+WIN_ENV = "C:\\x y\\web"
+WIN_CANONICAL = b"#!@@VOCKER:ENV@@\\Scripts\\python.exe\n" + BODY
+WIN_HEADER_FORMS = [
+    pytest.param(b'#!"C:\\x y\\web\\Scripts\\python.exe"\n' + BODY, WIN_CANONICAL,
+                 id="distlib-quoted"),
+    pytest.param(b"#!C:\\x y\\web\\Scripts\\python.exe\n" + BODY, WIN_CANONICAL,
+                 id="bare"),
+    pytest.param(b'#!"C:\\x y\\web\\Scripts\\python.exe"\r\n' + BODY,
+                 b"#!@@VOCKER:ENV@@\\Scripts\\python.exe\r\n" + BODY, id="quoted-crlf"),
+    pytest.param(b'#!"C:\\other\\python.exe"\n' + BODY, None, id="foreign-interpreter"),
+]
+
+
 def _env(path):
     return {PH_ENV: os.fsencode(path)}
 
@@ -82,13 +98,27 @@ def _env(path):
 
 @pytest.mark.parametrize("env, script", HEADER_FORMS)
 def test_every_header_form_normalizes_to_one_template(env, script):
-    assert Normalizer([env], prompt="web").normalize(script, "vockdemo") == CANONICAL_SCRIPT
+    out = Normalizer([env], prompt="web", win=False).normalize(script, "vockdemo")
+    assert out == CANONICAL_SCRIPT
 
 
 @pytest.mark.parametrize("env, script", HEADER_FORMS)
 def test_canonical_header_is_idempotent(env, script):
-    tpl = Normalizer([env]).normalize(script, "vockdemo")
-    assert canonical_header(tpl) == tpl
+    tpl = Normalizer([env], win=False).normalize(script, "vockdemo")
+    assert canonical_header(tpl, win=False) == tpl
+
+
+@pytest.mark.parametrize("script, expected", WIN_HEADER_FORMS)
+def test_windows_header_forms_normalize_to_one_template(script, expected):
+    """For a Windows target only: on POSIX a quoted "#!" line is not distlib's."""
+    assert Normalizer([WIN_ENV], win=True).normalize(script, "tool.py") == expected
+
+
+def test_a_quoted_header_is_folded_only_for_a_windows_target():
+    script = b'#!"/tmp/x y/web/bin/python"\n' + BODY
+    assert Normalizer([SPACE_ENV], win=True).normalize(script, "t") == CANONICAL_SCRIPT
+    kept = Normalizer([SPACE_ENV], win=False).normalize(script, "t")
+    assert kept == b'#!"@@VOCKER:ENV@@/bin/python"\n' + BODY
 
 
 def test_exec_form_for_a_foreign_interpreter_is_left_alone():
@@ -130,12 +160,17 @@ def test_render_long_path_gives_the_unquoted_exec_form():
                    b"' '''\n" + BODY)
 
 
-def _distlib_header(env, post_interp=b""):
-    """The header pip writes for a venv at ``env`` (distlib's ScriptMaker)."""
+def _distlib_header(env, post_interp=b"", win=False, monkeypatch=None):
+    """The header pip writes for a venv at ``env`` (distlib's ScriptMaker), as
+    it writes it on Windows (*win*) or POSIX: distlib asks only ``os.name``."""
     scripts = pytest.importorskip("pip._vendor.distlib.scripts")
+    fake_os = types.SimpleNamespace(**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")})
+    fake_os.name = "nt" if win else "posix"
+    monkeypatch.setattr(scripts, "os", fake_os)
     maker = scripts.ScriptMaker(None, None)
     exe = scripts.enquote_executable(env + "/bin/python").encode("utf-8")
     shebang = maker._build_shebang(exe, post_interp)
+    monkeypatch.undo()
     # _write_script appends os.linesep when the shebang does not end with it
     return shebang if shebang.endswith(b"\n") else shebang + b"\n"
 
@@ -156,10 +191,14 @@ RENDER_PATHS = [
 ]
 
 
+TARGETS = pytest.mark.parametrize("win", [False, True], ids=["posix", "windows"])
+
+
+@TARGETS
 @pytest.mark.parametrize("env", RENDER_PATHS)
-def test_render_writes_what_pips_distlib_writes(env):
-    out = render_template(CANONICAL_SCRIPT, _env(env))
-    assert out == _distlib_header(env) + BODY
+def test_render_writes_what_pips_distlib_writes(env, win, monkeypatch):
+    out = render_template(CANONICAL_SCRIPT, _env(env), vocker.Target(win=win))
+    assert out == _distlib_header(env, win=win, monkeypatch=monkeypatch) + BODY
 
 
 @pytest.mark.parametrize("env", [
@@ -167,19 +206,22 @@ def test_render_writes_what_pips_distlib_writes(env):
     pytest.param("/" + "a" * 110, id="line-128-exec"),
     pytest.param(SPACE_ENV, id="space"),
 ])
-def test_render_with_interpreter_arguments_matches_distlib(env):
+@TARGETS
+def test_render_with_interpreter_arguments_matches_distlib(env, win, monkeypatch):
     tpl = b"#!@@VOCKER:ENV@@/bin/python -E\n" + BODY
-    assert render_template(tpl, _env(env)) == _distlib_header(env, b" -E") + BODY
+    assert render_template(tpl, _env(env), vocker.Target(win=win)) == \
+        _distlib_header(env, b" -E", win, monkeypatch) + BODY
 
 
+@TARGETS
 @pytest.mark.parametrize("env", RENDER_PATHS)
-def test_pip_script_round_trips_through_the_template(env):
+def test_pip_script_round_trips_through_the_template(env, win, monkeypatch):
     """What pip wrote at a path normalizes to the template, and rendering the
     template at that same path gives back pip's exact bytes."""
-    written = _distlib_header(env) + BODY
-    tpl = Normalizer([env]).normalize(written, "vockdemo")
+    written = _distlib_header(env, win=win, monkeypatch=monkeypatch) + BODY
+    tpl = Normalizer([env], win=win).normalize(written, "vockdemo")
     assert tpl == CANONICAL_SCRIPT
-    assert render_template(tpl, _env(env)) == written
+    assert render_template(tpl, _env(env), vocker.Target(win=win)) == written
 
 
 def test_render_substitutes_every_occurrence_and_the_prompt():

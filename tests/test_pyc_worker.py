@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 
 import vocker
-from conftest import cli, require_python, run, venv_site_packages
+from conftest import cli, main_python, run, venv_site_packages
 
 GOOD = b"VALUE = 42\n"
 BAD = b"def broken(:\n    pass\n"
@@ -21,7 +21,7 @@ BAD = b"def broken(:\n    pass\n"
 @pytest.fixture(scope="module")
 def pyc_image(tmp_path_factory):
     """(home, image ID) of a real venv holding one valid and one broken module."""
-    py = require_python("3.11")
+    py = main_python()
     base = tmp_path_factory.mktemp("pycimage")
     venv = base / "venv"
     run([py, "-m", "venv", "--without-pip", venv])
@@ -51,13 +51,13 @@ def test_broken_source_is_reported_and_the_valid_one_compiled(pyc_image, tmp_pat
         assert "1 .py file not compiled" in warning and "zz_bad.py" in warning
         assert "SyntaxError" in warning and "(line 1)" in warning and "\n" not in warning
         site = _site(tmp_path / "c1")
-        tag = vocker.query_python(require_python("3.11"))["cache_tag"]
+        tag = vocker.query_python(main_python())["cache_tag"]
         pyc = site / "__pycache__" / f"good.{tag}.pyc"
         assert not (site / "__pycache__" / f"zz_bad.{tag}.pyc").exists()
         # a timestamp .pyc for the source's fixed mtime and size
         magic, flags, mtime, size = struct.unpack("<4sIII", pyc.read_bytes()[:16])
         assert flags == 0 and mtime == vocker.FIXED_MTIME and size == len(GOOD)
-        assert magic == _magic(require_python("3.11"))
+        assert magic == _magic(main_python())
         before = pyc.stat()
         out = run([tmp_path / "c1" / "bin" / "python", "-c", "import good; print(good.VALUE)"])
         assert out.stdout.strip() == "42"
@@ -136,14 +136,14 @@ def test_compile_pycs_reports_each_job(tmp_path):
     """The real worker on this interpreter: a result per job, the error on one line."""
     (tmp_path / "ok.py").write_bytes(GOOD)
     (tmp_path / "bad.py").write_bytes(BAD)
-    (tmp_path / "nul.py").write_bytes(b"x = 1\0\n")
+    (tmp_path / "nulbyte.py").write_bytes(b"x = 1\0\n")   # not "nul": Windows reserves it
     (tmp_path / "dir.py").mkdir()
     jobs = [[i, str(tmp_path / n), str(tmp_path / f"{n}c"), f"pkg/{n}"]
-            for i, n in enumerate(["ok.py", "bad.py", "nul.py", "dir.py"])]
+            for i, n in enumerate(["ok.py", "bad.py", "nulbyte.py", "dir.py"])]
     res = vocker.compile_pycs(sys.executable, jobs, vocker.Progress("x", enabled=False))
     assert res[0] is None and (tmp_path / "ok.pyc").is_file()
     assert res[1].startswith("SyntaxError: ") and "(line 1)" in res[1]
-    assert res[2] and "\n" not in res[2] and not (tmp_path / "nul.pyc").exists()
+    assert res[2] and "\n" not in res[2] and not (tmp_path / "nulbyte.pyc").exists()
     assert res[3].startswith(("IsADirectoryError", "PermissionError"))
     # the .pyc py_compile writes is the one the interpreter's loader accepts
     data = (tmp_path / "ok.pyc").read_bytes()

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import posix_only
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -26,6 +28,7 @@ def test_quick_start_has_a_shell_block():
     assert blocks and "vocker commit" in blocks[0]
 
 
+@posix_only("the Quick start is a bash script (the Windows lane runs the batch idiom)")
 def test_quick_start_runs_verbatim(tmp_path):
     script = "set -euo pipefail\n" + "\n".join(
         shell_blocks(section(README.read_text(encoding="utf-8"), "Quick start")))

@@ -23,11 +23,10 @@ import pytest
 import zstandard
 
 import vocker
-from conftest import REPO, clean_env, cli, vocker_cmd
+from conftest import REPO, WINDOWS, clean_env, cli, needs_symlinks, require_symlinks, vocker_cmd
 from test_transport import GOOD_BLOBS, GOOD_TREE, _craft_repo, _store_snapshot
 from vocker import hash_bytes
 
-pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX layout tests (FIFOs, modes)")
 
 
 # ------------------------------------------------------------------ helpers
@@ -244,6 +243,7 @@ def test_push_save_and_pull_mend_a_store_poisoned_by_a_frameless_empty_blob(tmp_
 def _link_outside(rel):
     """Move ``rel`` into the watched folder and leave a symlink to it."""
     def corrupt(repo, outside, image_id):
+        require_symlinks()
         src = repo / rel.format(id=image_id, pack=_pack_of(repo))
         dst = outside / src.name
         shutil.move(str(src), str(dst))
@@ -257,6 +257,7 @@ def _pack_of(repo):
 
 
 def _tmp_link(repo, outside, image_id):
+    require_symlinks()
     for i in range(5):
         p = outside / f"old-{i}"
         p.write_text("precious")
@@ -269,12 +270,15 @@ def _tmp_link(repo, outside, image_id):
 
 
 def _dev_zero(repo, outside, image_id):
+    require_symlinks()
     os.symlink("/dev/zero", repo / "images" / "x.blobs")
 
 
 def _fifo(rel):
     def corrupt(repo, outside, image_id):
         p = repo / rel.format(id=image_id)
+        if WINDOWS:
+            pytest.skip("POSIX only: makes a FIFO (os.mkfifo)")
         if p.exists():
             p.unlink()
         os.mkfifo(p)
@@ -339,6 +343,7 @@ def test_hostile_repository_layout(case, tmp_path, image):
     pull_and_check(tmp_path, repo, image_id)
 
 
+@needs_symlinks
 def test_tmp_cleanup_deletes_only_its_own_regular_files(tmp_path, image):
     home, image_id = image
     repo = pushed(tmp_path, image)

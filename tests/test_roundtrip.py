@@ -5,7 +5,8 @@ import os
 import pytest
 
 import vocker
-from conftest import (clean_env, image_entries, make_venv, require_python, run, template_paths,
+from conftest import (clean_env, image_entries, make_venv, main_python, needs_symlinks,
+                      posix_only, run, template_paths,
                       DEMO_PACKAGES)
 
 
@@ -21,7 +22,7 @@ def test_pip_venvs_at_different_paths_give_one_id(pip_venvs, store):
 
 
 def test_short_path_simple_header_gives_same_id(pip_venvs, store, tmp_path, wheelhouse):
-    c = make_venv(require_python("3.11"), tmp_path / "short", DEMO_PACKAGES,
+    c = make_venv(main_python(), tmp_path / "short", DEMO_PACKAGES,
                   wheelhouse=wheelhouse)
     assert (c / "bin" / "vockdemo").read_bytes().startswith(b"#!" + os.fsencode(c))
     assert vocker.commit(store, c)["id"] == vocker.commit(store, pip_venvs[0])["id"]
@@ -33,7 +34,7 @@ def test_uv_venvs_at_different_paths_give_one_id(uv_venvs, store):
 
 
 def test_different_content_gives_different_id(pip_venvs, store, tmp_path, wheelhouse):
-    other = make_venv(require_python("3.11"), tmp_path / "v2",
+    other = make_venv(main_python(), tmp_path / "v2",
                       ("vockdemo==2.0", "vockextra", "vockbig"), wheelhouse=wheelhouse)
     assert vocker.commit(store, other)["id"] != vocker.commit(store, pip_venvs[0])["id"]
 
@@ -166,6 +167,7 @@ def test_changed_container_gives_child_image(demo_image, tmp_path):
         assert r2["id"] not in (r["id"], image_id)
 
 
+@posix_only("makes a FIFO (os.mkfifo)")
 def test_failed_commit_leaves_no_image(store, tmp_path):
     env = tmp_path / "plainenv"
     (env / "sub").mkdir(parents=True)
@@ -178,6 +180,7 @@ def test_failed_commit_leaves_no_image(store, tmp_path):
     assert vocker.commit(store, env, kind="plain")["files"] == 1
 
 
+@posix_only("runs a /bin/sh script through a symlink")
 def test_plain_and_standalone_kinds(store, tmp_path):
     plain = tmp_path / "plain"
     (plain / "d").mkdir(parents=True)
@@ -194,6 +197,7 @@ def test_plain_and_standalone_kinds(store, tmp_path):
     assert vocker.commit(store, out, kind="plain")["id"] == r["id"]
 
 
+@needs_symlinks
 def test_symlink_escaping_environment_is_refused(store, tmp_path):
     env = tmp_path / "esc"
     env.mkdir()

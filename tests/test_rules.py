@@ -18,7 +18,7 @@ import time
 import pytest
 
 import vocker
-from conftest import require_python
+from conftest import main_python, make_names, posix_only, require_symlinks
 from vocker import PH_ENV, PH_PYHOME, InvalidInputError, Manifest, Tree, TreeEntry, hash_bytes
 
 EMPTY_TREE = Tree([])
@@ -51,19 +51,23 @@ def _chain_tree(n):
 
 def _on_disk_link(target):
     def make(root):
+        require_symlinks()
         os.symlink(target, root / "l")
     return make
 
 
 def _on_disk_dirs(*names):
-    def make(root):
-        for n in names:
-            os.mkdir(root / n)
-    return make
+    return lambda root: make_names(root, names)
+
+
+def _sibling_link(root):
+    require_symlinks()
+    os.symlink(f"{root}-2/x", root / "l")
 
 
 def _pyhome_venv(root):
     # a venv-shaped folder whose base interpreter is FAKE_PY (nothing runs)
+    require_symlinks()
     (root / "pyvenv.cfg").write_text("home = /opt/fakepy/bin\nversion = 3.11.7\n")
     (root / "bin").mkdir()
     os.symlink("/opt/fakepy/bin/python3.11", root / "bin" / "python")
@@ -79,7 +83,7 @@ SHAPES = [
     ("symlink-to-base-python-dir-plus-path", _pyhome_venv,
      {"": [("bin", "d", "bin")],
       "bin": [("evil", "L", PH_PYHOME.decode() + "/pip3")]}, "venv"),
-    ("symlink-to-env-sibling", lambda root: os.symlink(f"{root}-2/x", root / "l"),
+    ("symlink-to-env-sibling", _sibling_link,
      {"": [("l", "L", PH_ENV.decode() + "-2/x")]}, "plain"),
     ("300-nested-dirs", lambda root: _chain(root, 300), _chain_tree(300), "plain"),
     ("1200-nested-dirs", lambda root: _chain(root, 1200), _chain_tree(1200), "plain"),
@@ -335,7 +339,7 @@ def _evil(path, marker):
 
 @pytest.fixture(scope="module")
 def base_python():
-    return require_python("3.11")
+    return main_python()
 
 
 def test_commit_of_a_container_never_runs_its_pyvenv_executable(base_python, tmp_path, store,
@@ -380,6 +384,7 @@ def test_commit_of_a_folder_whose_interpreters_all_lie_inside_refuses(tmp_path, 
     assert not marker.exists()
 
 
+@posix_only("its python3 is a /bin/sh script")
 def test_commit_of_a_standalone_container_runs_nothing(tmp_path, store):
     marker = tmp_path / "ran"
     env = tmp_path / "sa"
@@ -427,6 +432,7 @@ def test_label_values_with_control_characters_are_escaped_on_the_terminal(folder
     assert "\x9b" not in capsys.readouterr().out
 
 
+@posix_only("names with control characters (Windows forbids 0x01-0x1f in names)")
 def test_error_lines_escape_control_characters(tmp_path, capsys):
     env = tmp_path / "e\x1b[2Jnv"
     env.mkdir()

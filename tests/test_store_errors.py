@@ -19,7 +19,10 @@ import vocker
 
 
 def _mount(*args):
-    r = subprocess.run(["mount", *args], capture_output=True, text=True)
+    try:
+        r = subprocess.run(["mount", *args], capture_output=True, text=True)
+    except OSError as e:  # Windows: no mount(8)
+        return False, f"no mount command ({e})"
     return r.returncode == 0, r.stderr.strip()
 
 

@@ -39,9 +39,10 @@ def test_defaults_follow_this_machine_when_called(monkeypatch):
 def test_local_target_takes_the_folder_path(tmp_path):
     t = Target.local().at(tmp_path / "env")
     assert t.path == str(tmp_path / "env") and not t.elsewhere
-    assert t.placeholders("/opt/py/bin/python3") == {
+    exe = os.path.join(os.sep, "opt", "py", "bin", "python3")  # spelt as this OS does
+    assert t.placeholders(exe) == {
         PH_ENV: str(tmp_path / "env"), PH_PROMPT: "env",
-        PH_PYEXE: "/opt/py/bin/python3", PH_PYHOME: "/opt/py/bin"}
+        PH_PYEXE: exe, PH_PYHOME: os.path.dirname(exe)}
 
 
 # ---------------------------------------------------------------- Windows

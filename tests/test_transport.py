@@ -4,7 +4,6 @@ import http.server
 import json
 import os
 import random
-import signal
 import socketserver
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 import zstandard
 
 import vocker
-from conftest import clean_env, cli, image_entries, make_venv, require_python, run, vocker_cmd
+from conftest import clean_env, cli, image_entries, make_venv, main_python, run, vocker_cmd
 from vocker import PH_ENV, Manifest, Tree, TreeEntry, hash_bytes
 
 # ------------------------------------------------------------------ servers
@@ -107,7 +106,7 @@ def fast_retries(monkeypatch):
 def images(pip_venvs, tmp_path_factory, wheelhouse):
     """A store with demo:1 and demo:2 (vockdemo 1.0 vs 2.0), pushed to a repo."""
     base = tmp_path_factory.mktemp("transport")
-    v2 = make_venv(require_python("3.11"), base / "v2", ("vockdemo==2.0", "vockextra", "vockbig"),
+    v2 = make_venv(main_python(), base / "v2", ("vockdemo==2.0", "vockextra", "vockbig"),
                    wheelhouse=wheelhouse)
     home = base / "home"
     repo = base / "repo"
@@ -555,7 +554,7 @@ def _kill_randomly(cmd, rng):
     proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     time.sleep(rng.uniform(0.05, 0.6))
-    proc.send_signal(signal.SIGKILL)
+    proc.kill()
     proc.wait()
 
 

@@ -20,7 +20,7 @@ import zipfile
 
 import pytest
 
-from conftest import clean_env, make_venv, require_python, run
+from conftest import clean_env, make_venv, main_python, require_python, run
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "build_zipapp.py"
@@ -147,10 +147,11 @@ def test_pyz_contents(pyz):
         names = set(zf.namelist())
         env = json.loads(zf.read("environment.json"))
     for minor in PYTHONS:
-        tag = "cpython-" + minor.replace(".", "")
+        nodot = minor.replace(".", "")   # blake3.cpython-311-x86_64-linux-gnu.so, blake3.cp311-win_amd64.pyd
+        tags = (f"cpython-{nodot}-", f".cp{nodot}-")
         for pkg, mod in (("blake3", "blake3"), ("zstandard", "backend_c")):
-            assert any(n.startswith(f"site-packages/{pkg}/{mod}.") and tag in n for n in names), \
-                (pkg, minor)
+            assert any(n.startswith(f"site-packages/{pkg}/{mod}.") and any(t in n for t in tags)
+                       for n in names), (pkg, minor)
     assert {"site-packages/vocker.py", "site-packages/schema.sql", "__main__.py"} <= names
     assert not [n for n in names if "cffi" in n]
     assert env["entry_point"] == "vocker:main"
@@ -167,7 +168,7 @@ def test_pyz_is_reproducible(pyz, tmp_path):
 
 def test_pyz_removes_stale_extractions(pyz, tmp_path):
     """The preamble deletes extraction folders of other builds unused for 7 days."""
-    user = User(require_python("3.11"), pyz, tmp_path / "u")
+    user = User(main_python(), pyz, tmp_path / "u")
     root = user.shiv_root
     old, recent, foreign = (root / "vocker.pyz_0123456789abcdef", root / "vocker.pyz_fedcba9876543210",
                             root / "other.pyz_0123456789abcdef")
