@@ -3659,6 +3659,8 @@ class _Walker:
             check_folder_names(e.name for e in items)
         except InvalidInputError as exc:
             raise InvalidInputError(f"cannot commit {path}: {exc.message}", exc.hint) from None
+        if WINDOWS:  # scandir's stat has no st_dev, st_ino or st_nlink there: the stat
+            return [(e, os.lstat(e.path)) for e in items]   # cache and pool hits need them
         return [(e, e.stat(follow_symlinks=False)) for e in items]
 
     def _symlink(self, rel, name, target):

@@ -59,6 +59,9 @@ __all__ = [
     "MAIN_MINOR",
     "run",
     "venv_python",
+    "venv_script",
+    "SCRIPTS",
+    "VENV_PYTHON",
     "venv_site_packages",
     "build_wheel",
     "build_demo_wheelhouse",
@@ -296,13 +299,24 @@ def _get_uv_cache_dir() -> str:
 # --------------------------------------------------------------------------
 
 
+#: a venv's layout here: (scripts folder, its python)
+SCRIPTS, VENV_PYTHON = ("Scripts", "python.exe") if WINDOWS else ("bin", "python")
+
+
 def venv_python(venv) -> pathlib.Path:
-    """``<venv>/bin/python``."""
-    return pathlib.Path(venv) / "bin" / "python"
+    """``<venv>/bin/python`` (``Scripts\\python.exe`` on Windows)."""
+    return pathlib.Path(venv) / SCRIPTS / VENV_PYTHON
+
+
+def venv_script(venv, name) -> pathlib.Path:
+    """A console script of the venv: ``bin/NAME`` (``Scripts\\NAME.exe``)."""
+    return pathlib.Path(venv) / SCRIPTS / (name + ".exe" if WINDOWS else name)
 
 
 def venv_site_packages(venv) -> pathlib.Path:
-    """The venv's single ``lib/python3.X/site-packages`` directory."""
+    """The venv's single ``lib/python3.X/site-packages`` (``Lib\\site-packages``)."""
+    if WINDOWS:
+        return pathlib.Path(venv) / "Lib" / "site-packages"
     found = sorted((pathlib.Path(venv) / "lib").glob("python3.*/site-packages"))
     if len(found) != 1:
         raise FileNotFoundError(f"expected one site-packages under {venv}/lib, found {found}")
@@ -441,13 +455,13 @@ def long_path(base: pathlib.Path) -> pathlib.Path:
 
 
 def tree_files(root) -> dict[str, os.stat_result]:
-    """relative path -> lstat for everything below root."""
+    """relative path ('/'-separated, as in images) -> lstat for everything below root."""
     out = {}
     root = pathlib.Path(root)
     for dirpath, dirnames, filenames in os.walk(root):
         for n in dirnames + filenames:
             p = pathlib.Path(dirpath) / n
-            out[os.fspath(p.relative_to(root))] = p.lstat()
+            out[p.relative_to(root).as_posix()] = p.lstat()
     return out
 
 
