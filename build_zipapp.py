@@ -525,7 +525,8 @@ def build(out: Path, targets: dict[tuple[str, str], list[Path]], root: str,
         tmp_out = Path(tmp) / out.name
         args = [*cmd, "--site-packages", str(site), "-o", str(tmp_out),
                 "-e", "vocker:main", "-p", shebang, "--reproducible",
-                "--root", root, "--build-id", build_id]
+                f"--root={root}", "--build-id", build_id]  # one word: click on Windows
+        # expands a "~..." argument (not "--root=~...") before shiv sees it
         if preamble:
             pre = Path(tmp) / "vocker_preamble.py"
             pre.write_bytes(preamble_text)

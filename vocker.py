@@ -3448,12 +3448,12 @@ class _FileJob:
     __slots__ = ("rel", "path", "name", "executable", "st", "blob", "size", "csize",
                  "template", "read", "new", "offset", "readonly", "linked")
 
-    def __init__(self, rel, path, st):
+    def __init__(self, rel, path, st, exec_bits=True):
         # a compact stat: (dev, ino, size, mtime_ns, ctime_ns); a full
         # os.stat_result costs ~600 bytes a file
         self.rel, self.path = rel, path
         self.name = rel.rsplit("/", 1)[-1]
-        self.executable = bool(st.st_mode & 0o111)
+        self.executable = exec_bits and bool(st.st_mode & 0o111)
         self.st = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         self.blob = None
         self.size = st.st_size
@@ -3630,7 +3630,9 @@ class _Walker:
                 elif stat.S_ISLNK(mode):
                     folder.links.append(self._symlink(child, e.name, os.readlink(e.path)))
                 elif stat.S_ISREG(mode):
-                    job = _FileJob(child, e.path, st)
+                    # Windows has no x bit (Python makes one up from .exe/.bat):
+                    # a Windows image is the same whichever OS commits it
+                    job = _FileJob(child, e.path, st, not self.target.win)
                     folder.files.append(job)
                     self.files.append(job)
                 else:
@@ -3694,6 +3696,7 @@ class _Contents:
         self.warnings = []
         self.claim_lock = threading.Lock()
         self.claimed = set()
+        self.unsealed = {}  # (dev, ino) -> (blob, exec, job): a pool link made writable
 
     def read_all(self, files):
         """Fill every job's blob: RECORD files last (they list the templates)."""
@@ -3709,6 +3712,7 @@ class _Contents:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for _ in _bounded_map(pool, self._read_job, misses, 4 * workers):
                     self.progress.update()
+        self._seal_or_drop()
         templated = {j.rel for j in files if j.template}
         for job in records:
             self._read_record(job, templated)
@@ -3754,10 +3758,25 @@ class _Contents:
         for dev, by_ino in pool_q.items():
             for ino, blob, size, exe in self.store.pool_inodes_on(dev, by_ino):
                 for job in by_ino[ino]:
-                    if job.st[2] == size and job.st[3] == fixed_ns and job.readonly:
+                    if job.st[2] != size or job.st[3] != fixed_ns:
+                        damaged[(dev, ino)] = (blob, bool(exe), job.rel)  # written through it
+                    elif job.readonly:
                         job.blob = blob
-                    else:  # written through a hardlink: the pool copy changed too
-                        damaged[(dev, ino)] = (blob, bool(exe), job.rel)
+                    else:  # read to know (Windows: pip's rmtree in any container clears
+                        self.unsealed[(dev, ino)] = (blob, bool(exe), job)  # it for all)
+        if damaged:
+            self._drop_damaged_pool(damaged)
+
+    def _seal_or_drop(self):
+        """Pool links found writable, now read: the same bytes get their
+        read-only mode back (on the inode: pool and every link), others are damage."""
+        damaged = {}
+        for (dev, ino), (blob, exe, job) in self.unsealed.items():
+            if job.blob == blob and not job.template:
+                with contextlib.suppress(OSError):
+                    os.chmod(job.path, 0o555 if exe else 0o444)
+            else:
+                damaged[(dev, ino)] = (blob, exe, job.rel)
         if damaged:
             self._drop_damaged_pool(damaged)
 
@@ -5548,7 +5567,8 @@ def _try_lock(fd):
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EDEADLK)):
+        held = (errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EDEADLK))
+        if exc.errno in held or (WINDOWS and not exc.errno):  # Wine's CRT leaves errno 0
             return False
         raise
 

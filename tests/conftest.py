@@ -409,6 +409,18 @@ def uv_cache_dir(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def lane():
+    """The Windows lane (tests/winelane.py), set up once; skips with its one reason."""
+    import winelane
+    try:
+        lane = winelane.setup_lane()
+    except winelane.LaneUnavailable as e:
+        pytest.skip(f"Windows lane not run: {e}")
+    yield lane
+    lane.stop()
+
+
+@pytest.fixture(scope="session")
 def uv_bin() -> str:
     """Path of the uv binary; skips when uv is not installed."""
     path = find_uv()

@@ -12,7 +12,10 @@ import sys
 import pytest
 
 import vocker
-from conftest import build_wheel, cli, find_uv, make_venv, main_python, require_python, run
+from conftest import build_wheel, cli, find_uv, make_venv, main_python, posix_only, require_python, run
+
+pytestmark = posix_only("a copied or moved venv is recognised from bin/activate and POSIX "
+                        "script headers; for Windows venvs it is not built (README: Limits)")
 
 PREFIX_SCRIPT = "import sys\n\ndef main():\n    print(sys.prefix)\n"
 #: (installer, python) of the real venvs, and a folder name for each (the

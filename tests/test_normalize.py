@@ -131,7 +131,7 @@ def test_exec_form_for_a_foreign_interpreter_is_left_alone():
 def test_header_with_interpreter_arguments_keeps_them():
     script = (b"#!/bin/sh\n'''exec' \"/tmp/x y/web/bin/python\" -E \"$0\" \"$@\"\n' '''\n"
               + BODY)
-    out = Normalizer([SPACE_ENV]).normalize(script, "vockdemo")
+    out = Normalizer([SPACE_ENV], win=False).normalize(script, "vockdemo")
     assert out == b"#!@@VOCKER:ENV@@/bin/python -E\n" + BODY
 
 

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 import vocker
-from conftest import require_python, run
+from conftest import SCRIPTS, WINDOWS, require_python, run
 from vocker import PH_ENV, PH_PROMPT, Normalizer, render_template
 
 # Lib/venv/scripts/common/activate (3.13.1+; the wslpath branch is 3.14's), abridged
@@ -150,7 +150,7 @@ def test_older_forms_keep_their_templates(body):
 def _venv(py, path):
     subprocess.run([py, "-m", "venv", "--without-pip", str(path)], check=True)
     for name in ("activate", "activate.fish", "activate.csh", "activate.bat"):
-        (path / "bin" / name).write_bytes(venv_3131(name, str(path), path.name))
+        (path / SCRIPTS / name).write_bytes(venv_3131(name, str(path), path.name))
     return path
 
 
@@ -162,8 +162,10 @@ def test_313_1_venvs_in_two_folders_give_one_id_and_render_the_new_name(store, t
     target = tmp_path / "new place" / "new one"
     vocker.create(store, ra["id"], target)
     for name in ("activate", "activate.fish", "activate.csh", "activate.bat"):
-        assert (target / "bin" / name).read_bytes() == \
+        assert (target / SCRIPTS / name).read_bytes() == \
             quoted_path(venv_3131(name, str(target), "new one"), name, str(target))
+    if WINDOWS:  # the Windows lane runs activate.bat end to end
+        return
     out = run(["bash", "-c", f'. "{target}/bin/activate" && echo "$VIRTUAL_ENV" && '
                'echo "$VIRTUAL_ENV_PROMPT" && echo "$PS1"'])
     assert out.stdout.splitlines() == [str(target), "new one", "(new one) "]

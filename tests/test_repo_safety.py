@@ -386,7 +386,7 @@ LOCKER = textwrap.dedent("""
 
 
 def _stale_lock(repo):
-    dead = subprocess.Popen(["true"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (repo / ".lock").write_text(f"{dead.pid} {vocker.hostname()}\n")
     os.utime(repo / ".lock", (time.time() - 3600, time.time() - 3600))

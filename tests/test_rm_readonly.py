@@ -74,3 +74,16 @@ def test_seal_pool_counts_what_it_sealed(store, two_containers):
     os.chmod(c1 / "pkg" / "m2.py", 0o644)
     assert len(writable(pool)) == 2
     assert store.seal_pool() == 2 and writable(pool) == [] and store.seal_pool() == 0
+
+
+def test_commit_seals_again_what_pip_in_another_container_made_writable(store, two_containers):
+    """Windows: pip's rmtree in c1 clears the read-only attribute of an inode c2
+    and the pool share. Committing c2 reads those files, finds them intact and
+    seals them again: same image, no 'changed in place' warning, pool kept."""
+    c1, c2, pool = two_containers
+    image = vocker.commit(store, c2, kind="plain")["id"]
+    pip_rmtree(c1 / "pkg" / "m3.py")
+    assert len(writable(pool)) == 1
+    r = vocker.commit(store, c2, kind="plain")
+    assert (r["id"], r["warnings"], r["files_read"]) == (image, [], 1)
+    assert writable(pool) == [] and pool_files(store) == pool

@@ -342,6 +342,7 @@ def base_python():
     return main_python()
 
 
+@posix_only("the planted interpreter is a /bin/sh script")
 def test_commit_of_a_container_never_runs_its_pyvenv_executable(base_python, tmp_path, store,
                                                                  capsys):
     marker = tmp_path / "ran"

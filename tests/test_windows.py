@@ -73,6 +73,8 @@ def make_windows_venv(root, env, date_time):
 def test_windows_venvs_at_two_paths_on_two_days_give_one_id(tmp_path):
     a = make_windows_venv(tmp_path / "a", ENV_A, (2026, 3, 1, 10, 0, 0))
     b = make_windows_venv(tmp_path / "b", r"d:\Other Place\proj", (2026, 11, 27, 23, 59, 58))
+    os.chmod(a / "Scripts" / "python.exe", 0o755)  # as a POSIX share shows it: Windows has no
+    # x bit (its Python makes one up from .exe): a Windows image is the same from either OS
     with vocker.Store(tmp_path / "home") as store:
         ra = vocker.commit(store, a, target=vocker.Target.windows(ENV_A, WIN_PY))
         rb = vocker.commit(store, b, target=vocker.Target.windows(r"d:\Other Place\proj", WIN_PY))

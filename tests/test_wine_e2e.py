@@ -24,14 +24,6 @@ from wheelfactory import build_demo_wheelhouse
 import winelane
 from winelane import winpath
 
-@pytest.fixture(scope="session")
-def lane():
-    try:
-        lane = winelane.setup_lane()
-    except winelane.LaneUnavailable as e:
-        pytest.skip(f"Windows lane not run: {e}")
-    yield lane
-    lane.stop()
 
 
 class Win:

@@ -178,6 +178,29 @@ def build_pyz(out):
     return out
 
 
+def unit_test_requirements():
+    """What the unit tests import under the Windows python: the versions this
+    Linux lane runs (colorama: pytest's console on Windows)."""
+    from importlib.metadata import version
+    return [f"{n}=={version(n)}" for n in ("pytest", "blake3", "zstandard")] + ["colorama"]
+
+
+def fetch_test_wheels(cache):
+    """win_amd64 wheels of unit_test_requirements() for CPython 3.13 (cached)."""
+    wheels = cache / "test-wheels"
+    reqs = unit_test_requirements()
+    stamp = wheels / ".complete"
+    if stamp.is_file() and stamp.read_text() == "\n".join(reqs):
+        return wheels, reqs
+    log(f"downloading Windows wheels of {', '.join(reqs)}")
+    _run_linux([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
+                "--platform", "win_amd64", "--python-version", "3.13", "--implementation", "cp",
+                "-d", str(wheels), *reqs], "pip download of the Windows test wheels "
+               "(network to PyPI?)")
+    stamp.write_text("\n".join(reqs))
+    return wheels, reqs
+
+
 # --------------------------------------------------------------------------
 # the lane
 # --------------------------------------------------------------------------
@@ -266,6 +289,21 @@ class WineLane:
             raise LaneUnavailable(f"the Windows python.exe does not run under Wine (exit {rc}): "
                                   f"{(err or out).strip()[-300:]}")
         return out.strip()
+
+    def install_test_requirements(self):
+        """pytest, blake3 and zstandard in the Windows python's own site-packages
+        (venvs made by the tests do not see them)."""
+        wheels, reqs = fetch_test_wheels(self.cache)
+        stamp = self.python.parent / ".vocker-test-requirements"
+        if stamp.is_file() and stamp.read_text() == "\n".join(reqs):
+            return
+        rc, out, err = self.py("-m", "pip", "install", "-q", "--disable-pip-version-check",
+                               "--no-warn-script-location", "--no-index", "--find-links",
+                               winpath(wheels), *reqs, timeout=600)
+        if rc != 0:
+            raise LaneUnavailable(f"pip install of {' '.join(reqs)} under the Windows python "
+                                  f"failed (exit {rc}): {(err or out).strip()[-300:]}")
+        stamp.write_text("\n".join(reqs))
 
     def stop(self):
         try:

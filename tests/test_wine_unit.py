@@ -1,0 +1,47 @@
+"""The Windows lane, part two (issue 9): this suite's own tests under the Windows
+CPython 3.13.2, run by Wine.
+
+The same ``tests/`` folder runs under ``C:\\Python313\\python.exe`` with pytest,
+blake3 and zstandard installed there from Windows wheels (the versions this
+lane runs).  A test that needs a POSIX fact skips and names it (conftest's
+``posix_only``, ``needs_symlinks``, ``make_names``); the Wine lane's own tests
+skip there (they drive Wine from Linux).  Any failure under Windows fails this
+test, with pytest's summary lines; the whole output is kept in
+``build/wine/unit-tests.txt``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import winelane
+from winelane import winpath
+
+#: the Windows run passes about 830 tests; far fewer means they were skipped wholesale
+MIN_PASSED = 750
+TIMEOUT = 1500  # seconds; about 7 minutes on 2 cores
+
+
+def _counts(summary):
+    return {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)",
+                                                   summary)}
+
+
+def test_the_unit_tests_pass_under_the_windows_python(lane):
+    try:
+        lane.install_test_requirements()
+    except winelane.LaneUnavailable as e:
+        pytest.skip(f"Windows lane not run: {e}")
+    rc, out, err = lane.py("-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
+                           "--tb=short", winpath(winelane.REPO / "tests"),
+                           cwd=winelane.REPO, timeout=TIMEOUT)
+    (lane.cache / "unit-tests.txt").write_text(out + "\n" + err, encoding="utf-8")
+    lines = out.strip().splitlines()
+    summary = lines[-1] if lines else err.strip()[-300:]
+    failures = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
+    assert rc == 0, f"under Windows: {summary}\n" + "\n".join(failures[:40] or lines[-40:])
+    counts = _counts(summary)
+    assert counts.get("passed", 0) >= MIN_PASSED, summary
+    winelane.log(f"unit tests under Windows: {summary}")
