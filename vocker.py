@@ -3768,15 +3768,14 @@ class _Contents:
             self._drop_damaged_pool(damaged)
 
     def _seal_or_drop(self):
-        """Pool links found writable, now read: the same bytes get their
-        read-only mode back (on the inode: pool and every link), others are damage."""
-        damaged = {}
-        for (dev, ino), (blob, exe, job) in self.unsealed.items():
-            if job.blob == blob and not job.template:
-                with contextlib.suppress(OSError):
-                    os.chmod(job.path, 0o555 if exe else 0o444)
-            else:
-                damaged[(dev, ino)] = (blob, exe, job.rel)
+        """Pool links found writable, now read: with the same bytes they get
+        their read-only mode back, and so does every pool file that lost it the
+        same way (.pyc ones too); other bytes are damage."""
+        damaged = {(dev, ino): (blob, exe, job.rel)
+                   for (dev, ino), (blob, exe, job) in self.unsealed.items()
+                   if job.blob != blob or job.template}
+        if len(damaged) < len(self.unsealed):
+            self.store.seal_pool()   # the mode is the inode's: pool and every link
         if damaged:
             self._drop_damaged_pool(damaged)
 
@@ -4403,7 +4402,8 @@ class _Materializer:
         """[(final path, lstat, blob, template)] of the files that are not
         pool inodes: templates, and copies."""
         join, rows = os.path.join, []
-        for rel, blob in self.templates:
+        for rel, blob in self.templates:  # spelt as commit's scandir will: os.sep
+            rel = rel.replace("/", os.sep)
             rows.append((join(self.path, rel), os.lstat(join(stage, rel)), blob, 1))
         if self.linker.mode != "hardlink":
             blob_of = {join(stage, rel): e.ref for rel, e in files if e.type in FILE_TYPES}

@@ -61,7 +61,8 @@ def _snapshot(root):
         for n in dirnames + filenames:
             p = os.path.join(dirpath, n)
             st = os.lstat(p)
-            out[os.path.relpath(p, root)] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino)
+            rel = os.path.relpath(p, root).replace(os.sep, "/")
+            out[rel] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino)
     return out
 
 

@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 
 import vocker
-from conftest import cli, main_python, run, venv_site_packages
+from conftest import cli, main_python, run, venv_python, venv_site_packages
 
 GOOD = b"VALUE = 42\n"
 BAD = b"def broken(:\n    pass\n"
@@ -59,7 +59,7 @@ def test_broken_source_is_reported_and_the_valid_one_compiled(pyc_image, tmp_pat
         assert flags == 0 and mtime == vocker.FIXED_MTIME and size == len(GOOD)
         assert magic == _magic(main_python())
         before = pyc.stat()
-        out = run([tmp_path / "c1" / "bin" / "python", "-c", "import good; print(good.VALUE)"])
+        out = run([venv_python(tmp_path / "c1"), "-c", "import good; print(good.VALUE)"])
         assert out.stdout.strip() == "42"
         assert pyc.stat().st_ino == before.st_ino   # valid: read, not rewritten
         # the second create knows the failure without compiling again

@@ -5,7 +5,7 @@ import os
 import pytest
 
 import vocker
-from conftest import cli, make_venv, require_python, run
+from conftest import cli, make_venv, require_python, run, venv_script, venv_site_packages
 
 VERSIONS = ["3.9", "3.11", "3.13"]
 
@@ -26,10 +26,10 @@ def test_round_trip_per_python(minor, home, tmp_path, wheelhouse):
         target = tmp_path / "dst"
         c = vocker.create(store, f"py:{minor}", target)
         assert os.path.realpath(c["python"]["executable"]) == os.path.realpath(py)
-        out = run([target / "bin" / "vockdemo"]).stdout
+        out = run([venv_script(target, "vockdemo")]).stdout
         assert out.startswith("vockdemo 1.0 from ") and str(target) in out
         tag = "cpython-" + minor.replace(".", "")
-        site = next((target / "lib").glob("python3.*/site-packages"))
+        site = venv_site_packages(target)
         assert (site / "vockdemo" / "__pycache__" / f"core.{tag}.pyc").exists()
         assert vocker.commit(store, target)["id"] == r["id"]
 

@@ -14,7 +14,8 @@ import pytest
 import zstandard
 
 import vocker
-from conftest import clean_env, cli, image_entries, make_venv, main_python, run, vocker_cmd
+from conftest import (clean_env, cli, image_entries, make_venv, main_python, run, venv_script,
+                      vocker_cmd)
 from vocker import PH_ENV, Manifest, Tree, TreeEntry, hash_bytes
 
 # ------------------------------------------------------------------ servers
@@ -150,7 +151,7 @@ def test_round_trip_through_each_transport(transport, images, tmp_path, serve):
         assert _image_complete(store, a)
         c = vocker.create(store, "demo:1", tmp_path / "env")
         assert c["image"] == a
-        assert "vockdemo 1.0" in run([tmp_path / "env" / "bin" / "vockdemo"]).stdout
+        assert "vockdemo 1.0" in run([venv_script(tmp_path / "env", "vockdemo")]).stdout
         assert vocker.commit(store, tmp_path / "env")["id"] == a
         # pinned by full ID and by prefix
         assert vocker.pull(store, location, [b])["images"][0]["id"] == b
@@ -622,7 +623,7 @@ def test_lock_left_by_a_killed_push_is_broken(images, tmp_path):
     home, repo, a, b = images
     target = tmp_path / "repo"
     vocker.repo_init(str(target))
-    dead = subprocess.Popen(["true"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (target / ".lock").write_text(f"{dead.pid} {vocker.hostname()}\n")
     p = cli("push", "demo:1", str(target), home=home, timeout=60)

@@ -20,7 +20,7 @@ import zipfile
 
 import pytest
 
-from conftest import clean_env, make_venv, main_python, require_python, run
+from conftest import clean_env, make_venv, main_python, require_python, run, venv_script
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "build_zipapp.py"
@@ -107,7 +107,7 @@ def test_pyz_as_a_user(pyz, minor, tmp_path, wheelhouse):
     copy = base / "copy env" / "venv"
     created = user.json("create", "demo:1", copy)
     assert created["path"] == os.fspath(copy)
-    out = run([copy / "bin" / "vockdemo"], env=clean_env(), cwd=user.cwd).stdout
+    out = run([venv_script(copy, "vockdemo")], env=clean_env(), cwd=user.cwd).stdout
     assert out.startswith("vockdemo 1.0 from "), out
     assert os.fspath(copy) in out
 
