@@ -4263,7 +4263,10 @@ def _windows_pid_alive(pid):  # pragma: no cover - Windows only
 
 def _pid_started(pid):
     """When process ``pid`` started (epoch seconds), where the system says
-    (Linux /proc), else None."""
+    (Linux /proc), else None. Only on Linux: under Wine, Windows sees the
+    Linux /proc as Z:\\proc, whose pids are not Windows pids."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
@@ -6469,8 +6472,23 @@ _IMPORT_HINTS = {
 }
 
 
+def _check_locale(words):
+    """A word this locale could not decode (its bytes became surrogates) can
+    be neither stored nor printed: say why, once, before anything is done."""
+    for word in words:
+        try:
+            word.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EnvironmentProblem(
+                f"{os.fsencode(word).decode('utf-8', 'replace')!r} is not text in this "
+                "locale's encoding "
+                f"({sys.getfilesystemencoding()})",
+                "run vocker in a UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1") from None
+
+
 def _run(argv, state):
     """Parse ``argv`` and run its command; the store goes into ``state``."""
+    _check_locale([*argv, os.environ.get("VOCKER_HOME", "")])
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)

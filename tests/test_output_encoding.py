@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import posix_only
+
 VOCKER = Path(__file__).resolve().parent.parent / "vocker.py"
 #: file names stay UTF-8 (as on Windows, whose file names are Unicode); stdio is ASCII
 NARROW = {"PYTHONIOENCODING": "ascii", "LC_ALL": "C.UTF-8", "PYTHONUTF8": "0"}
@@ -77,3 +79,21 @@ def test_json_error_is_utf8_too(made):
     r = vocker(home, "create", "enc:1", target, "--json")
     assert r.returncode not in (0, 1)
     assert json.loads(r.stderr.decode("utf-8"))["error"]["message"].count("日本") >= 1
+
+
+@posix_only("an ASCII file-system encoding (the C locale without UTF-8 mode)")
+def test_a_path_this_locale_cannot_decode_is_a_clear_error(tmp_path):
+    """LC_ALL=C with PYTHONUTF8=0: argv bytes outside ASCII become surrogates,
+    which neither SQLite nor a terminal takes. One line, exit 6, nothing made."""
+    src = tmp_path / "src é"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHON"))}
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    for extra in ([], ["--json"]):
+        r = subprocess.run([sys.executable, str(VOCKER), "--home", str(tmp_path / "h"), "commit",
+                            "--kind", "plain", os.fsencode(src), *extra], env=env,
+                           capture_output=True, timeout=120)
+        assert r.returncode == 6, r.stderr
+        assert r.stderr.count(b"\n") == 1 and b"UTF-8 locale" in r.stderr, r.stderr
+    assert not (tmp_path / "h").exists()   # refused before the store is opened

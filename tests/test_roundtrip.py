@@ -168,6 +168,7 @@ def test_changed_container_gives_child_image(demo_image, tmp_path):
         # a file edited in place (new content, same size) is seen
         victim = site / "vockbig" / "m02.py"
         data = victim.read_bytes()
+        os.chmod(victim, 0o644)   # read-only: Windows refuses to delete it otherwise
         victim.unlink()
         victim.write_bytes(data.replace(b"def", b"DEF", 1))
         r2 = vocker.commit(store, target)
