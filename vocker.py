@@ -4688,7 +4688,8 @@ def container_object(store, path, image_id, created, link_mode, exe):
     python = None if exe is None and not facts else {"executable": exe, **(facts or {})}
     return {"path": path, "image": image_id, "short_id": short_id(image_id),
             "tags": store.tags_of(image_id), "created": iso_time(created),
-            "link_mode": link_mode, "python": python, "exists": os.path.isdir(path)}
+            "link_mode": link_mode, "python": python, "exists": os.path.isdir(path),
+            "image_present": store.has_image(image_id)}
 
 
 def image_info(store, image_id):
@@ -4713,18 +4714,36 @@ def tag_image(store, image, name):
     return {"id": image_id, "tag": name}
 
 
-def remove_image(store, image, force=False):
-    """Untag (when ``image`` is a tag of an image with other tags) or delete."""
+def _rmi_plan(store, image, force):
+    """What ``rmi IMAGE`` does, checked before anything changes: untag (a tag
+    of an image with other tags) or delete; an image with several tags, or
+    that containers use, only with ``force``."""
     image_id, tag = store.resolve_ref(image)
     tags = store.tags_of(image_id)
     if tag and len(tags) > 1:
-        store.untag(tag)
-        return {"untagged": [tag], "deleted": None}
+        return {"untagged": [tag], "deleted": None, "containers": []}
     if len(tags) > 1 and not force:
         raise ConflictError(f"image {short_id(image_id)} has several tags ({', '.join(tags)})",
                             "remove a tag by name, or pass --force")
-    store.delete_image(image_id)
-    return {"untagged": tags, "deleted": image_id}
+    users = store.containers_using(image_id)
+    if users and not force:
+        more = f" and {len(users) - 3} more" if len(users) > 3 else ""
+        raise ConflictError(f"image {short_id(image_id)} is used by the container"
+                            f"{'s' if len(users) > 1 else ''} {', '.join(users[:3])}{more}",
+                            "remove them first (vocker rm PATH), or pass --force to keep "
+                            "them without their image")
+    return {"untagged": tags, "deleted": image_id, "containers": users}
+
+
+def remove_images(store, images, force=False):
+    """``rmi``: every argument is checked first, so a refusal changes nothing."""
+    plans = [_rmi_plan(store, ref, force) for ref in images]
+    for plan in plans:
+        if plan["deleted"]:
+            store.delete_image(plan["deleted"])
+        else:
+            store.untag(plan["untagged"][0])
+    return plans
 
 
 def find_container(store, path):
@@ -6127,6 +6146,11 @@ def cmd_images(store, args):
     return EXIT_OK
 
 
+def _container_status(c):
+    """ok; missing (its folder is gone); no-image (rmi --force removed its image)."""
+    return "missing" if not c["exists"] else "ok" if c["image_present"] else "no-image"
+
+
 def cmd_ps(store, args):
     rows = list_containers(store)
     if args.json or args.quiet:
@@ -6135,7 +6159,7 @@ def cmd_ps(store, args):
     lines = [f"{'IMAGE ID':<12}  {'LINK':<8} {'STATUS':<8} {'CREATED':<20}  PATH"]
     for r in rows:
         lines.append(terminal_safe(f"{r['short_id']:<12}  {r['link_mode']:<8} "
-                                   f"{'ok' if r['exists'] else 'missing':<8} "
+                                   f"{_container_status(r):<8} "
                                    f"{r['created'] or '-':<20}  {r['path']}"))
     print("\n".join(lines))
     return EXIT_OK
@@ -6148,9 +6172,11 @@ def cmd_tag(store, args):
 
 
 def cmd_rmi(store, args):
-    results = [remove_image(store, ref, force=args.force) for ref in args.images]
+    results = remove_images(store, args.images, force=args.force)
     text = "\n".join([f"untagged: {t}" for r in results for t in r["untagged"]]
-                     + [f"deleted: {r['deleted']}" for r in results if r["deleted"]])
+                     + [f"deleted: {r['deleted']}" for r in results if r["deleted"]]
+                     + [terminal_safe(f"kept without its image: {p}")
+                        for r in results for p in r["containers"]])
     _emit(args, results, text)
     return EXIT_OK
 
@@ -6402,7 +6428,9 @@ def build_parser():
     sp = add("rmi", cmd_rmi, "remove images (or one tag of an image)",
              "  vocker rmi web:stable\n  vocker rmi --force $(vocker images -q)    # every image\n")
     sp.add_argument("images", nargs="+", metavar="IMAGE")
-    sp.add_argument("-f", "--force", action="store_true", help="remove an image with several tags")
+    sp.add_argument("-f", "--force", action="store_true",
+                    help="remove an image with several tags, or one that containers use "
+                         "(they stay, without their image)")
     return p
 
 

@@ -13,7 +13,8 @@ from conftest import WINDOWS, clean_env, cli, vocker_cmd
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 IMAGE_KEYS = {"id", "short_id", "tags", "kind", "python", "size", "files", "created", "parent"}
-CONTAINER_KEYS = {"path", "image", "short_id", "tags", "created", "link_mode", "python", "exists"}
+CONTAINER_KEYS = {"path", "image", "short_id", "tags", "created", "link_mode", "python", "exists",
+                  "image_present"}
 PYTHON_KEYS = set(vocker.PYTHON_FACTS)
 
 
