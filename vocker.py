@@ -134,7 +134,7 @@ exit codes:
   1    unexpected error (a bug: run again with --debug and report it)
   2    bad command line
   3    not found (image, container, path)
-  4    conflict (target exists, ambiguous image prefix, tag in use)
+  4    conflict (target exists, ambiguous image prefix, image in use, store busy)
   5    invalid input (not an environment, corrupt or hostile data)
   6    system problem (read-only or full disk, permissions, link mode)
   7    no matching Python interpreter
@@ -1075,6 +1075,84 @@ class PackWriter:
             _unlink_quiet(self.tmp)
 
 
+class _StoreLock:
+    """Writers (commit, create, pull, load) share the store; gc holds it alone.
+
+    An OS lock on ``gc.lock``, a file never deleted, so a process that dies
+    releases it: ``fcntl.lockf`` shared or exclusive; on Windows
+    ``msvcrt.locking`` byte ranges (a writer one byte of ``SLOTS``, gc all).
+    Record locks belong to a process, so a condition orders its threads: the
+    first writer thread takes the OS lock, the last one gives it back."""
+
+    SLOTS = 256
+
+    def __init__(self, path):
+        self.path, self.cond = path, threading.Condition()
+        self.writers, self.alone, self.fd = 0, False, None
+
+    @contextlib.contextmanager
+    def hold(self, exclusive, timeout, busy):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.alone or (exclusive and self.writers):
+                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise busy
+            if exclusive or not self.writers:
+                self._take(exclusive, deadline, busy)
+            self.alone, self.writers = exclusive, self.writers + (not exclusive)
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.writers -= not exclusive
+                if exclusive or not self.writers:
+                    self._give()
+                self.alone = False
+                self.cond.notify_all()
+
+    def _take(self, exclusive, deadline, busy):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        start, length = (1, self.SLOTS) if exclusive else (1 + os.getpid() % self.SLOTS, 1)
+        while not self._try(exclusive, start, length):
+            if time.monotonic() > deadline:
+                os.close(self.fd)
+                raise busy
+            time.sleep(0.05)
+        self.range = (start, length)
+
+    def _try(self, exclusive, start, length):
+        try:
+            if os.name == "nt":  # the host, whatever rules a test picks
+                import msvcrt  # here: each exists on one platform only
+                os.lseek(self.fd, start, os.SEEK_SET)
+                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, length)
+            else:
+                import fcntl  # here: each exists on one platform only
+                flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+                fcntl.lockf(self.fd, flags, length, start)
+            return True
+        except OSError as exc:
+            held = (errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EDEADLK))
+            if exc.errno in held or (os.name == "nt" and not exc.errno):
+                return False
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            if exclusive:  # writers go on without it; gc cannot know it runs alone
+                raise EnvironmentProblem(f"the disk holding {self.path} has no file locks",
+                                         "run gc on a store on a local disk") from None
+            return True
+
+    def _give(self):
+        start, length = self.range
+        with contextlib.suppress(OSError):
+            if os.name == "nt":  # the host, whatever rules a test picks
+                import msvcrt  # here: each exists on one platform only
+                os.lseek(self.fd, start, os.SEEK_SET)
+                msvcrt.locking(self.fd, msvcrt.LK_UNLCK, length)
+        os.close(self.fd)   # POSIX: closing releases the process's record locks
+        self.fd = None
+
+
 def _store_fault(exc):
     """True for an SQLite error from the store's disk or file (full,
     read-only, locked, corrupt), False for a bug in a statement."""
@@ -1314,6 +1392,7 @@ class _StorePool:
         else:
             os.chmod(tmp, 0o444)
             os.utime(tmp, (FIXED_MTIME, FIXED_MTIME))
+            _makedirs(os.path.dirname(path))
             os.replace(tmp, path)
         return object_id, path, len(data)
 
@@ -1448,11 +1527,18 @@ class _StoreContainers:
 
     # -- creates in progress --------------------------------------------------
 
+    _PENDING = ("path", "stage", "pid", "host", "started", "dev", "ino", "mtime_ns")
+
     def pending_create(self, path):
         """The in-progress row of a create at ``path``, as a dict, or None."""
-        keys = ("path", "stage", "pid", "host", "started", "dev", "ino", "mtime_ns")
-        row = self._one(f"SELECT {', '.join(keys)} FROM pending_creates WHERE path=?", (path,))
-        return None if row is None else dict(zip(keys, row))
+        row = self._one(f"SELECT {', '.join(self._PENDING)} FROM pending_creates WHERE path=?",
+                        (path,))
+        return None if row is None else dict(zip(self._PENDING, row))
+
+    def pending_creates(self):
+        """Every create in progress (or killed), as dicts."""
+        return [dict(zip(self._PENDING, r))
+                for r in self._all(f"SELECT {', '.join(self._PENDING)} FROM pending_creates")]
 
     def add_pending_create(self, path, stage, host):
         """Record a create before its staging folder exists; refuses while
@@ -1610,7 +1696,66 @@ def image_totals(get_tree, root, blob_sizes):
     return totals(root)
 
 
-class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
+class _StoreGc:
+    """What gc reads of the store, and what it makes it forget."""
+
+    def image_roots(self):
+        """The root tree ID of every stored image."""
+        rows = self._all("SELECT id, manifest FROM images")
+        return [Manifest.parse(bytes(m), i).root for i, m in rows]
+
+    def tree_ids(self):
+        return {r[0] for r in self._all("SELECT id FROM trees")}
+
+    def blob_table(self):
+        """{blob: (size, csize, pack or None, offset)} of every blob."""
+        rows = self._all("SELECT id, size, csize, pack, offset FROM blobs")
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    def pyc_table(self):
+        """[(source blob, pyc ID)] of every compiled file, and the pyc IDs recorded."""
+        return (self._all("SELECT source, pyc FROM pyc_cache"),
+                {r[0] for r in self._all("SELECT id FROM pyc_files")})
+
+    def stale_stat_paths(self):
+        """Stat cache paths under no container (it was removed)."""
+        homes = {r[0] for r in self._all("SELECT path FROM containers")}
+        out = []
+        for (path,) in self._all("SELECT path FROM stat_cache"):
+            d = os.path.dirname(path)
+            while d not in homes and os.path.dirname(d) != d:
+                d = os.path.dirname(d)
+            if d not in homes:
+                out.append(path)
+        return out
+
+    def repacked(self, pack_id, moved, dead):
+        """Blobs ``moved`` ({blob: offset}) now live in pack ``pack_id``; ``dead`` ones are gone."""
+        with self.transaction() as db:
+            db.executemany("UPDATE blobs SET pack=?, offset=? WHERE id=?",
+                           [(pack_id, off, b) for b, off in moved.items()])
+            db.executemany("DELETE FROM blobs WHERE id=?", [(b,) for b in dead])
+
+    def forget(self, trees=(), blobs=(), pyc_sources=(), pyc_files=(), inodes=(), stats=()):
+        """Delete rows of what gc removes (before it removes the files)."""
+        with self.transaction() as db:
+            db.executemany("DELETE FROM trees WHERE id=?", [(t,) for t in trees])
+            db.executemany("DELETE FROM blobs WHERE id=?", [(b,) for b in blobs])
+            db.executemany("DELETE FROM pyc_cache WHERE source=?", [(b,) for b in pyc_sources])
+            db.executemany("DELETE FROM pyc_files WHERE id=?", [(p,) for p in pyc_files])
+            db.executemany("DELETE FROM pool_inodes WHERE dev=? AND ino=?", list(inodes))
+            db.executemany("DELETE FROM stat_cache WHERE path=?", [(p,) for p in stats])
+
+    def compact(self):
+        """Give the database's free pages back to the disk."""
+        try:
+            self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            self._fail(exc)
+
+
+class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs, _StoreGc):
     """The local store: ``vocker.db`` plus ``blobs/``, ``pool/``, ``tmp/``. Every
     SQL statement of vocker is one of its verbs. ``with Store(home) as store:``"""
 
@@ -1634,6 +1779,7 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
         self._valid = set()  # object IDs whose format digest_to_path has checked
         self._local, self._readers, self._readers_lock = threading.local(), [], threading.Lock()
         self._in_transaction = False
+        self._lock = _StoreLock(os.path.join(self.home, "gc.lock"))
         self.readonly = bool(readonly)
         if not self.readonly:
             try:
@@ -1651,11 +1797,7 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
         for d in (self.home, self.blobs_dir, self.pool_dir, self.tmp_dir, self.packs_dir):
             os.makedirs(d, exist_ok=True)
         self._check_writable()
-        for d in (self.blobs_dir, self.pool_dir):
-            if not os.path.isdir(os.path.join(d, "ff")):
-                for i in range(256):
-                    os.makedirs(os.path.join(d, f"{i:02x}"), exist_ok=True)
-            _made_dirs.update(os.path.join(d, f"{i:02x}") for i in range(256))
+        os.close(os.open(self._lock.path, os.O_RDWR | os.O_CREAT, 0o644))  # never deleted
         path = os.path.join(self.home, "vocker.db")
         self._uri = Path(path).as_uri()
         self.db = sqlite3.connect(path, timeout=self.LOCK_TIMEOUT, isolation_level=None)
@@ -1814,11 +1956,15 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
             self._readers.clear()
             self._local = threading.local()
 
-    def close(self):
-        self.close_readers()
+    def close_packs(self):
+        """Close the pack files kept open for reading (Windows: before one is deleted)."""
         for f in self._packs.values():
             f.close()
         self._packs.clear()
+
+    def close(self):
+        self.close_readers()
+        self.close_packs()
         self.db.close()
 
     def __enter__(self):
@@ -1827,6 +1973,33 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs):
     def __exit__(self, *exc):
         self.close()
         return False
+
+    #: seconds a writer waits for a running gc, and gc for running writers
+    GC_WAIT = 900
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Held by commit, create, pull and load from their first object to
+        their last record, shared with each other: gc waits for them."""
+        if self.readonly:
+            yield
+            return
+        busy = ConflictError(f"the store at {self.home} is busy: vocker gc is running",
+                             f"retry when it has finished (waited {self.GC_WAIT} s)")
+        with self._lock.hold(False, self.GC_WAIT, busy):
+            # a gc since the last write may have removed empty shard folders
+            _made_dirs.difference_update([d for d in _made_dirs if d.startswith(self.home)])
+            yield
+
+    @contextlib.contextmanager
+    def collecting(self):
+        """Held by gc alone: no commit, create, pull or load runs meanwhile."""
+        if self.readonly:
+            raise self.read_only_error()
+        busy = ConflictError(f"the store at {self.home} is in use (commit, create, pull or load)",
+                             f"retry when they have finished (waited {self.GC_WAIT} s)")
+        with self._lock.hold(True, self.GC_WAIT, busy):
+            yield
 
     @contextlib.contextmanager
     def transaction(self):
@@ -4058,14 +4231,15 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
     t0 = time.monotonic()
     tags = [normalize_tag(t) for t in tags]
     check_labels(dict(labels or {}))
-    c = Committer(store, path, kind=kind, python=python, labels=labels, progress=progress,
-                  target=target).run()
-    data = c.manifest.serialize()
-    image_id = hash_bytes(data)
-    with store.transaction():
-        store.add_image(image_id, data, c.trees, c.blob_rows(), tags=tags,
-                        source=os.path.abspath(path), base_exe=c.base_exe)
-        store.cache_stats(c.stat_rows())
+    with store.writing():  # from the first blob found present to the image's record
+        c = Committer(store, path, kind=kind, python=python, labels=labels,
+                      progress=progress, target=target).run()
+        data = c.manifest.serialize()
+        image_id = hash_bytes(data)
+        with store.transaction():
+            store.add_image(image_id, data, c.trees, c.blob_rows(), tags=tags,
+                            source=os.path.abspath(path), base_exe=c.base_exe)
+            store.cache_stats(c.stat_rows())
     files = c.files
     return {**image_info(store, image_id), "files_read": sum(1 for j in files if j.read),
             "bytes_read": sum(j.st[2] for j in files if j.read),
@@ -4656,7 +4830,9 @@ def create(store, image, path, link_mode="auto", python=None, compile=True, prog
     image_id = store.resolve_image(image)
     c = Creator(store, image_id, path, link_mode, python, compile, progress,
                 target, checkpoint)
-    result = {**c.run(), **find_container(store, c.path)}  # the container object's shape
+    with store.writing():
+        run = c.run()
+    result = {**run, **find_container(store, c.path)}  # the container object's shape
     result["seconds"] = round(time.monotonic() - t0, 3)
     return result
 
@@ -4801,6 +4977,212 @@ def inspect(store, name):
     created, source, size, files = store.image_row(image_id)
     return {"type": "image", **image_object(store, image_id, m, created, size, files),
             "manifest": m, "source": source, "containers": store.containers_using(image_id)}
+
+
+###############################################################################
+# Store life: gc ##############################################################
+###############################################################################
+
+#: a pool file's name: ``ID``, ``ID.x`` (executable), each maybe ``.GEN``
+_POOL_NAME_RE = re.compile(r"^([0-9a-f]{64})(\.x)?(\.[0-9]+)?$")
+
+
+def live_objects(store):
+    """(trees, blobs) that the store's images need: every image is a root;
+    tags and containers name images."""
+    trees, blobs, stack = set(), set(), store.image_roots()
+    while stack:
+        tid = stack.pop()
+        if tid in trees:
+            continue
+        trees.add(tid)
+        for e in store.tree(tid).entries:
+            if e.type == T_DIR:
+                stack.append(e.ref)
+            elif e.type in FILE_TYPES or e.type in TEMPLATE_TYPES:
+                blobs.add(e.ref)
+    return trees, blobs
+
+
+class Collector:
+    """``vocker gc``: removes what no image needs, in an order where a kill at
+    any point leaves a store that works and that the next gc finishes. Rows are
+    forgotten before their files are deleted; a repacked pack is written and
+    recorded before the old one goes."""
+
+    def __init__(self, store):
+        self.store, self.freed, self.counts = store, 0, dict.fromkeys(
+            ("trees", "blobs", "packs", "repacked", "pool_files", "pyc_files", "tmp"), 0)
+
+    def plan(self):
+        st = self.store
+        live_trees, self.live = live_objects(st)
+        self.dead_trees = st.tree_ids() - live_trees
+        self.blobs = st.blob_table()
+        self.dead = set(self.blobs) - self.live
+        by_pack = {}
+        for b, (_, _, pack, _) in self.blobs.items():
+            by_pack.setdefault(pack, [set(), set()])[b in self.dead].add(b)
+        self.loose_dead = by_pack.pop(None, [set(), set()])[1]
+        self.dead_packs = {p for p, (alive, _) in by_pack.items() if not alive}
+        self.mixed = {p: parts for p, parts in by_pack.items() if parts[0] and parts[1]}
+        self.orphan_packs = {n[:-5] for n in os.listdir(st.packs_dir)
+                             if n.endswith(".pack") and n[:-5] not in by_pack}
+        pyc_rows, pyc_ids = st.pyc_table()
+        self.dead_sources = {src for src, _ in pyc_rows if src not in self.live}
+        self.live_pycs = {pyc for src, pyc in pyc_rows if src in self.live}
+        self.dead_pycs = pyc_ids - self.live_pycs
+        self.stats = st.stale_stat_paths()
+        self.loose_orphans = [os.path.join(d, n) for d, _, names in os.walk(st.blobs_dir)
+                              for n in names if n not in self.blobs]
+        return self
+
+    def pool_victims(self):
+        """[(path, lstat)] of pool files no image needs and no container links."""
+        out = []
+        for d, _, names in os.walk(self.store.pool_dir):
+            for name in names:
+                m, path = _POOL_NAME_RE.match(name), os.path.join(d, name)
+                with contextlib.suppress(OSError):
+                    st = os.lstat(path)
+                    needed = m and (m[1] in self.live or m[1] in self.live_pycs)
+                    if not needed and (st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode)):
+                        out.append((path, st))
+        return out
+
+    def run(self, dry_run):
+        """Remove (or with ``dry_run`` only count) every unneeded object."""
+        victims = self.pool_victims()
+        self._count(victims)
+        if dry_run:
+            return self
+        for pack, (alive, dead) in sorted(self.mixed.items()):
+            self._repack(pack, alive, dead)
+        st = self.store
+        st.forget(self.dead_trees, self.loose_dead | {b for b in self.dead
+                                                       if self.blobs[b][2] in self.dead_packs},
+                  self.dead_sources, self.dead_pycs,
+                  [(v.st_dev, v.st_ino) for _, v in victims], self.stats)
+        st.close_packs()
+        for pack in self.dead_packs | self.orphan_packs:
+            _unlink_quiet(st.pack_path(pack))
+        for b in self.loose_dead:
+            _unlink_quiet(st.blob_path(b))
+        for path, _ in victims:
+            with contextlib.suppress(OSError):
+                _remove_pool_file(path)
+        for path in self.loose_orphans:
+            _unlink_quiet(path)
+        self._clean_folders()
+        self._clean_stages()
+        st.compact()
+        return self
+
+    def _clean_stages(self):
+        """The hidden staging folders of creates whose process died (beside
+        their PATH); PATH itself stays for ``create``/``rm`` to judge."""
+        host = hostname()
+        for row in self.store.pending_creates():
+            if _create_dead(row, host) and os.path.isdir(row["stage"]) \
+                    and not os.path.islink(row["stage"]):
+                with contextlib.suppress(OSError, VockerError):
+                    rmtree(row["stage"], trash=self.store.trash_dir_for(row["path"]))
+
+    def _count(self, victims):
+        st, c = self.store, self.counts
+        c.update(trees=len(self.dead_trees), blobs=len(self.dead), repacked=len(self.mixed),
+                 packs=len(self.dead_packs | self.orphan_packs), pyc_files=len(self.dead_pycs),
+                 pool_files=len(victims),
+                 tmp=len(os.listdir(st.tmp_dir)) + len(self.loose_orphans))
+        sizes = [_disk_size(st.pack_path(p)) for p in self.dead_packs | self.orphan_packs]
+        sizes += [self.blobs[b][1] for p in self.mixed for b in self.mixed[p][1]]
+        sizes += [_disk_size(st.blob_path(b)) for b in self.loose_dead]
+        sizes += [_disk_size(p) for p in self.loose_orphans]
+        sizes += [_st_disk_size(v) for _, v in victims]
+        sizes += [_tree_size(os.path.join(st.tmp_dir, n)) for n in os.listdir(st.tmp_dir)]
+        self.freed = sum(sizes)
+
+    def _repack(self, pack, alive, dead):
+        """Copy the live frames of ``pack`` into a new pack, record it, drop the old."""
+        st = self.store
+        w, moved = st.pack_writer(), {}
+        try:
+            for b in sorted(alive, key=lambda b: self.blobs[b][3]):
+                size, f, csize = st.open_blob(b)
+                moved[b] = w.append_stream(lambda write, f=f, n=csize: _copy_exactly(f, n, write))
+            new = w.finish()
+        except BaseException:
+            w.abort()
+            raise
+        st.repacked(new, moved, dead)
+        st.close_packs()
+        _unlink_quiet(st.pack_path(pack))
+
+    def _clean_folders(self):
+        """tmp/ (no writer runs: everything there is a leftover), and the
+        empty shard folders of blobs/ and pool/."""
+        st = self.store
+        for name in os.listdir(st.tmp_dir):
+            with contextlib.suppress(OSError):
+                p = os.path.join(st.tmp_dir, name)
+                rmtree(p, restore_readonly=st.restore_readonly) if os.path.isdir(p) \
+                    else os.unlink(p)
+        with contextlib.suppress(OSError):   # a folder keeps the size it grew to
+            os.rmdir(st.tmp_dir)
+            os.mkdir(st.tmp_dir)
+        for top in (st.blobs_dir, st.pool_dir):
+            for name in os.listdir(top):
+                d = os.path.join(top, name)
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)           # only when empty
+                    _made_dirs.discard(d)
+
+    def report(self, dry_run):
+        return {"dry_run": dry_run, "bytes": self.freed, **self.counts}
+
+
+def _copy_exactly(f, n, write):
+    while n:
+        data = f.read(min(n, CHUNK))
+        if not data:
+            raise IntegrityError("pack", "?", "is truncated")
+        write(data)
+        n -= len(data)
+
+
+def _remove_pool_file(path):
+    """A read-only pool file (Windows refuses to delete one as it is)."""
+    try:
+        os.unlink(path)
+    except PermissionError:
+        os.chmod(path, stat.S_IWRITE | stat.S_IREAD)
+        os.unlink(path)
+
+
+def _st_disk_size(st):
+    blocks = getattr(st, "st_blocks", None)
+    return blocks * 512 if blocks is not None else st.st_size
+
+
+def _disk_size(path):
+    try:
+        return _st_disk_size(os.lstat(path))
+    except OSError:
+        return 0
+
+
+def _tree_size(path):
+    if not os.path.isdir(path) or os.path.islink(path):
+        return _disk_size(path)
+    return sum(_disk_size(os.path.join(d, n)) for d, _, ns in os.walk(path) for n in ns)
+
+
+def gc(store, dry_run=False):
+    """Remove everything that no image, tag or container needs (``dry_run``:
+    only say what that would free). Waits for running commits, creates,
+    pulls and loads; they wait for it."""
+    with store.collecting():
+        return Collector(store).plan().run(dry_run).report(dry_run)
 
 
 ###############################################################################
@@ -5730,18 +6112,20 @@ def push(store, refs, repo, progress=None):
     have, good, files = _repo_blobs(target), set(), {}
     pushed, sent = [], 0
     try:
-        for image_id, tag in wanted:
-            manifest, trees, blobs = _image_objects(store, image_id)
-            missing = [b for b in blobs if b not in good and not (
-                b in have and _repo_frame_ok(target, files, b, have[b]))]
-            good.update(set(blobs) - set(missing))
-            if missing:
-                sent += _send_blobs(store, target, missing, have, good)
-            target.write(f"images/{image_id}.trees", trees_file_bytes(trees))
-            target.write(f"images/{image_id}.blobs", blobs_file_bytes({b: have[b] for b in blobs}))
-            target.write(f"images/{image_id}.json", manifest)
-            pushed.append({"id": image_id, "tag": tag, "blobs": len(blobs),
-                           "new_blobs": len(missing)})
+        with store.writing():  # it reads packs: gc must not repack them meanwhile
+            for image_id, tag in wanted:
+                manifest, trees, blobs = _image_objects(store, image_id)
+                missing = [b for b in blobs if b not in good and not (
+                    b in have and _repo_frame_ok(target, files, b, have[b]))]
+                good.update(set(blobs) - set(missing))
+                if missing:
+                    sent += _send_blobs(store, target, missing, have, good)
+                target.write(f"images/{image_id}.trees", trees_file_bytes(trees))
+                target.write(f"images/{image_id}.blobs",
+                             blobs_file_bytes({b: have[b] for b in blobs}))
+                target.write(f"images/{image_id}.json", manifest)
+                pushed.append({"id": image_id, "tag": tag, "blobs": len(blobs),
+                               "new_blobs": len(missing)})
     finally:
         for f in files.values():
             f.close()
@@ -5782,10 +6166,11 @@ def pull(store, location, refs, headers=None, progress=None):
     try:
         index = parse_index(src.get("index.json"), location)
         results = []
-        for ref in refs:
-            image_id, tag = _resolve_remote(src, ref, index)
-            one = _pull_one(store, src, image_id, tag, progress)
-            results.append({**image_info(store, image_id), **one})
+        with store.writing():
+            for ref in refs:
+                image_id, tag = _resolve_remote(src, ref, index)
+                one = _pull_one(store, src, image_id, tag, progress)
+                results.append({**image_info(store, image_id), **one})
         return {"source": location, "images": results, "bytes": src.bytes,
                 "requests": src.requests}
     finally:
@@ -6181,6 +6566,16 @@ def cmd_rmi(store, args):
     return EXIT_OK
 
 
+def cmd_gc(store, args):
+    r = gc(store, dry_run=args.dry_run)
+    parts = [f"{r['blobs']} blobs", f"{r['trees']} trees",
+             f"{r['packs']} packs ({r['repacked']} repacked)", f"{r['pool_files']} pool files",
+             f"{r['pyc_files']} .pyc", f"{r['tmp']} leftovers"]
+    verb = "would free" if r["dry_run"] else "freed"
+    _emit(args, r, f"{verb} {human_size(r['bytes'])}: {', '.join(parts)}")
+    return EXIT_OK
+
+
 def cmd_rm(store, args):
     results = [remove_container(store, p) for p in args.paths]
     _emit(args, results, "\n".join(terminal_safe(
@@ -6425,6 +6820,10 @@ def build_parser():
     sp = add("rm", cmd_rm, "delete containers (their folders and records)",
              "  vocker rm ./web\n  vocker rm $(vocker ps -q)    # every container\n")
     sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp = add("gc", cmd_gc, "remove what no image, tag or container needs",
+             "  vocker gc --dry-run    # what it would free\n  vocker gc\n")
+    sp.add_argument("-n", "--dry-run", action="store_true",
+                    help="only say what would be removed and how much it frees")
     sp = add("rmi", cmd_rmi, "remove images (or one tag of an image)",
              "  vocker rmi web:stable\n  vocker rmi --force $(vocker images -q)    # every image\n")
     sp.add_argument("images", nargs="+", metavar="IMAGE")

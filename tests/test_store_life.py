@@ -1,11 +1,17 @@
-"""The store's life (issue 10): what rmi may remove, and what it must keep."""
+"""The store's life (issue 10): what rmi may remove, what gc removes, and
+what both must keep."""
 
 import json
+import os
+import random
+import subprocess
+import sys
+import time
 
 import pytest
 
 import vocker
-from conftest import cli
+from conftest import REPO, clean_env, cli, image_entries, main_python, make_venv, vocker_cmd
 
 
 @pytest.fixture
@@ -57,3 +63,163 @@ def test_untagging_an_image_containers_use_is_allowed(used):
     assert cli("rm", str(base / "c1"), str(base / "c2"), home=home).returncode == 0
     r = json.loads(cli("rmi", "web:1.0", "--json", home=home, check=True).stdout)
     assert r[0]["deleted"] and r[0]["containers"] == []
+
+
+# ------------------------------------------------------------------ gc
+
+def _disk_usage(path):
+    """Bytes a folder takes on disk (du -s), each inode once."""
+    seen, total = set(), 0
+    for d, dirs, files in os.walk(path):
+        for n in [*dirs, *files, "."]:
+            st = os.lstat(os.path.join(d, n))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += getattr(st, "st_blocks", 0) * 512 or st.st_size
+    return total
+
+
+def _plain(path, files):
+    path.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+    return path
+
+
+def _readable(store, image_id):
+    """Every blob of the image reads back and verifies."""
+    blobs = [e.ref for e in image_entries(store, image_id).values()
+             if e.type in vocker.FILE_TYPES + vocker.TEMPLATE_TYPES]
+    for b in blobs:
+        store.read_blob(b)
+    return len(blobs)
+
+
+def test_gc_after_rm_and_rmi_of_everything_leaves_at_most_1_mib(tmp_path, wheelhouse):
+    venv = make_venv(main_python(), tmp_path / "env", ["vockdemo==1.0", "vockbig"],
+                     wheelhouse=wheelhouse)
+    home = tmp_path / "home"
+    image = cli("commit", str(venv), "-q", home=home, check=True).stdout.strip()
+    for c in ("c1", "c2"):
+        cli("create", image, str(tmp_path / c), home=home, check=True)
+    before = _disk_usage(home)
+    r = json.loads(cli("gc", "--json", home=home, check=True).stdout)
+    assert r["blobs"] == r["trees"] == r["pool_files"] == 0   # everything is in use
+    cli("rm", str(tmp_path / "c1"), str(tmp_path / "c2"), home=home, check=True)
+    cli("rmi", image, home=home, check=True)
+    dry = json.loads(cli("gc", "--dry-run", "--json", home=home, check=True).stdout)
+    assert _disk_usage(home) >= before - (1 << 20)           # a dry run removes nothing
+    assert dry["dry_run"] and dry["blobs"] > 100 and dry["bytes"] > 0.8 * (before - (1 << 20))
+    r = json.loads(cli("gc", "--json", home=home, check=True).stdout)
+    assert {k: v for k, v in r.items() if k != "dry_run"} == \
+        {k: v for k, v in dry.items() if k != "dry_run"}
+    assert _disk_usage(home) <= 1 << 20, _disk_usage(home)
+    again = cli("gc", home=home, check=True).stdout
+    assert again.startswith("freed 0 B: 0 blobs, 0 trees, 0 packs")
+
+
+def test_gc_repacks_a_pack_half_of_whose_blobs_are_dead(tmp_path):
+    home = tmp_path / "home"
+    shared, only_a = b"shared\n" * 500, b"only in a\n" * 500
+    with vocker.Store(home) as store:
+        a = vocker.commit(store, _plain(tmp_path / "a", {"s": shared, "x": only_a}),
+                          kind="plain")["id"]
+        b = vocker.commit(store, _plain(tmp_path / "b", {"s": shared, "y": b"b\n" * 99}),
+                          kind="plain")["id"]
+        packs = sorted(os.listdir(store.packs_dir))
+        vocker.remove_images(store, [a])
+        r = vocker.gc(store)
+        assert (r["blobs"], r["repacked"], r["packs"]) == (1, 1, 0)
+        assert len(os.listdir(store.packs_dir)) == 2 and sorted(os.listdir(store.packs_dir)) != packs
+        assert _readable(store, b) == 2
+        vocker.create(store, b, tmp_path / "c")
+    assert (tmp_path / "c" / "s").read_bytes() == shared
+
+
+def test_gc_keeps_what_a_container_left_without_its_image_still_links(tmp_path):
+    home = tmp_path / "home"
+    with vocker.Store(home) as store:
+        image = vocker.commit(store, _plain(tmp_path / "a", {"f": b"mine\n" * 300}),
+                              kind="plain")["id"]
+        vocker.create(store, image, tmp_path / "c", link_mode="hardlink")
+        vocker.remove_images(store, [image], force=True)
+        r = vocker.gc(store)
+        assert r["blobs"] == 1 and r["pool_files"] == 0       # the container links it
+        assert (tmp_path / "c" / "f").read_bytes() == b"mine\n" * 300
+        assert vocker.commit(store, tmp_path / "c", kind="plain")["id"] == image
+
+
+def test_gc_and_writers_wait_for_each_other(tmp_path):
+    home = tmp_path / "home"
+    with vocker.Store(home) as store:
+        vocker.commit(store, _plain(tmp_path / "a", {"f": b"x"}), kind="plain")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, vocker\n"
+         "with vocker.Store(sys.argv[1]) as s, s.writing():\n"
+         "    print('held', flush=True); time.sleep(2)\n", str(home)],
+        cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with vocker.Store(home) as store:
+            store.GC_WAIT = 0.3
+            with pytest.raises(vocker.ConflictError, match="in use"):
+                vocker.gc(store)
+            store.GC_WAIT = 30
+            t0 = time.monotonic()
+            vocker.gc(store)                                   # waits for the writer
+            assert time.monotonic() - t0 > 0.5
+    finally:
+        holder.wait(timeout=30)
+
+
+def test_a_killed_gc_leaves_a_working_store_that_the_next_gc_finishes(tmp_path):
+    rng = random.Random(7)
+    home = tmp_path / "home"
+    files = {f"m{i}.txt": (f"file {i}\n" * (50 + i)).encode() for i in range(300)}
+    with vocker.Store(home) as store:
+        keep = vocker.commit(store, _plain(tmp_path / "k", dict(list(files.items())[:150])),
+                             kind="plain")["id"]
+    for trial in range(4):
+        with vocker.Store(home) as store:
+            gone = vocker.commit(store, _plain(tmp_path / f"g{trial}", {
+                **files, "t": str(trial).encode()}), kind="plain")["id"]
+            vocker.create(store, gone, tmp_path / f"c{trial}")
+            vocker.remove_container(store, tmp_path / f"c{trial}")
+            vocker.remove_images(store, [gone])
+        p = subprocess.Popen([*vocker_cmd(), "--home", str(home), "gc"], env=clean_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.4))
+        p.kill()
+        p.wait()
+        with vocker.Store(home) as store:
+            assert _readable(store, keep) == 150
+    with vocker.Store(home) as store:
+        vocker.gc(store)
+        assert vocker.gc(store)["blobs"] == 0
+        assert _readable(store, keep) == 150
+        vocker.create(store, keep, tmp_path / "final")
+    assert (tmp_path / "final" / "m7.txt").read_bytes() == files["m7.txt"]
+
+
+def test_gc_removes_what_killed_runs_left(tmp_path):
+    """An unrecorded pack (a commit killed before its record), a loose blob
+    file no row names, staging in tmp/, and a dead create's hidden folder."""
+    home = tmp_path / "home"
+    with vocker.Store(home) as store:
+        image = vocker.commit(store, _plain(tmp_path / "a", {"f": b"kept\n" * 99}),
+                              kind="plain")["id"]
+        orphan_pack = os.path.join(store.packs_dir, "ab" * 32 + ".pack")
+        loose = os.path.join(store.blobs_dir, "cd", "cd" * 32)
+        os.makedirs(os.path.dirname(loose))
+        for path in (orphan_pack, loose, os.path.join(store.tmp_dir, "pack-left")):
+            with open(path, "wb") as f:
+                f.write(b"x" * 5000)
+        stage = tmp_path / ".web.vocker-99999-dead"
+        (stage / "sub").mkdir(parents=True)
+        store.add_pending_create(str(tmp_path / "web"), str(stage), vocker.hostname())
+        with store.transaction() as db:   # its process is gone
+            db.execute("UPDATE pending_creates SET pid=?", (2 ** 22 + 12345,))
+        r = vocker.gc(store)
+        assert (r["packs"], r["tmp"], r["blobs"]) == (1, 2, 0) and r["bytes"] >= 15000
+        assert not any(os.path.exists(p) for p in (orphan_pack, loose, stage))
+        assert os.listdir(store.tmp_dir) == [] and _readable(store, image) == 1
