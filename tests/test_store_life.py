@@ -223,3 +223,53 @@ def test_gc_removes_what_killed_runs_left(tmp_path):
         assert (r["packs"], r["tmp"], r["blobs"]) == (1, 2, 0) and r["bytes"] >= 15000
         assert not any(os.path.exists(p) for p in (orphan_pack, loose, stage))
         assert os.listdir(store.tmp_dir) == [] and _readable(store, image) == 1
+
+
+_WORKER = r"""
+import sys, vocker
+home, kind, base, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+import os
+with vocker.Store(home) as store:
+    for i in range(rounds):
+        if kind.startswith("commit"):
+            d = os.path.join(base, f"{kind}-{i}")
+            os.makedirs(d)
+            for j in range(20):   # half shared by every worker, half its own
+                data = f"shared {j}\n" if j % 2 else f"{kind} {i} {j}\n"
+                with open(os.path.join(d, f"f{j}.txt"), "w") as f:
+                    f.write(data * 200)
+            vocker.commit(store, d, kind="plain", tags=[f"{kind}:{i}"])
+        elif kind.startswith("create"):
+            vocker.create(store, "base:1", os.path.join(base, f"{kind}-{i}"))
+        else:
+            vocker.gc(store)
+print("done", flush=True)
+"""
+
+
+def test_gc_while_commits_and_creates_run_loses_nothing(tmp_path):
+    home = tmp_path / "home"
+    with vocker.Store(home) as store:
+        vocker.commit(store, _plain(tmp_path / "base", {f"b{j}": b"base %d\n" % j * 300
+                                                        for j in range(30)}),
+                      kind="plain", tags=["base:1"])
+        for old in range(3):   # garbage for gc to find meanwhile
+            gone = vocker.commit(store, _plain(tmp_path / f"old{old}", {"x": b"old %d" % old}),
+                                 kind="plain")["id"]
+            vocker.remove_images(store, [gone])
+    rounds = 10
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(home), kind, str(tmp_path),
+                               str(rounds)], cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for kind in ("commit-a", "commit-b", "create-a", "create-b", "gc")]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0 and out.strip() == "done", err[-2000:]
+    with vocker.Store(home) as store:
+        images = vocker.list_images(store)
+        assert len(images) == 1 + 2 * rounds
+        for image in images:
+            assert _readable(store, image["id"]) >= 20 or image["tags"] == ["base:1"]
+        vocker.gc(store)
+        for image in images:   # every image is still complete, and creatable
+            vocker.create(store, image["id"], tmp_path / "check" / image["short_id"])
