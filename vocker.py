@@ -4987,10 +4987,11 @@ def inspect(store, name):
 _POOL_NAME_RE = re.compile(r"^([0-9a-f]{64})(\.x)?(\.[0-9]+)?$")
 
 
-def live_objects(store):
-    """(trees, blobs) that the store's images need: every image is a root;
-    tags and containers name images."""
-    trees, blobs, stack = set(), set(), store.image_roots()
+def live_objects(store, roots=None):
+    """(trees, blobs) that the store's images need (or those of the trees
+    ``roots``): every image is a root; tags and containers name images."""
+    trees, blobs = set(), set()
+    stack = list(store.image_roots() if roots is None else roots)
     while stack:
         tid = stack.pop()
         if tid in trees:
@@ -5175,6 +5176,61 @@ def _tree_size(path):
     if not os.path.isdir(path) or os.path.islink(path):
         return _disk_size(path)
     return sum(_disk_size(os.path.join(d, n)) for d, _, ns in os.walk(path) for n in ns)
+
+
+def _pool_bytes(store):
+    """{object ID: bytes on disk of its pool files} (each inode once)."""
+    out, seen = {}, set()
+    for d, _, names in os.walk(store.pool_dir):
+        for name in names:
+            m = _POOL_NAME_RE.match(name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(d, name))
+                if m and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    out[m[1]] = out.get(m[1], 0) + _st_disk_size(st)
+    return out
+
+
+def _container_bytes(path):
+    """(apparent bytes of its files, bytes on disk only it holds): a file
+    linked to the pool (more than one link) costs nothing of its own."""
+    apparent = own = 0
+    for d, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(d, name))
+                if stat.S_ISREG(st.st_mode):
+                    apparent += st.st_size
+                    own += _st_disk_size(st) if st.st_nlink == 1 else 0
+    return apparent, own
+
+
+def disk_usage(store):
+    """``vocker df``: per image its logical size, the store bytes only it
+    needs and those it shares (compressed blob + pool copy), its containers
+    and what they save against plain copies; in total, the store's size and
+    what gc would free."""
+    images, table, pool = list_images(store), store.blob_table(), _pool_bytes(store)
+    pycs = {}
+    for source, pyc in store.pyc_table()[0]:   # its compiled .pyc count with a source
+        pycs[source] = pycs.get(source, 0) + pool.get(pyc, 0)
+    blobs = {i["id"]: live_objects(store, [store.manifest(i["id"]).root])[1] for i in images}
+    users = collections.Counter(b for bs in blobs.values() for b in bs)
+    containers = [c for c in list_containers(store) if c["exists"]]
+    rows = []
+    for i in images:
+        cost = {b: table[b][1] + pool.get(b, 0) + pycs.get(b, 0)
+                for b in blobs[i["id"]] if b in table}
+        used = [_container_bytes(c["path"]) for c in containers if c["image"] == i["id"]]
+        rows.append({"id": i["id"], "short_id": i["short_id"], "tags": i["tags"],
+                     "size": i["size"], "containers": len(used),
+                     "unique": sum(v for b, v in cost.items() if users[b] == 1),
+                     "shared": sum(v for b, v in cost.items() if users[b] > 1),
+                     "saved": sum(max(0, a - o) for a, o in used)})
+    reclaimable = Collector(store).plan().run(True).report(True)["bytes"]
+    return {"images": rows, "store": _tree_size(store.home), "containers": len(containers),
+            "reclaimable": reclaimable}
 
 
 def gc(store, dry_run=False):
@@ -6566,6 +6622,22 @@ def cmd_rmi(store, args):
     return EXIT_OK
 
 
+def cmd_df(store, args):
+    r = disk_usage(store)
+    lines = [f"{'IMAGE ID':<12}  {'NAME:TAG':<24} {'SIZE':>9} {'UNIQUE':>9} {'SHARED':>9} "
+             f"{'CONTAINERS':>10} {'SAVED':>9}"]
+    for i in r["images"]:
+        lines.append(terminal_safe(
+            f"{i['short_id']:<12}  {(', '.join(i['tags']) or '<none>'):<24} "
+            f"{human_size(i['size']):>9} {human_size(i['unique']):>9} "
+            f"{human_size(i['shared']):>9} {i['containers']:>10} {human_size(i['saved']):>9}"))
+    lines.append(f"store: {human_size(r['store'])} on disk, {len(r['images'])} images, "
+                 f"{r['containers']} containers; vocker gc would free "
+                 f"{human_size(r['reclaimable'])}")
+    _emit(args, r, "\n".join(lines))
+    return EXIT_OK
+
+
 def cmd_gc(store, args):
     r = gc(store, dry_run=args.dry_run)
     parts = [f"{r['blobs']} blobs", f"{r['trees']} trees",
@@ -6820,6 +6892,8 @@ def build_parser():
     sp = add("rm", cmd_rm, "delete containers (their folders and records)",
              "  vocker rm ./web\n  vocker rm $(vocker ps -q)    # every container\n")
     sp.add_argument("paths", nargs="+", metavar="PATH")
+    add("df", cmd_df, "disk use: per image, shared and unique bytes, what containers save",
+        "  vocker df\n  vocker df --json\n")
     sp = add("gc", cmd_gc, "remove what no image, tag or container needs",
              "  vocker gc --dry-run    # what it would free\n  vocker gc\n")
     sp.add_argument("-n", "--dry-run", action="store_true",
@@ -6838,7 +6912,7 @@ def build_parser():
 ###############################################################################
 
 #: commands that only read the store: they work on a read-only store too
-READ_ONLY_COMMANDS = (cmd_images, cmd_inspect, cmd_ps, cmd_save)
+READ_ONLY_COMMANDS = (cmd_images, cmd_inspect, cmd_ps, cmd_save, cmd_df)
 #: the hidden names vocker stages under: ``.NAME.vocker-PID-RANDOM`` beside NAME
 _STAGE_RE = re.compile(r"(?<![^/\\])\.([^/\\]+?)\.vocker-(?:[0-9]+-)?[0-9a-f]{8}(?![0-9A-Za-z])")
 

@@ -39,7 +39,7 @@ def _one_line_error(p, code):
 def test_help_and_version(tmp_path):
     p = cli("--help", home=tmp_path)
     assert p.returncode == 0 and "exit codes:" in p.stdout
-    for command in ("commit", "create", "images", "ps", "tag", "rmi", "rm", "inspect", "gc"):
+    for command in ("commit", "create", "images", "ps", "tag", "rmi", "rm", "inspect", "gc", "df"):
         assert command in p.stdout
         sub = cli(command, "--help", home=tmp_path)
         assert sub.returncode == 0 and "examples:" in sub.stdout and "vocker " + command in sub.stdout
@@ -207,7 +207,7 @@ def test_progress_only_on_request_when_not_a_terminal(plain_home, tmp_path):
 
 #: the order in which the examples of every --help run, as a user would
 HELP_ORDER = [[], ["commit"], ["create"], ["images"], ["ps"], ["tag"], ["inspect"], ["push"],
-              ["pull"], ["save"], ["load"], ["repo"], ["rm"], ["rmi"], ["gc"]]
+              ["pull"], ["save"], ["load"], ["repo"], ["rm"], ["rmi"], ["df"], ["gc"]]
 
 
 @posix_only("pastes each example into bash")

@@ -273,3 +273,32 @@ def test_gc_while_commits_and_creates_run_loses_nothing(tmp_path):
         vocker.gc(store)
         for image in images:   # every image is still complete, and creatable
             vocker.create(store, image["id"], tmp_path / "check" / image["short_id"])
+
+
+# ------------------------------------------------------------------ df
+
+def test_df_splits_each_images_bytes_into_unique_and_shared(tmp_path):
+    home = tmp_path / "home"
+    shared, mine, yours = b"shared\n" * 4000, b"a only\n" * 3000, b"b only\n" * 1000
+    with vocker.Store(home) as store:
+        a = vocker.commit(store, _plain(tmp_path / "a", {"s": shared, "x": mine}),
+                          kind="plain", tags=["a:1"])["id"]
+        b = vocker.commit(store, _plain(tmp_path / "b", {"s": shared, "y": yours}),
+                          kind="plain", tags=["b:1"])["id"]
+        vocker.create(store, a, tmp_path / "linked", link_mode="hardlink")
+        vocker.create(store, a, tmp_path / "copied", link_mode="copy")
+        gone = vocker.commit(store, _plain(tmp_path / "g", {"z": b"gone\n" * 999}),
+                             kind="plain")["id"]
+        vocker.remove_images(store, [gone])
+        r = vocker.disk_usage(store)
+        rows = {i["id"]: i for i in r["images"]}
+        assert rows[a]["shared"] == rows[b]["shared"] > 0         # the one blob they share
+        assert rows[a]["unique"] > rows[b]["unique"] > 0          # a's own blob is bigger
+        assert (rows[a]["size"], rows[a]["containers"]) == (len(shared) + len(mine), 2)
+        assert rows[a]["saved"] == len(shared) + len(mine)        # the linked one; a copy saves 0
+        assert rows[b]["containers"] == rows[b]["saved"] == 0
+        assert r["reclaimable"] == vocker.gc(store, dry_run=True)["bytes"] > 0
+        assert r["store"] >= rows[a]["unique"] + rows[b]["unique"] + rows[a]["shared"]
+    out = cli("df", home=home, check=True).stdout.splitlines()
+    assert out[0].split()[:3] == ["IMAGE", "ID", "NAME:TAG"] and len(out) == 4
+    assert out[-1].startswith("store: ") and "2 containers" in out[-1]
