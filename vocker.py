@@ -442,6 +442,15 @@ def _makedirs(d):
         _made_dirs.add(d)
 
 
+def _remove_read_only(path):
+    """A read-only file: a pack, a pool file (Windows refuses to delete one as it is)."""
+    try:
+        os.unlink(path)
+    except PermissionError:
+        os.chmod(path, stat.S_IWRITE | stat.S_IREAD)
+        os.unlink(path)
+
+
 def _unlink_quiet(path):
     try:
         os.unlink(path)
@@ -1302,22 +1311,32 @@ class _StorePool:
         else:  # left by an interrupted run: complete (renamed into place), not recorded
             new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
             return path
-        self._write_pool_file(blob_id, executable, path, new_inodes)
+        self._write_pool_file(blob_id, executable, path, new_inodes, replace=False)
         return path
 
-    def _write_pool_file(self, blob_id, executable, path, new_inodes):
-        """A fresh pool file from the compressed blob, renamed over ``path``
-        (a new inode: never a write into a file other containers may share)."""
+    def _write_pool_file(self, blob_id, executable, path, new_inodes, replace=True):
+        """A fresh pool file from the compressed blob: a new inode, never a
+        write into a file other containers may share. ``replace``: renamed over
+        ``path`` (a damaged one); else linked there unless another process was
+        first (replacing its file would unlink the inode it is linking from)."""
         tmp = self.tmp_path("pool")
         try:
             self.extract_blob(blob_id, tmp)
             os.chmod(tmp, 0o555 if executable else 0o444)
             os.utime(tmp, (FIXED_MTIME, FIXED_MTIME))
             _makedirs(os.path.dirname(path))
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink_quiet(tmp)
-            raise
+            if replace:
+                os.replace(tmp, path)
+            else:  # Windows' rename never replaces; elsewhere a link does not
+                try:
+                    os.rename(tmp, path) if os.name == "nt" else os.link(tmp, path)
+                except FileExistsError:
+                    pass
+                except OSError:  # a disk without hard links (FAT): rename over it
+                    os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                _remove_read_only(tmp)
         st = os.stat(path)
         new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
 
@@ -1881,7 +1900,9 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs, _StoreGc):
                 try:
                     if entry.name == "trash":
                         continue
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    st = entry.stat(follow_symlinks=False)
+                    # ctime too: a pool file gets its fixed 2000-01-01 mtime here
+                    if max(st.st_mtime, st.st_ctime) < cutoff:
                         if entry.is_dir(follow_symlinks=False):
                             rmtree(entry.path)
                         else:
@@ -2137,10 +2158,9 @@ class Linker:
         try:
             self._place(blob_id, executable, src, dst)
         except FileNotFoundError:
-            if os.path.exists(src):
-                raise
-            # the pool copy was removed behind our back: make it again
-            src = self.store.materialize_pool(blob_id, executable, self.new_inodes)
+            if not os.path.exists(src):  # the pool copy was removed behind our back
+                src = self.store.materialize_pool(blob_id, executable, self.new_inodes)
+            # else another create replaced it meanwhile: its old inode had no link left
             self._place(blob_id, executable, src, dst)
         if self.mode != "hardlink":
             self.copies.append(dst)
@@ -5065,15 +5085,11 @@ class Collector:
                   self.dead_sources, self.dead_pycs,
                   [(v.st_dev, v.st_ino) for _, v in victims], self.stats)
         st.close_packs()
-        for pack in self.dead_packs | self.orphan_packs:
-            _unlink_quiet(st.pack_path(pack))
-        for b in self.loose_dead:
-            _unlink_quiet(st.blob_path(b))
-        for path, _ in victims:
+        doomed = [st.pack_path(p) for p in self.dead_packs | self.orphan_packs]
+        doomed += [st.blob_path(b) for b in self.loose_dead] + self.loose_orphans
+        for path in doomed + [path for path, _ in victims]:
             with contextlib.suppress(OSError):
-                _remove_pool_file(path)
-        for path in self.loose_orphans:
-            _unlink_quiet(path)
+                _remove_read_only(path)
         self._clean_folders()
         self._clean_stages()
         st.compact()
@@ -5117,7 +5133,8 @@ class Collector:
             raise
         st.repacked(new, moved, dead)
         st.close_packs()
-        _unlink_quiet(st.pack_path(pack))
+        with contextlib.suppress(OSError):
+            _remove_read_only(st.pack_path(pack))
 
     def _clean_folders(self):
         """tmp/ (no writer runs: everything there is a leftover), and the
@@ -5128,9 +5145,6 @@ class Collector:
                 p = os.path.join(st.tmp_dir, name)
                 rmtree(p, restore_readonly=st.restore_readonly) if os.path.isdir(p) \
                     else os.unlink(p)
-        with contextlib.suppress(OSError):   # a folder keeps the size it grew to
-            os.rmdir(st.tmp_dir)
-            os.mkdir(st.tmp_dir)
         for top in (st.blobs_dir, st.pool_dir):
             for name in os.listdir(top):
                 d = os.path.join(top, name)
@@ -5149,15 +5163,6 @@ def _copy_exactly(f, n, write):
             raise IntegrityError("pack", "?", "is truncated")
         write(data)
         n -= len(data)
-
-
-def _remove_pool_file(path):
-    """A read-only pool file (Windows refuses to delete one as it is)."""
-    try:
-        os.unlink(path)
-    except PermissionError:
-        os.chmod(path, stat.S_IWRITE | stat.S_IREAD)
-        os.unlink(path)
 
 
 def _st_disk_size(st):
@@ -6220,9 +6225,9 @@ def pull(store, location, refs, headers=None, progress=None):
     if isinstance(src, HttpSource):
         src.tmp_dir = store.tmp_dir
     try:
-        index = parse_index(src.get("index.json"), location)
-        results = []
-        with store.writing():
+        with store.writing():  # from its first spooled file in tmp/ to its last record
+            index = parse_index(src.get("index.json"), location)
+            results = []
             for ref in refs:
                 image_id, tag = _resolve_remote(src, ref, index)
                 one = _pull_one(store, src, image_id, tag, progress)
