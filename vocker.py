@@ -1094,6 +1094,15 @@ class _StoreLock:
     first writer thread takes the OS lock, the last one gives it back."""
 
     SLOTS = 256
+    _all, _all_guard = {}, threading.Lock()
+
+    @classmethod
+    def of(cls, path):
+        """The one lock object of ``path`` in this process: every Store of a
+        home shares it (a record lock is the process's; closing any descriptor
+        of the file would drop it)."""
+        with cls._all_guard:
+            return cls._all.setdefault(os.path.normcase(os.path.realpath(path)), cls(path))
 
     def __init__(self, path):
         self.path, self.cond = path, threading.Condition()
@@ -1798,7 +1807,7 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs, _StoreGc):
         self._valid = set()  # object IDs whose format digest_to_path has checked
         self._local, self._readers, self._readers_lock = threading.local(), [], threading.Lock()
         self._in_transaction = False
-        self._lock = _StoreLock(os.path.join(self.home, "gc.lock"))
+        self._lock = _StoreLock.of(os.path.join(self.home, "gc.lock"))
         self.readonly = bool(readonly)
         if not self.readonly:
             try:
@@ -1816,7 +1825,9 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs, _StoreGc):
         for d in (self.home, self.blobs_dir, self.pool_dir, self.tmp_dir, self.packs_dir):
             os.makedirs(d, exist_ok=True)
         self._check_writable()
-        os.close(os.open(self._lock.path, os.O_RDWR | os.O_CREAT, 0o644))  # never deleted
+        if not os.path.exists(self._lock.path):  # never deleted; an open-and-close of
+            os.close(os.open(self._lock.path, os.O_RDWR | os.O_CREAT, 0o644))  # a held one
+            # would drop this process's record locks on it
         path = os.path.join(self.home, "vocker.db")
         self._uri = Path(path).as_uri()
         self.db = sqlite3.connect(path, timeout=self.LOCK_TIMEOUT, isolation_level=None)

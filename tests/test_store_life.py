@@ -304,3 +304,22 @@ def test_df_splits_each_images_bytes_into_unique_and_shared(tmp_path):
     out = cli("df", home=home, check=True).stdout.splitlines()
     assert out[0].split()[:3] == ["IMAGE", "ID", "NAME:TAG"] and len(out) == 4
     assert out[-1].startswith("store: ") and "2 containers" in out[-1]
+
+
+def test_two_stores_of_one_home_in_one_process_share_the_lock(tmp_path):
+    """A record lock belongs to the process: a second Store of the same home
+    (opened while the first writes) neither drops it nor takes it beside it."""
+    home = tmp_path / "home"
+    with vocker.Store(home) as a, a.writing():
+        with vocker.Store(home) as b:
+            b.GC_WAIT = 0.2
+            with pytest.raises(vocker.ConflictError, match="in use"):
+                vocker.gc(b)
+        probe = subprocess.run(   # another process sees the lock still held
+            [sys.executable, "-c", "import sys, vocker\ns = vocker.Store(sys.argv[1])\n"
+             "s.GC_WAIT = 0.2\ntry:\n    vocker.gc(s)\nexcept vocker.ConflictError:\n"
+             "    print('busy')\n", str(home)], cwd=REPO, env=clean_env(),
+            capture_output=True, text=True, timeout=60)
+        assert probe.stdout.strip() == "busy", probe.stderr
+    with vocker.Store(home) as b:
+        assert vocker.gc(b)["blobs"] == 0
