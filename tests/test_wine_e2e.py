@@ -223,10 +223,12 @@ def test_rm_and_rmi(win):
     win.ok("commit", winpath(win.src), "-t", "demo:1", home=home)
     dest = win.root / "rm env"
     win.ok("create", "demo:1", winpath(dest), "--no-compile", home=home)
-    win.ok("rmi", "demo:1", home=home)  # a container does not need its image
+    rc, out, err = win.vocker("rmi", "demo:1", home=home)   # it is in use: refused, named
+    assert rc == 4 and winpath(dest) in err and err.count("\n") == 1, err
+    win.ok("rmi", "--force", "demo:1", home=home)  # a container does not need its image
     assert _prefix_of(win, dest) == [winpath(dest), "hello from vockdemo 1.0"]
     assert win.vocker("inspect", "demo:1", home=home)[0] == 3
-    assert winpath(dest) in win.ok("ps", home=home)
+    assert "no-image" in win.ok("ps", home=home) and winpath(dest) in win.ok("ps", home=home)
     win.ok("rm", winpath(dest), home=home)
     assert not dest.exists()
     assert winpath(dest) not in win.ok("ps", home=home)
