@@ -5058,8 +5058,8 @@ class Collector:
         self.loose_dead = by_pack.pop(None, [set(), set()])[1]
         self.dead_packs = {p for p, (alive, _) in by_pack.items() if not alive}
         self.mixed = {p: parts for p, parts in by_pack.items() if parts[0] and parts[1]}
-        self.orphan_packs = {n[:-5] for n in os.listdir(st.packs_dir)
-                             if n.endswith(".pack") and n[:-5] not in by_pack}
+        self.orphan_packs = {n[:-5] for n in os.listdir(st.packs_dir)  # only vocker's names
+                             if re.fullmatch(r"[0-9a-f]{64}\.pack", n) and n[:-5] not in by_pack}
         pyc_rows, pyc_ids = st.pyc_table()
         self.dead_sources = {src for src, _ in pyc_rows if src not in self.live}
         self.live_pycs = {pyc for src, pyc in pyc_rows if src in self.live}
