@@ -126,6 +126,7 @@ EXIT_INVALID = 5
 EXIT_ENVIRONMENT = 6
 EXIT_PYTHON = 7
 EXIT_NETWORK = 8
+EXIT_DAMAGED = 9
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """\
@@ -139,6 +140,7 @@ exit codes:
   6    system problem (read-only or full disk, permissions, link mode)
   7    no matching Python interpreter
   8    repository unreachable (network, HTTP error, access denied)
+  9    verify found damage, or a container that differs from its image
   130  interrupted
 """
 
@@ -1725,7 +1727,7 @@ def image_totals(get_tree, root, blob_sizes):
 
 
 class _StoreGc:
-    """What gc reads of the store, and what it makes it forget."""
+    """What gc and verify read of the store, and what they make it forget or replace."""
 
     def image_roots(self):
         """The root tree ID of every stored image."""
@@ -1773,6 +1775,46 @@ class _StoreGc:
             db.executemany("DELETE FROM pyc_files WHERE id=?", [(p,) for p in pyc_files])
             db.executemany("DELETE FROM pool_inodes WHERE dev=? AND ino=?", list(inodes))
             db.executemany("DELETE FROM stat_cache WHERE path=?", [(p,) for p in stats])
+
+    def check_database(self, full=False):
+        """What SQLite's own check (``full``: integrity_check) and the links
+        between rows say is wrong: [problem]."""
+        try:
+            rows = self._all(f"PRAGMA {'integrity_check' if full else 'quick_check'}")
+        except sqlite3.DatabaseError as exc:
+            return [f"the database cannot be read: {exc}"]
+        out = [r[0] for r in rows if r[0] != "ok"]
+        out += [f"tag {name} names image {short_id(image)}, which is not in the store"
+                for name, image in self._all("SELECT name, image FROM tags WHERE image NOT "
+                                             "IN (SELECT id FROM images)")]
+        return out
+
+    def pyc_files(self):
+        """{pyc ID: size} of every compiled pool file recorded."""
+        return dict(self._all("SELECT id, size FROM pyc_files"))
+
+    def forget_pyc(self, pyc_id):
+        """A damaged compiled file: forget it (the next create compiles it again)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM pyc_cache WHERE pyc=?", (pyc_id,))
+            db.execute("DELETE FROM pyc_files WHERE id=?", (pyc_id,))
+
+    def replace_blobs(self, rows):
+        """Blobs (id, size, csize, pack, offset) now live in a new frame."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO blobs(id, size, csize, pack, offset) "
+                           "VALUES (?,?,?,?,?)", rows)
+
+    def replace_objects(self, image_id, manifest_bytes, trees, blobs):
+        """Repair from a repository, every object verified by its ID: the
+        manifest of ``image_id`` (None: kept), ``trees`` {id: bytes}, blob rows."""
+        with self.transaction() as db:
+            if image_id is not None:
+                db.execute("UPDATE images SET manifest=? WHERE id=?", (manifest_bytes, image_id))
+            db.executemany("INSERT OR REPLACE INTO trees(id, data) VALUES (?,?)",
+                           list(trees.items()))
+            db.executemany("INSERT OR REPLACE INTO blobs(id, size, csize, pack, offset) "
+                           "VALUES (?,?,?,?,?)", blobs)
 
     def compact(self):
         """Give the database's free pages back to the disk."""
@@ -3891,12 +3933,16 @@ class _Walker:
 
 class _Contents:
     """Commit step 3: the blob of every file, from the stat cache, from pool
-    inodes, or read, normalized and stored into ``pack``."""
+    inodes, or read, normalized and stored into ``pack``. ``scan`` (status,
+    verify): nothing is stored or changed, pool damage is only recorded in
+    ``damaged``; ``full``: every file is read, no cache trusted."""
 
-    def __init__(self, source, pack, progress):
+    def __init__(self, source, pack, progress, scan=False, full=False):
         self.store, self.root, self.target = source.store, source.root, source.target
         self.env_norm, self.cfg_norm = source.env_norm, source.cfg_norm
         self.pack, self.progress = pack, progress
+        self.scan, self.full = scan, full
+        self.damaged = {}  # (dev, ino) -> (blob, exec, rel): a pool file written through a link
         self.warnings = []
         self.claim_lock = threading.Lock()
         self.claimed = set()
@@ -3939,7 +3985,7 @@ class _Contents:
             if _is_record(job.rel):
                 continue
             hit = cache.pop(job.path, None)
-            if hit and hit[:5] == st:
+            if hit and hit[:5] == st and not self.full:
                 job.blob, job.template = hit[5], bool(hit[6])
                 continue
             if job.linked:  # maybe a hardlink of a pool file
@@ -3964,7 +4010,7 @@ class _Contents:
                 for job in by_ino[ino]:
                     if job.st[2] != size or job.st[3] != fixed_ns:
                         damaged[(dev, ino)] = (blob, bool(exe), job.rel)  # written through it
-                    elif job.readonly:
+                    elif job.readonly and not self.full:
                         job.blob = blob
                     else:  # read to know (Windows: pip's rmtree in any container clears
                         self.unsealed[(dev, ino)] = (blob, bool(exe), job)  # it for all)
@@ -3978,7 +4024,7 @@ class _Contents:
         damaged = {(dev, ino): (blob, exe, job.rel)
                    for (dev, ino), (blob, exe, job) in self.unsealed.items()
                    if job.blob != blob or job.template}
-        if len(damaged) < len(self.unsealed):
+        if len(damaged) < len(self.unsealed) and not self.scan:
             self.store.seal_pool()   # the mode is the inode's: pool and every link
         if damaged:
             self._drop_damaged_pool(damaged)
@@ -3986,7 +4032,10 @@ class _Contents:
     def _drop_damaged_pool(self, damaged):
         """Pool files that were modified through a container's hardlink no
         longer match their blob: unlink them (the next create rebuilds them
-        from the compressed blob) and say so."""
+        from the compressed blob) and say so; a scan only notes them."""
+        if self.scan:
+            self.damaged.update(damaged)
+            return
         with self.store.transaction():
             for (dev, ino), (blob, exe, rel) in damaged.items():
                 for gen in range(0, 64):
@@ -4037,6 +4086,8 @@ class _Contents:
 
     def _claim(self, blob_id):
         """True if this thread should store ``blob_id`` (new to the store)."""
+        if self.scan:
+            return False
         with self.claim_lock:
             if blob_id in self.claimed:
                 return False
@@ -4090,13 +4141,32 @@ class _Contents:
         self._content(job, data)
 
 
+class _NullPack:
+    """The pack of a scan: nothing is ever stored in it."""
+
+    def append(self, cdata):
+        raise AssertionError("a scan stores nothing")
+
+    def finish(self):
+        return None
+
+    def abort(self):
+        pass
+
+
 class Committed:
     """What a commit made: its manifest and trees, the file jobs (each with
     its blob), the pack new blobs went to, the base interpreter, warnings."""
 
-    def __init__(self, manifest, trees, files, pack_id, base_exe, warnings):
+    def __init__(self, manifest, trees, files, pack_id, base_exe, warnings, damaged=None):
         self.manifest, self.trees, self.files = manifest, trees, files
         self.pack_id, self.base_exe, self.warnings = pack_id, base_exe, warnings
+        self.damaged = damaged or {}
+
+    def get_tree(self, store):
+        """A ``get_tree`` over this commit's trees, then the store's."""
+        return lambda tid: Tree.parse(self.trees[tid], tid) if tid in self.trees \
+            else store.tree(tid)
 
     def blob_rows(self):
         """(id, size, csize, pack, offset) of the blobs this commit added."""
@@ -4112,22 +4182,24 @@ class Committed:
 class Committer:
     """Turns one directory into trees, blobs and a manifest, in named steps:
     the source (kind, python, placeholders), the walk, the file contents,
-    the trees, the manifest. :meth:`run` returns a :class:`Committed`."""
+    the trees, the manifest. :meth:`run` returns a :class:`Committed`.
+    ``scan``/``full``: only look (:class:`_Contents`); nothing is written."""
 
     def __init__(self, store, root, kind=None, python=None, labels=None, progress=None,
-                 target=None):
+                 target=None, scan=False, full=False):
         self.store, self.root = store, os.path.abspath(root)
         self.kind, self.python_arg = kind, python
         self.labels = dict(labels or {})
         self.progress = progress or Progress("committing", enabled=False)
         self.target = target or Target.local()
+        self.scan, self.full = scan or full, full
 
     def run(self):
         """Build the image; new blobs go into one pack, finished here (or
         aborted, with loose blobs the only other writes so far)."""
         source = _Source(self.store, self.root, self.target, self.kind, self.python_arg)
-        pack = self.store.pack_writer()
-        contents = _Contents(source, pack, self.progress)
+        pack = _NullPack() if self.scan else self.store.pack_writer()
+        contents = _Contents(source, pack, self.progress, self.scan, self.full)
         try:
             walker = _Walker(source).walk()
             contents.read_all(walker.files)
@@ -4144,7 +4216,7 @@ class Committer:
         finally:
             contents.close()
         return Committed(manifest, trees, walker.files, pack_id, source.base_exe,
-                         contents.warnings)
+                         contents.warnings, contents.damaged)
 
     def _manifest(self, source, root_id):
         """The image's manifest; a container unchanged gives its image back,
@@ -6442,6 +6514,505 @@ def load(store, path, progress=None):
 
 
 ###############################################################################
+# Store life: verify, status, diff, history ###################################
+###############################################################################
+
+#: a distribution's metadata: ``NAME-VERSION.dist-info/METADATA`` at any depth
+_DIST_RE = re.compile(r"(?:^|/)([^/]+)-([^/-]+)\.dist-info/METADATA$")
+
+
+def flat_image(get_tree, root):
+    """{relative path: (type, ref)} of an image's files and links (folders
+    are implied by them), refusing what :func:`walk_image` refuses."""
+    return {rel: (e.type, e.ref) for rel, e in walk_image(get_tree, root) if e.type != T_DIR}
+
+
+def compare_flat(a, b):
+    """[(status, path)] from ``a`` to ``b``: A added, C changed, D deleted."""
+    out = []
+    for rel in sorted(a.keys() | b.keys()):
+        if rel not in b:
+            out.append(("D", rel))
+        elif rel not in a:
+            out.append(("A", rel))
+        elif a[rel] != b[rel]:
+            out.append(("C", rel))
+    return out
+
+
+def distributions(flat):
+    """{normalized name: (name, version)} of the ``*.dist-info`` folders."""
+    out = {}
+    for rel in flat:
+        m = _DIST_RE.search(rel)
+        if m:
+            out[re.sub(r"[-_.]+", "-", m[1]).lower()] = (m[1], m[2])
+    return out
+
+
+def package_changes(a, b):
+    """[{"name", "from", "to"}] of distributions added (from None), removed
+    (to None) or of another version, from ``a`` to ``b``."""
+    da, db = distributions(a), distributions(b)
+    out = []
+    for key in sorted(da.keys() | db.keys()):
+        old, new = da.get(key), db.get(key)
+        if old is None or new is None or old[1] != new[1]:
+            out.append({"name": (new or old)[0], "from": old and old[1], "to": new and new[1]})
+    return out
+
+
+def package_line(p):
+    if p["from"] is None:
+        return f"+ {p['name']} {p['to']}"
+    if p["to"] is None:
+        return f"- {p['name']} {p['from']}"
+    return f"~ {p['name']} {p['from']} \u2192 {p['to']}"
+
+
+def scan_container(store, path, full=False):
+    """(container row, flat map of its files now, the scan's pool damage):
+    the container read as commit reads it, storing and changing nothing;
+    ``full`` reads every file instead of trusting stat and inode caches."""
+    info = find_container(store, path)
+    c = Committer(store, info["path"], scan=True, full=full).run()
+    return info, flat_image(c.get_tree(store), c.manifest.root), c.damaged
+
+
+def _image_flat(store, image_id, path=None):
+    try:
+        return flat_image(store.tree, store.manifest(image_id).root)
+    except NotFoundError:
+        where = f"the image of {path} " if path else "image "
+        raise NotFoundError("image", image_id,
+                            f"{where}was removed (rmi --force); pull it again or "
+                            "commit the container as a new image") from None
+
+
+def status(store, path, full=False):
+    """``vocker status``: the container's files against its image (A/C/D)
+    and the distributions added, removed or of another version."""
+    info, now, damaged = scan_container(store, path, full)
+    before = _image_flat(store, info["image"], info["path"])
+    changes = compare_flat(before, now)
+    return {"path": info["path"], "image": info["image"], "clean": not changes,
+            "changes": [{"status": s, "path": p} for s, p in changes],
+            "packages": package_changes(before, now),
+            "store_damage": sorted(rel for _, _, rel in damaged.values())}
+
+
+def _flat_of(store, ref, full=False):
+    """(description, flat map) of an image reference or a container path."""
+    if store.container_origin(ref) is not None:
+        info, flat, _ = scan_container(store, ref, full)
+        return {"container": info["path"], "image": info["image"]}, flat
+    image_id = store.resolve_image(ref)
+    return {"image": image_id}, _image_flat(store, image_id)
+
+
+def _stat_group(rel):
+    """What a changed path belongs to: its top folder under site-packages
+    (``numpy``, ``numpy-2.1.dist-info``), else its first folder."""
+    parts = rel.split("/")
+    if "site-packages" in parts[:-1]:
+        i = parts.index("site-packages") + 1
+        return "/".join(parts[:i + 1])
+    return parts[0]
+
+
+def diff(store, a, b, full=False):
+    """``vocker diff A B`` (images or containers): per path A/C/D, per
+    group (:func:`_stat_group`) the counts and bytes, and the packages."""
+    side_a, fa = _flat_of(store, a, full)
+    side_b, fb = _flat_of(store, b, full)
+    changes = compare_flat(fa, fb)
+    sizes = store.blob_sizes({v[1] for v in (*fa.values(), *fb.values())
+                              if v[0] in FILE_TYPES or v[0] in TEMPLATE_TYPES})
+    groups = {}
+    for s, rel in changes:
+        g = groups.setdefault(_stat_group(rel), {"group": _stat_group(rel), "A": 0, "C": 0,
+                                                 "D": 0, "added": 0, "removed": 0})
+        g[s] += 1
+        g["added"] += sizes.get(fb[rel][1], 0) if rel in fb else 0
+        g["removed"] += sizes.get(fa[rel][1], 0) if rel in fa else 0
+    return {"a": side_a, "b": side_b, "changes": [{"status": s, "path": p} for s, p in changes],
+            "stat": sorted(groups.values(), key=lambda g: g["group"]),
+            "packages": package_changes(fa, fb)}
+
+
+def history(store, ref):
+    """``vocker history``: the image and its parents (as far as the store has
+    them), newest first, each with what it changed against its parent."""
+    image_id = store.resolve_image(ref)
+    steps, seen = [], set()
+    while image_id and image_id not in seen:
+        seen.add(image_id)
+        if not store.has_image(image_id):
+            steps.append({"id": image_id, "present": False})
+            break
+        m = store.manifest(image_id)
+        created, _, size, files = store.image_row(image_id)
+        steps.append({"id": image_id, "present": True, "created": iso_time(created),
+                      "size": size, "files": files, "tags": store.tags_of(image_id),
+                      "flat": flat_image(store.tree, m.root)})
+        image_id = m.parent
+    for i, step in enumerate(steps):
+        if not step["present"]:
+            continue
+        parent = steps[i + 1] if i + 1 < len(steps) and steps[i + 1]["present"] else None
+        before = parent["flat"] if parent else {}
+        changes = compare_flat(before, step["flat"])
+        new = {step["flat"][rel][1] for s, rel in changes if s != "D"}
+        step.update(added=sum(s == "A" for s, _ in changes),
+                    changed=sum(s == "C" for s, _ in changes),
+                    deleted=sum(s == "D" for s, _ in changes),
+                    added_bytes=sum(store.blob_sizes(new).values()),
+                    packages=package_changes(before, step["flat"]) if parent else [],
+                    base=parent is None)
+    for step in steps:
+        step.pop("flat", None)
+    return steps
+
+
+def _hash_file(path):
+    """BLAKE3 of a file's bytes, read in chunks (no link followed)."""
+    h = blake3.blake3()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Repairs:
+    """``verify --repair``: the fixes of what :class:`Verifier` found."""
+
+    def repair(self, location=None, headers=None):
+        """Fix what can be fixed: blob frames from intact pool copies, then
+        (given a repository) manifests, trees and frames from it, then pool
+        and ``.pyc`` files from the frames. Containers are never changed."""
+        self._frames_from_pool()
+        if location is not None and (self.bad_blobs or self.bad_trees or self.bad_images):
+            self._from_repository(location, headers)
+        self._pool_from_frames()
+        return self
+
+    def _mark(self, what, object_id, how):
+        for p in self.problems:
+            if p["object"] == what and p["id"] == object_id and not p["repaired"]:
+                p["repaired"], p["how"] = True, how
+
+    def _frames_from_pool(self):
+        """A damaged or lost frame whose pool copy hashes right: compressed
+        again from that copy into a new pack."""
+        st, found = self.store, {}
+        damaged = {p["path"] for p in self.bad_pool.values()}
+        for b in sorted(self.bad_blobs):
+            for executable, gen in [(x, g) for x in (False, True) for g in range(4)]:
+                path = st.pool_path(b, executable, gen)
+                if os.path.relpath(path, st.home) in damaged or not os.path.isfile(path):
+                    continue
+                if _hash_file(path) == b:
+                    found[b] = path
+                    break
+        if not found:
+            return
+        writer, rows = st.pack_writer(), []
+        try:
+            for b, path in found.items():
+                with open(path, "rb") as f:
+                    data = f.read()  # pool files hash right: they hold the blob
+                cdata = _cctx().compress(data)
+                rows.append((b, len(data), len(cdata), None, writer.append(cdata)))
+            pack_id = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        st.replace_blobs([(b, size, csize, pack_id, off) for b, size, csize, _, off in rows])
+        for b in found:
+            self.bad_blobs.discard(b)
+            self._mark("blob", b, "compressed again from its pool copy")
+
+    def _from_repository(self, location, headers):
+        st = self.store
+        src = open_source(location, headers)
+        if isinstance(src, HttpSource):
+            src.tmp_dir = st.tmp_dir
+        try:
+            index = parse_index(src.get("index.json"), location)
+            wanted = {*self.bad_images, *(self.owner.get(t) for t in self.bad_trees),
+                      *(self.owner.get(b) for b in self.bad_blobs)} - {None}
+            for image_id in sorted(wanted):
+                if image_id not in index["images"]:
+                    continue
+                self._image_from(src, image_id)
+        finally:
+            src.close()
+
+    def _image_from(self, src, image_id):
+        """Replace this image's damaged manifest, trees and frames by the
+        repository's, each verified by its ID first."""
+        st = self.store
+        manifest_bytes = src.get(f"images/{image_id}.json", limit=MAX_MANIFEST)
+        m = Manifest.parse(manifest_bytes, image_id)
+        trees = parse_trees_file(src.get(f"images/{image_id}.trees"), image_id)
+        need = check_image_trees(trees, m.root)
+        blobs = parse_blobs_file(src.get(f"images/{image_id}.blobs"), image_id)
+        fix = sorted(b for b in self.bad_blobs & need if b in blobs)
+        rows = _fetch_blobs(st, src, fix, blobs, None) if fix else []
+        st.replace_objects(image_id if image_id in self.bad_images else None, manifest_bytes,
+                           {t: trees[t].serialize() for t in self.bad_trees & trees.keys()},
+                           rows)
+        if image_id in self.bad_images:
+            self.bad_images.discard(image_id)
+            self._mark("image", image_id, "from the repository")
+        for t in self.bad_trees & trees.keys():
+            self.bad_trees.discard(t)
+            self._mark("tree", t, "from the repository")
+        for b in fix:
+            self.bad_blobs.discard(b)
+            self._mark("blob", b, "from the repository")
+
+    def _pool_from_frames(self):
+        """Damaged pool files: made again from their (now intact) frame as a
+        new inode; a writable intact one is sealed; a damaged ``.pyc`` is
+        removed (the next create compiles it again)."""
+        st, new_inodes = self.store, []
+        for (dev, ino), p in self.bad_pool.items():
+            path = os.path.join(st.home, p["path"])
+            if p["problem"].startswith("is writable"):
+                os.chmod(path, 0o555 if p["executable"] else 0o444)
+                p["repaired"], p["how"] = True, "made read-only again"
+            elif p["object"] == "pyc":
+                st.forget_pyc(p["id"])
+                _remove_read_only(path)
+                p["repaired"], p["how"] = True, "removed; the next create compiles it again"
+            elif p["id"] not in self.bad_blobs:
+                st.repair_pool(p["id"], p["executable"], path, new_inodes)
+                p["repaired"], p["how"] = True, "made again from its compressed blob"
+            else:
+                continue
+            if p["links"]:
+                p["how"] += "; the containers listed keep the changed file (recreate them)"
+        if new_inodes:
+            st.add_pool_inodes(new_inodes)
+
+
+class Verifier(_Repairs):
+    """``vocker verify``: checks the store (database, manifests, trees, blob
+    frames, pool and ``.pyc`` files) and containers against their images;
+    ``full`` re-hashes every object. Each finding is a dict ``problem`` with
+    ``repaired`` set once :meth:`repair` fixed it."""
+
+    def __init__(self, store, full=False):
+        self.store, self.full = store, full
+        self.problems, self.containers = [], []
+        self.counts = dict.fromkeys(("images", "trees", "blobs", "pool_files", "pyc_files",
+                                     "containers"), 0)
+        self.bad_blobs, self.bad_trees, self.bad_images = set(), set(), set()
+        self.bad_pool = {}  # (dev, ino) -> problem of a damaged pool file
+        self.owner = {}     # tree or blob -> an image that needs it
+
+    def _bad(self, what, object_id, problem, **more):
+        p = {"object": what, "id": object_id, "problem": problem, "repaired": False, **more}
+        self.problems.append(p)
+        return p
+
+    def run(self, refs=()):
+        images, containers = self._scope(refs)
+        self._database()
+        blobs = self._images(images)
+        self._blobs(blobs)
+        self._pool(blobs, whole=not refs)
+        for path in containers:
+            self._container(path)
+        if self.bad_pool:
+            self._name_links()
+        return self
+
+    def _scope(self, refs):
+        st = self.store
+        if not refs:
+            return [r[0] for r in st.image_rows()], []
+        images, containers = [], []
+        for ref in refs:
+            origin = st.container_origin(ref)
+            if origin is None:
+                images.append(st.resolve_image(ref))
+                continue
+            containers.append(os.path.abspath(ref))
+            if st.has_image(origin[0]):
+                images.append(origin[0])
+        return list(dict.fromkeys(images)), containers
+
+    def _database(self):
+        for problem in self.store.check_database(self.full):
+            self._bad("database", None, problem)
+
+    def _images(self, images):
+        """Manifests and trees of ``images``; -> the blobs they name."""
+        st, blobs, done = self.store, set(), set()
+        for image_id in images:
+            self.counts["images"] += 1
+            try:
+                root = st.manifest(image_id).root
+            except VockerError as exc:
+                self.bad_images.add(image_id)
+                self._bad("image", image_id, exc.message)
+                continue
+            stack = [root]
+            while stack:
+                tid = stack.pop()
+                if tid in done:
+                    continue
+                done.add(tid)
+                self.owner.setdefault(tid, image_id)
+                try:
+                    tree = st.tree(tid)
+                except VockerError as exc:
+                    self.bad_trees.add(tid)
+                    self._bad("tree", tid, "missing" if isinstance(exc, NotFoundError)
+                              else "its bytes do not match its ID", image=image_id)
+                    continue
+                for e in tree.entries:
+                    if e.type == T_DIR:
+                        stack.append(e.ref)
+                    elif e.type in FILE_TYPES or e.type in TEMPLATE_TYPES:
+                        blobs.add(e.ref)
+                        self.owner.setdefault(e.ref, image_id)
+        self.counts["trees"] = len(done)
+        return blobs
+
+    def _blobs(self, blobs):
+        st = self.store
+        table = st.blob_table()
+        self.sizes = {b: r[0] for b, r in table.items()}
+        pack_sizes = {}
+        for b in sorted(blobs - {EMPTY_ID}, key=lambda b: (str(table.get(b, ("",) * 4)[2]),
+                                                           table.get(b, (0,) * 4)[3] or 0)):
+            self.counts["blobs"] += 1
+            row = table.get(b)
+            problem = "missing" if row is None else self._frame_problem(b, row, pack_sizes)
+            if problem:
+                self.bad_blobs.add(b)
+                self._bad("blob", b, problem, image=self.owner.get(b))
+
+    def _frame_problem(self, b, row, pack_sizes):
+        size, csize, pack, offset = row
+        st = self.store
+        if csize <= 0:
+            return "has no compressed frame"
+        path = st.blob_path(b) if pack is None else st.pack_path(pack)
+        if path not in pack_sizes:
+            try:
+                s = os.lstat(path)
+                pack_sizes[path] = s.st_size if stat.S_ISREG(s.st_mode) else -1
+            except FileNotFoundError:
+                pack_sizes[path] = None
+        have = pack_sizes[path]
+        where = "its loose file" if pack is None else f"pack {short_id(pack)}"
+        if have is None:
+            return f"{where} is missing"
+        if have < (csize if pack is None else offset + csize):
+            return f"{where} is truncated or not a file"
+        if self.full:
+            try:
+                size, f, csize = st.open_blob(b)
+                with f:
+                    verify_frame(b, size, f, csize)
+            except IntegrityError as exc:
+                return exc.message.split(": ", 1)[-1]
+        return None
+
+    def _pool(self, blobs, whole):
+        """Pool copies of blobs (those of ``blobs`` unless ``whole``) and
+        compiled ``.pyc`` files: type, size, fixed mtime, read-only, and
+        with ``full`` their hash."""
+        st = self.store
+        pycs = st.pyc_files()
+        for d, _, names in os.walk(st.pool_dir):
+            for name in names:
+                m = _POOL_NAME_RE.match(name)
+                if not m:
+                    continue
+                oid, path = m[1], os.path.join(d, name)
+                if oid in self.sizes and (whole or oid in blobs):
+                    self.counts["pool_files"] += 1
+                    self._pool_file("pool", oid, path, self.sizes[oid], bool(m[2]))
+                elif oid in pycs and not m[2] and not m[3]:
+                    self.counts["pyc_files"] += 1
+                    self._pool_file("pyc", oid, path, pycs[oid], False)
+
+    def _pool_file(self, what, oid, path, size, executable):
+        try:
+            s = os.lstat(path)
+        except FileNotFoundError:
+            return
+        problem = None
+        if not stat.S_ISREG(s.st_mode):
+            problem = "is not a regular file"
+        elif s.st_size != size:
+            problem = f"has {s.st_size} bytes, not {size}"
+        elif s.st_mtime_ns != FIXED_MTIME * 1_000_000_000:
+            problem = "was modified (its mtime changed)"
+        elif (self.full or s.st_mode & 0o222) and _hash_file(path) != oid:
+            problem = "its bytes do not match its ID"
+        elif s.st_mode & 0o222:
+            problem = "is writable (its bytes are intact)"
+        if problem:
+            rel = os.path.relpath(path, self.store.home)
+            p = self._bad(what, oid, problem, path=rel, executable=executable, links=[])
+            self.bad_pool[(s.st_dev, s.st_ino)] = p
+
+    def _container(self, path):
+        self.counts["containers"] += 1
+        try:
+            r = status(self.store, path, self.full)
+        except VockerError as exc:
+            self._bad("container", None, exc.message, container=path)
+            return
+        self.containers.append(r)
+        for rel in r["store_damage"]:
+            self._bad("container", None, "a file linked to the store was changed in place",
+                      container=path, path=rel)
+
+    def _name_links(self):
+        """Each container path that is a hardlink of a damaged pool file."""
+        for row in self.store.container_rows():
+            root = row[0]
+            for d, _, names in os.walk(root):
+                for name in names:
+                    p = os.path.join(d, name)
+                    with contextlib.suppress(OSError):
+                        s = os.lstat(p)
+                        hit = s.st_nlink > 1 and self.bad_pool.get((s.st_dev, s.st_ino))
+                        if hit:
+                            hit["links"].append(p)
+
+    def damaged(self):
+        """Whether anything found is still wrong (a container with changes too)."""
+        return any(not p["repaired"] for p in self.problems) or \
+            any(not c["clean"] for c in self.containers)
+
+    def report(self):
+        return {"full": self.full, "checked": self.counts, "problems": self.problems,
+                "containers": self.containers, "damaged": self.damaged()}
+
+
+def verify(store, refs=(), full=False, repair=False, location=None, headers=None):
+    """``vocker verify``: the whole store, or the images and containers
+    ``refs``; with ``repair`` (and a repository ``location``) fixes what it
+    can. gc waits meanwhile, so nothing vanishes while it is checked."""
+    if location is not None and not repair:
+        raise UsageError("--from is for --repair", "add --repair")
+    with store.writing():
+        v = Verifier(store, full).run(refs)
+        if repair and v.damaged():
+            v.repair(location, headers)
+    return v.report()
+
+
+###############################################################################
 # Commands ####################################################################
 ###############################################################################
 
@@ -6662,6 +7233,97 @@ def cmd_gc(store, args):
     verb = "would free" if r["dry_run"] else "freed"
     _emit(args, r, f"{verb} {human_size(r['bytes'])}: {', '.join(parts)}")
     return EXIT_OK
+
+
+#: ``vocker status``/``verify`` lines: git status --porcelain's letters
+_PORCELAIN = {"C": " M", "D": " D", "A": "??"}
+
+
+def _status_lines(r):
+    lines = [terminal_safe(f"{_PORCELAIN[c['status']]} {c['path']}") for c in r["changes"]]
+    lines += [terminal_safe(package_line(p)) for p in r["packages"]]
+    return lines
+
+
+def cmd_status(store, args):
+    r = status(store, args.path, full=args.full)
+    head = terminal_safe(f"container {r['path']}, image {short_id(r['image'])}: "
+                         + ("no changes" if r["clean"] else f"{len(r['changes'])} changed paths"))
+    lines = [head, *_status_lines(r)]
+    lines += [terminal_safe(f"warning: {rel} is linked to the store and was changed in place "
+                            "(vocker verify names every container it reaches)")
+              for rel in r["store_damage"]]
+    _emit(args, r, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_diff(store, args):
+    r = diff(store, args.a, args.b, full=args.full)
+    if args.stat:
+        lines = [terminal_safe(f"{g['group']:<48} A {g['A']:<5} C {g['C']:<5} D {g['D']:<5} "
+                               f"+{human_size(g['added'])} -{human_size(g['removed'])}")
+                 for g in r["stat"]]
+    else:
+        lines = [terminal_safe(f"{c['status']} {c['path']}") for c in r["changes"]]
+    lines += [terminal_safe(package_line(p)) for p in r["packages"]]
+    n = {k: sum(c["status"] == k for c in r["changes"]) for k in "ACD"}
+    lines.append(f"{n['A']} added, {n['C']} changed, {n['D']} deleted")
+    _emit(args, r, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_history(store, args):
+    steps = history(store, args.image)
+    lines = [f"{'IMAGE ID':<12}  {'CREATED':<20}  {'SIZE':>9}  {'STEP':<28}  TAGS"]
+    for h in steps:
+        if not h["present"]:
+            lines.append(f"{short_id(h['id']):<12}  (not in this store)")
+            continue
+        step = (f"base: {h['files']} files" if h["base"] else
+                f"+{h['added']} ~{h['changed']} -{h['deleted']} ({human_size(h['added_bytes'])})")
+        lines.append(terminal_safe(f"{short_id(h['id']):<12}  {h['created']:<20}  "
+                                   f"{human_size(h['size']):>9}  {step:<28}  "
+                                   f"{', '.join(h['tags'])}"))
+        lines += [terminal_safe(" " * 14 + package_line(p)) for p in h["packages"]]
+    _emit(args, steps, "\n".join(lines), "\n".join(h["id"] for h in steps))
+    return EXIT_OK
+
+
+def _problem_line(p):
+    where = p.get("path") or (p["id"] and short_id(p["id"])) or ""
+    text = f"{'repaired' if p['repaired'] else 'damaged'}: {p['object']} {where}: {p['problem']}"
+    if p.get("container"):
+        text += f" (container {p['container']})"
+    if p.get("links"):
+        text += f"; linked at {', '.join(p['links'][:5])}"
+        text += f" and {len(p['links']) - 5} more" if len(p["links"]) > 5 else ""
+    if p.get("how"):
+        text += f"; {p['how']}"
+    return terminal_safe(text)
+
+
+def cmd_verify(store, args):
+    r = verify(store, args.refs, full=args.full, repair=args.repair, location=args.source,
+               headers=_headers(args))
+    lines = [_problem_line(p) for p in r["problems"]]
+    for c in r["containers"]:
+        if not c["clean"]:
+            lines.append(terminal_safe(f"container {c['path']} differs from image "
+                                       f"{short_id(c['image'])}:"))
+            lines += _status_lines(c)
+    n = r["checked"]
+    left = sum(not p["repaired"] for p in r["problems"])
+    lines.append(f"checked {n['images']} images, {n['trees']} trees, {n['blobs']} blobs, "
+                 f"{n['pool_files']} pool files, {n['pyc_files']} .pyc, {n['containers']} "
+                 f"containers{' (full)' if r['full'] else ''}: "
+                 + (f"{len(r['problems'])} problems, {left} not repaired" if r["problems"]
+                    else "no damage")
+                 + "".join(f"; {c['path']} differs from its image" for c in r["containers"]
+                           if not c["clean"]))
+    if left and not args.repair:
+        lines.append("to repair: vocker verify --repair [--from REPO]")
+    _emit(args, r, "\n".join(lines))
+    return EXIT_DAMAGED if r["damaged"] else EXIT_OK
 
 
 def cmd_rm(store, args):
@@ -6914,6 +7576,34 @@ def build_parser():
              "  vocker gc --dry-run    # what it would free\n  vocker gc\n")
     sp.add_argument("-n", "--dry-run", action="store_true",
                     help="only say what would be removed and how much it frees")
+    sp = add("verify", cmd_verify, "check the store and containers; --repair fixes the store",
+             "  vocker verify                  # the whole store, fast\n"
+             "  vocker verify --full           # re-hash every object\n"
+             "  vocker verify ./web            # a container against its image\n"
+             "  vocker verify --repair --from https://example.org/repo\n")
+    sp.add_argument("refs", nargs="*", metavar="IMAGE|CONTAINER",
+                    help="only these (default: the whole store)")
+    sp.add_argument("--full", action="store_true", help="re-hash every blob, pool file, "
+                    ".pyc and container file")
+    sp.add_argument("--repair", action="store_true",
+                    help="rewrite damaged store files from packs, pool copies or --from")
+    sp.add_argument("--from", dest="source", metavar="REPO",
+                    help="repository to fetch damaged objects from (with --repair)")
+    sp.add_argument("--header", action="append", metavar="'NAME: VALUE'",
+                    help="HTTP header for --from (repeatable)")
+    sp = add("status", cmd_status, "a container's changes against its image, like git status",
+             "  vocker status ./web\n  vocker status ./web --json\n")
+    sp.add_argument("path", metavar="CONTAINER")
+    sp.add_argument("--full", action="store_true", help="read every file (trust no cache)")
+    sp = add("diff", cmd_diff, "compare two images or containers (A added, C changed, D deleted)",
+             "  vocker diff web:1.0 web:stable\n  vocker diff web:1.0 ./web --stat\n")
+    sp.add_argument("a", metavar="A", help="image or container")
+    sp.add_argument("b", metavar="B", help="image or container")
+    sp.add_argument("--stat", action="store_true", help="per package folder: counts and bytes")
+    sp.add_argument("--full", action="store_true", help="read every container file")
+    sp = add("history", cmd_history, "an image's parent chain and what each step changed",
+             "  vocker history web:1.0\n")
+    sp.add_argument("image", metavar="IMAGE")
     sp = add("rmi", cmd_rmi, "remove images (or one tag of an image)",
              "  vocker rmi web:stable\n  vocker rmi --force $(vocker images -q)    # every image\n")
     sp.add_argument("images", nargs="+", metavar="IMAGE")
@@ -6928,7 +7618,8 @@ def build_parser():
 ###############################################################################
 
 #: commands that only read the store: they work on a read-only store too
-READ_ONLY_COMMANDS = (cmd_images, cmd_inspect, cmd_ps, cmd_save, cmd_df)
+READ_ONLY_COMMANDS = (cmd_images, cmd_inspect, cmd_ps, cmd_save, cmd_df, cmd_status, cmd_diff,
+                      cmd_history, cmd_verify)
 #: the hidden names vocker stages under: ``.NAME.vocker-PID-RANDOM`` beside NAME
 _STAGE_RE = re.compile(r"(?<![^/\\])\.([^/\\]+?)\.vocker-(?:[0-9]+-)?[0-9a-f]{8}(?![0-9A-Za-z])")
 

@@ -207,7 +207,8 @@ def test_progress_only_on_request_when_not_a_terminal(plain_home, tmp_path):
 
 #: the order in which the examples of every --help run, as a user would
 HELP_ORDER = [[], ["commit"], ["create"], ["images"], ["ps"], ["tag"], ["inspect"], ["push"],
-              ["pull"], ["save"], ["load"], ["repo"], ["rm"], ["rmi"], ["df"], ["gc"]]
+              ["pull"], ["save"], ["load"], ["repo"], ["status"], ["diff"], ["history"],
+              ["verify"], ["rm"], ["rmi"], ["df"], ["gc"]]
 
 
 @posix_only("pastes each example into bash")
