@@ -1352,18 +1352,31 @@ class _StorePool:
         new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
 
     @staticmethod
-    def pool_file_damaged(path, size, executable=False):
-        """Fast check of a pool file before it is linked: True unless it is a
-        regular file of ``size`` bytes, with the fixed mtime and read-only;
-        False when it is missing (it is simply made)."""
+    def pool_file_problem(path, size, executable=False, object_id=None, full=False):
+        """What is wrong with a pool file, or None (also when it is missing:
+        it is simply made): it must be a regular file of ``size`` bytes with
+        the fixed mtime, read-only with its exact mode (Windows: read-only).
+        Its bytes are hashed against ``object_id``, if given, when ``full``
+        or when it is writable."""
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            return False
-        mode = stat.S_IMODE(st.st_mode)
-        ok_mode = not mode & 0o222 if Target.local().win else mode == (0o555 if executable else 0o444)
-        return not (stat.S_ISREG(st.st_mode) and st.st_size == size and ok_mode
-                    and st.st_mtime_ns == FIXED_MTIME * 1_000_000_000)
+            return None
+        mode, want = stat.S_IMODE(st.st_mode), 0o555 if executable else 0o444
+        writable = mode & 0o222
+        if not stat.S_ISREG(st.st_mode):
+            return "is not a regular file"
+        if st.st_size != size:
+            return f"has {st.st_size} bytes, not {size}"
+        if st.st_mtime_ns != FIXED_MTIME * 1_000_000_000:
+            return "was modified (its mtime changed)"
+        if object_id is not None and (full or writable) and _hash_file(path) != object_id:
+            return "its bytes do not match its ID"
+        if writable:
+            return "is writable" + (" (its bytes are intact)" if object_id else "")
+        if mode != want and not Target.local().win:
+            return f"has mode {mode:o}, not {want:o}"
+        return None
 
     def repair_pool(self, blob_id, executable, path, new_inodes):
         """Replace a damaged pool file by a fresh copy from its blob and forget
@@ -1417,7 +1430,7 @@ class _StorePool:
             data = f.read()
         object_id = hash_bytes(data)
         path = self.pool_path(object_id)
-        if not self.pool_file_damaged(path, len(data)) and self._same_bytes(path, data):
+        if not self.pool_file_problem(path, len(data)) and self._same_bytes(path, data):
             os.unlink(tmp)
         else:
             os.chmod(tmp, 0o444)
@@ -1466,7 +1479,7 @@ class _StorePool:
             with open(path, "rb") as f:
                 if hash_bytes(f.read(size + 1)) != pyc_id:
                     return "damaged"
-        return "damaged" if self.pool_file_damaged(path, size) else "ok"
+        return "damaged" if self.pool_file_problem(path, size) else "ok"
 
     def seal_pool(self):
         """Windows: set the read-only attribute back on every pool file that
@@ -1799,11 +1812,12 @@ class _StoreGc:
             db.execute("DELETE FROM pyc_cache WHERE pyc=?", (pyc_id,))
             db.execute("DELETE FROM pyc_files WHERE id=?", (pyc_id,))
 
+    _REPLACE_BLOB = "INSERT OR REPLACE INTO blobs(id, size, csize, pack, offset) VALUES (?,?,?,?,?)"
+
     def replace_blobs(self, rows):
         """Blobs (id, size, csize, pack, offset) now live in a new frame."""
         with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO blobs(id, size, csize, pack, offset) "
-                           "VALUES (?,?,?,?,?)", rows)
+            db.executemany(self._REPLACE_BLOB, rows)
 
     def replace_objects(self, image_id, manifest_bytes, trees, blobs):
         """Repair from a repository, every object verified by its ID: the
@@ -1813,8 +1827,7 @@ class _StoreGc:
                 db.execute("UPDATE images SET manifest=? WHERE id=?", (manifest_bytes, image_id))
             db.executemany("INSERT OR REPLACE INTO trees(id, data) VALUES (?,?)",
                            list(trees.items()))
-            db.executemany("INSERT OR REPLACE INTO blobs(id, size, csize, pack, offset) "
-                           "VALUES (?,?,?,?,?)", blobs)
+            db.executemany(self._REPLACE_BLOB, blobs)
 
     def compact(self):
         """Give the database's free pages back to the disk."""
@@ -2227,7 +2240,7 @@ class Linker:
         if size is None:
             size = store.blob_sizes([blob_id]).get(blob_id, -1)
         self.checked.add(key)
-        if store.pool_file_damaged(path, size, executable):
+        if store.pool_file_problem(path, size, executable):
             store.repair_pool(blob_id, executable, path, self.new_inodes)
             self.repaired += 1
             self.pooled.add(key)
@@ -6780,7 +6793,7 @@ class _Repairs:
         st, new_inodes = self.store, []
         for (dev, ino), p in self.bad_pool.items():
             path = os.path.join(st.home, p["path"])
-            if p["problem"].startswith("is writable"):
+            if p["problem"].startswith(("is writable (", "has mode")):
                 os.chmod(path, 0o555 if p["executable"] else 0o444)
                 p["repaired"], p["how"] = True, "made read-only again"
             elif p["object"] == "pyc":
@@ -6887,12 +6900,13 @@ class Verifier(_Repairs):
         st = self.store
         table = st.blob_table()
         self.sizes = {b: r[0] for b, r in table.items()}
-        pack_sizes = {}
-        for b in sorted(blobs - {EMPTY_ID}, key=lambda b: (str(table.get(b, ("",) * 4)[2]),
-                                                           table.get(b, (0,) * 4)[3] or 0)):
-            self.counts["blobs"] += 1
-            row = table.get(b)
-            problem = "missing" if row is None else self._frame_problem(b, row, pack_sizes)
+        pack_sizes, wanted = {}, blobs - {EMPTY_ID}
+        self.counts["blobs"] = len(wanted)
+        for b in sorted(wanted - table.keys()):
+            self.bad_blobs.add(b)
+            self._bad("blob", b, "missing", image=self.owner.get(b))
+        for b in sorted(wanted & table.keys(), key=lambda b: (table[b][2] or "", table[b][3] or 0)):
+            problem = self._frame_problem(b, table[b], pack_sizes)
             if problem:
                 self.bad_blobs.add(b)
                 self._bad("blob", b, problem, image=self.owner.get(b))
@@ -6944,22 +6958,9 @@ class Verifier(_Repairs):
                     self._pool_file("pyc", oid, path, pycs[oid], False)
 
     def _pool_file(self, what, oid, path, size, executable):
-        try:
-            s = os.lstat(path)
-        except FileNotFoundError:
-            return
-        problem = None
-        if not stat.S_ISREG(s.st_mode):
-            problem = "is not a regular file"
-        elif s.st_size != size:
-            problem = f"has {s.st_size} bytes, not {size}"
-        elif s.st_mtime_ns != FIXED_MTIME * 1_000_000_000:
-            problem = "was modified (its mtime changed)"
-        elif (self.full or s.st_mode & 0o222) and _hash_file(path) != oid:
-            problem = "its bytes do not match its ID"
-        elif s.st_mode & 0o222:
-            problem = "is writable (its bytes are intact)"
+        problem = self.store.pool_file_problem(path, size, executable, oid, self.full)
         if problem:
+            s = os.lstat(path)
             rel = os.path.relpath(path, self.store.home)
             p = self._bad(what, oid, problem, path=rel, executable=executable, links=[])
             self.bad_pool[(s.st_dev, s.st_ino)] = p
