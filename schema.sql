@@ -108,3 +108,13 @@ CREATE TABLE IF NOT EXISTS pending_creates (
     ino      INTEGER,         --   inode and mtime (kept by the rename)
     mtime_ns INTEGER
 ) WITHOUT ROWID;
+
+-- Where an image can be fetched again: the repositories and archives it was
+-- pulled from or pushed to. Only the blobs of such an image keep their pool
+-- copy alone, without a compressed frame (the frame is the repair source for
+-- a pool file changed through a container's hardlink).
+CREATE TABLE IF NOT EXISTS image_sources (
+    image    TEXT NOT NULL,
+    location TEXT NOT NULL,
+    PRIMARY KEY (image, location)
+) WITHOUT ROWID;

@@ -73,6 +73,8 @@ EMPTY_ID = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
 #: mtime of every pool file and every materialized source file; timestamp
 #: ``.pyc`` files compiled against it are valid in every container.
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
+#: ``blobs.pack`` of a blob whose one copy is its pool file (no compressed frame)
+POOL_ONLY = "pool"
 ZSTD_LEVEL = 3
 MAX_META = 256 << 20          # largest .trees/.blobs/index file accepted from outside
 MAX_MANIFEST = 1 << 20        # largest image manifest
@@ -1253,6 +1255,11 @@ class _StoreBlobs:
 
     def read_blob(self, blob_id):
         """Return a blob's bytes, verified against its ID."""
+        size, _, pack, _ = self.blob_row(blob_id)
+        if pack == POOL_ONLY:
+            parts = []
+            self.stream_pooled(blob_id, size, parts.append)
+            return b"".join(parts)
         size, f, csize = self.open_blob(blob_id)
         with f:
             cdata = f.read()
@@ -1262,7 +1269,12 @@ class _StoreBlobs:
 
     def extract_blob(self, blob_id, dest):
         """Decompress a blob to ``dest`` (streaming), verifying it as a
-        complete frame (:func:`verify_frame`)."""
+        complete frame (:func:`verify_frame`), or copy a pool-only one."""
+        size, _, pack, _ = self.blob_row(blob_id)
+        if pack == POOL_ONLY:
+            with open(dest, "wb") as fout:
+                self.stream_pooled(blob_id, size, fout.write)
+            return
         size, fin, csize = self.open_blob(blob_id)
         with fin, open(dest, "wb") as fout:
             verify_frame(blob_id, size, fin, csize, out=fout.write)
@@ -1272,9 +1284,10 @@ class _StoreBlobs:
         return dict(self._select_in("SELECT id, size FROM blobs WHERE id IN ({q})", blob_ids))
 
     def present_blobs(self, blob_ids, framed=False):
-        """The given blob IDs the store has (``framed``: with a frame; a row
-        of csize 0, left by older versions, is not a blob)."""
-        sql = "SELECT id FROM blobs WHERE id IN ({q})" + (" AND csize > 0" if framed else "")
+        """The given blob IDs the store has (``framed``: with a frame or a
+        pool-only copy; a row of csize 0, left by older versions, is not a blob)."""
+        sql = "SELECT id FROM blobs WHERE id IN ({q})" + (
+            f" AND (csize > 0 OR pack = '{POOL_ONLY}')" if framed else "")
         return {r[0] for r in self._select_in(sql, blob_ids)}
 
     def has_blob(self, blob_id):
@@ -1377,6 +1390,41 @@ class _StorePool:
         if mode != want and not Target.local().win:
             return f"has mode {mode:o}, not {want:o}"
         return None
+
+    def pool_copies(self, blob_id):
+        """[(path, executable)] of the pool files of a blob (any mode or generation)."""
+        d = os.path.dirname(self.pool_path(blob_id))
+        try:
+            names = sorted(os.listdir(d))
+        except FileNotFoundError:
+            return []
+        return [(os.path.join(d, n), bool(m[2])) for n in names
+                if (m := _POOL_NAME_RE.match(n)) and m[1] == blob_id]
+
+    def pool_copy(self, blob_id, size):
+        """The first pool file of a blob that passes the fast check and hashes right, or None."""
+        for path, executable in self.pool_copies(blob_id):
+            if not self.pool_file_problem(path, size, executable, blob_id, full=True) \
+                    and os.path.lexists(path):
+                return path
+        return None
+
+    def stream_pooled(self, blob_id, size, write):
+        """The bytes of a pool-only blob to ``write``, from an intact pool
+        file, hashed again as they are read."""
+        path = self.pool_copy(blob_id, size)
+        h = blake3.blake3()
+        if path is not None:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) |
+                         getattr(os, "O_BINARY", 0))
+            with open(fd, "rb") as f:
+                for chunk in iter(lambda: f.read(CHUNK), b""):
+                    h.update(chunk)
+                    write(chunk)
+        if path is None or h.hexdigest() != blob_id:
+            exc = IntegrityError("blob", blob_id, "its one copy, a pool file, was changed")
+            exc.hint = "run vocker verify --repair --from REPO, with a repository holding its image"
+            raise exc
 
     def repair_pool(self, blob_id, executable, path, new_inodes):
         """Replace a damaged pool file by a fresh copy from its blob and forget
@@ -1689,7 +1737,26 @@ class _StoreImages:
         """Forget an image and its tags (its trees and blobs stay)."""
         with self.transaction() as db:
             db.execute("DELETE FROM tags WHERE image=?", (image_id,))
+            db.execute("DELETE FROM image_sources WHERE image=?", (image_id,))
             db.execute("DELETE FROM images WHERE id=?", (image_id,))
+
+    def add_image_sources(self, rows):
+        """Rows (image, location): where each image can be fetched again."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO image_sources(image, location) VALUES (?,?)",
+                           rows)
+
+    def image_sources(self, image_id=None):
+        """Locations image ``image_id`` can be fetched from again; without
+        it, {image: [location]} of every image that has one."""
+        if image_id is not None:
+            return [r[0] for r in self._all("SELECT location FROM image_sources WHERE image=? "
+                                            "ORDER BY location", (image_id,))]
+        out = {}
+        for image, location in self._all("SELECT image, location FROM image_sources "
+                                         "ORDER BY location"):
+            out.setdefault(image, []).append(location)
+        return out
 
     def add_image(self, image_id, manifest_bytes, trees, blobs, tags=(), source=None,
                   base_exe=None):
@@ -1772,11 +1839,14 @@ class _StoreGc:
                 out.append(path)
         return out
 
-    def repacked(self, pack_id, moved, dead):
-        """Blobs ``moved`` ({blob: offset}) now live in pack ``pack_id``; ``dead`` ones are gone."""
+    def repacked(self, pack_id, moved, dead, pooled=()):
+        """Blobs ``moved`` ({blob: offset}) now live in pack ``pack_id``;
+        ``dead`` ones are gone; ``pooled`` ones keep only their pool copy."""
         with self.transaction() as db:
             db.executemany("UPDATE blobs SET pack=?, offset=? WHERE id=?",
                            [(pack_id, off, b) for b, off in moved.items()])
+            db.executemany(f"UPDATE blobs SET pack='{POOL_ONLY}', csize=0, offset=NULL "
+                           "WHERE id=?", [(b,) for b in pooled])
             db.executemany("DELETE FROM blobs WHERE id=?", [(b,) for b in dead])
 
     def forget(self, trees=(), blobs=(), pyc_sources=(), pyc_files=(), inodes=(), stats=()):
@@ -2079,13 +2149,15 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs, _StoreGc):
             yield
 
     @contextlib.contextmanager
-    def collecting(self):
-        """Held by gc alone: no commit, create, pull or load runs meanwhile."""
+    def collecting(self, wait=None):
+        """Held by gc alone: no commit, create, pull or load runs meanwhile
+        (``wait``: seconds to wait for them, default GC_WAIT)."""
+        wait = self.GC_WAIT if wait is None else wait
         if self.readonly:
             raise self.read_only_error()
         busy = ConflictError(f"the store at {self.home} is in use (commit, create, pull or load)",
-                             f"retry when they have finished (waited {self.GC_WAIT} s)")
-        with self._lock.hold(True, self.GC_WAIT, busy):
+                             f"retry when they have finished (waited {wait} s)")
+        with self._lock.hold(True, wait, busy):
             yield
 
     @contextlib.contextmanager
@@ -4063,9 +4135,12 @@ class _Contents:
                         _unlink_quiet(path)
                         break
                 self.store.drop_pool_inode(dev, ino)
+                only = self.store.blob_row(blob)[2] == POOL_ONLY
                 self.warnings.append(
                     f"{rel} was changed in place while hardlinked to the store; the store's "
-                    "copy was dropped (other containers made with hardlinks see the change)")
+                    "copy was dropped (other containers made with hardlinks see the change)"
+                    + ("; it was the only copy here: run vocker verify --repair --from REPO"
+                       if only else ""))
 
     def _content(self, job, data):
         """Normalize, hash and store bytes of one file."""
@@ -4948,6 +5023,10 @@ def create(store, image, path, link_mode="auto", python=None, compile=True, prog
                 target, checkpoint)
     with store.writing():
         run = c.run()
+    if store.image_sources(image_id):
+        with contextlib.suppress(ConflictError):  # busy: a later gc drops them
+            with store.collecting(wait=0):
+                drop_pooled_frames(store, {b for b, _ in c.linker.pooled})
     result = {**run, **find_container(store, c.path)}  # the container object's shape
     result["seconds"] = round(time.monotonic() - t0, 3)
     return result
@@ -5129,7 +5208,7 @@ class Collector:
 
     def __init__(self, store):
         self.store, self.freed, self.counts = store, 0, dict.fromkeys(
-            ("trees", "blobs", "packs", "repacked", "pool_files", "pyc_files", "tmp"), 0)
+            ("trees", "blobs", "packs", "repacked", "pool_files", "pyc_files", "tmp", "frames"), 0)
 
     def plan(self):
         st = self.store
@@ -5141,6 +5220,7 @@ class Collector:
         for b, (_, _, pack, _) in self.blobs.items():
             by_pack.setdefault(pack, [set(), set()])[b in self.dead].add(b)
         self.loose_dead = by_pack.pop(None, [set(), set()])[1]
+        self.pool_dead = by_pack.pop(POOL_ONLY, [set(), set()])[1]  # their files are victims
         self.dead_packs = {p for p, (alive, _) in by_pack.items() if not alive}
         self.mixed = {p: parts for p, parts in by_pack.items() if parts[0] and parts[1]}
         self.orphan_packs = {n[:-5] for n in os.listdir(st.packs_dir)  # only vocker's names
@@ -5176,8 +5256,8 @@ class Collector:
         for pack, (alive, dead) in sorted(self.mixed.items()):
             self._repack(pack, alive, dead)
         st = self.store
-        st.forget(self.dead_trees, self.loose_dead | {b for b in self.dead
-                                                       if self.blobs[b][2] in self.dead_packs},
+        st.forget(self.dead_trees, self.loose_dead | self.pool_dead |
+                  {b for b in self.dead if self.blobs[b][2] in self.dead_packs},
                   self.dead_sources, self.dead_pycs,
                   [(v.st_dev, v.st_ino) for _, v in victims], self.stats)
         st.close_packs()
@@ -5218,15 +5298,7 @@ class Collector:
     def _repack(self, pack, alive, dead):
         """Copy the live frames of ``pack`` into a new pack, record it, drop the old."""
         st = self.store
-        w, moved = st.pack_writer(), {}
-        try:
-            for b in sorted(alive, key=lambda b: self.blobs[b][3]):
-                size, f, csize = st.open_blob(b)
-                moved[b] = w.append_stream(lambda write, f=f, n=csize: _copy_exactly(f, n, write))
-            new = w.finish()
-        except BaseException:
-            w.abort()
-            raise
+        new, moved = _copy_frames(st, alive, self.blobs)
         st.repacked(new, moved, dead)
         st.close_packs()
         with contextlib.suppress(OSError):
@@ -5250,6 +5322,55 @@ class Collector:
 
     def report(self, dry_run):
         return {"dry_run": dry_run, "bytes": self.freed, **self.counts}
+
+
+def _copy_frames(store, blobs, table):
+    """The frames of ``blobs`` copied into one new pack: -> (its ID, {blob: offset})."""
+    w, moved = store.pack_writer(), {}
+    try:
+        for b in sorted(blobs, key=lambda b: (table[b][2] or "", table[b][3] or 0)):
+            size, f, csize = store.open_blob(b)
+            moved[b] = w.append_stream(lambda write, f=f, n=csize: _copy_exactly(f, n, write))
+        new = w.finish()
+    except BaseException:
+        w.abort()
+        raise
+    return new, moved
+
+
+def drop_pooled_frames(store, blob_ids, dry_run=False):
+    """One copy of each byte: a blob of ``blob_ids`` whose pool file hashes
+    right keeps no compressed frame beside it. Its loose file goes; its pack
+    goes once all its blobs are pooled, or is repacked without them when they
+    are at least half its bytes (else a later gc does it). Rows change before
+    files go: a kill leaves a working store, at worst with an orphan pack that
+    gc removes. Callers pass only blobs of images that a repository or archive
+    holds too (``image_sources``): that copy repairs a pool file changed
+    through a container's hardlink. Held under gc's lock.
+    -> (frames dropped, compressed bytes)."""
+    st, table, members = store, store.blob_table(), {}
+    for b, row in table.items():
+        members.setdefault(row[2], []).append(b)
+    want = {b for b in set(blob_ids) - {EMPTY_ID}
+            if b in table and table[b][2] != POOL_ONLY and table[b][1] > 0}
+    count = freed = 0
+    for pack in sorted({table[b][2] for b in want}, key=str):
+        group = sorted(members[pack] if pack is not None else want & set(members[None]))
+        drop = {b for b in group if b in want and st.pool_copy(b, table[b][0])}
+        keep = [] if pack is None else [b for b in group if b not in drop]
+        gain = sum(table[b][1] for b in drop)
+        if not drop or gain < sum(table[b][1] for b in keep):
+            continue
+        count, freed = count + len(drop), freed + gain
+        if dry_run:
+            continue
+        new, moved = _copy_frames(st, keep, table) if keep else (None, {})
+        st.repacked(new, moved, (), pooled=drop)
+        st.close_packs()
+        for path in [st.blob_path(b) for b in drop] if pack is None else [st.pack_path(pack)]:
+            with contextlib.suppress(OSError):
+                _remove_read_only(path)
+    return count, freed
 
 
 def _copy_exactly(f, n, write):
@@ -5339,7 +5460,12 @@ def gc(store, dry_run=False):
     only say what that would free). Waits for running commits, creates,
     pulls and loads; they wait for it."""
     with store.collecting():
-        return Collector(store).plan().run(dry_run).report(dry_run)
+        c = Collector(store).plan().run(dry_run)
+        roots = [store.manifest(i).root for i in store.image_sources() if store.has_image(i)]
+        c.counts["frames"], freed = drop_pooled_frames(store, live_objects(store, roots)[1],
+                                                       dry_run)
+        c.freed += freed
+        return c.report(dry_run)
 
 
 ###############################################################################
@@ -6225,8 +6351,11 @@ def _append_verified(store, writer, blob_id):
     (streamed): a damaged local copy never leaves the store. -> (size, offset, csize)"""
     if blob_id == EMPTY_ID:  # whatever the store recorded for it
         return 0, writer.append(EMPTY_FRAME), len(EMPTY_FRAME)
-    size, f, csize = store.open_blob(blob_id)
     try:
+        size, _, pack, _ = store.blob_row(blob_id)
+        if pack == POOL_ONLY:
+            return _append_pooled(store, writer, blob_id, size)
+        size, f, csize = store.open_blob(blob_id)
         with f:
             offset = writer.append_stream(
                 lambda write: verify_frame(blob_id, size, f, csize, sink=write))
@@ -6235,6 +6364,24 @@ def _append_verified(store, writer, blob_id):
         exc.hint = "pull or commit the image holding that file again, or remove it (vocker rmi)"
         raise
     return size, offset, csize
+
+
+def _append_pooled(store, writer, blob_id, size):
+    """Compress a pool-only blob from its pool file into ``writer`` (hashed
+    as it is read). -> (size, offset, csize)"""
+    cobj, out = _cctx().compressobj(size=size), [0]
+
+    def fill(write):
+        def put(chunk):
+            data = cobj.compress(chunk)
+            out[0] += len(data)
+            write(data)
+        store.stream_pooled(blob_id, size, put)
+        data = cobj.flush()
+        out[0] += len(data)
+        write(data)
+    offset = writer.append_stream(fill)
+    return size, offset, out[0]
 
 
 def _send_blobs(store, repo, missing, have, good):
@@ -6256,10 +6403,12 @@ def _send_blobs(store, repo, missing, have, good):
     return sent
 
 
-def push(store, refs, repo, progress=None):
+def push(store, refs, repo, progress=None, record=True):
     """Copy images (and the tags named) into a repository folder. Every blob
     sent is verified as it is read; a blob the repository lists is skipped only
-    after its frame there was verified (a bad or missing one is sent again)."""
+    after its frame there was verified (a bad or missing one is sent again).
+    ``record``: the store notes that the repository holds them (save notes
+    its archive instead)."""
     if re.match(r"(?i)https?://", repo):
         raise UsageError("push goes to a folder or a share, not to an HTTP URL",
                          "push to the folder your web server serves")
@@ -6295,6 +6444,8 @@ def push(store, refs, repo, progress=None):
             if tag:
                 index["tags"][tag] = image_id
         target.write("index.json", index_bytes(index))
+    if record:
+        _record_sources(store, [image_id for image_id, _ in wanted], target.root)
     return {"repository": target.root, "images": pushed, "bytes": sent}
 
 
@@ -6315,6 +6466,17 @@ def _resolve_remote(src, ref, index):
     return hits[0], None
 
 
+def _location_key(location):
+    """How the store records a repository or archive: a URL as given, a path absolute."""
+    return location if re.match(r"(?i)https?://", location) else os.path.abspath(location)
+
+
+def _record_sources(store, image_ids, location):
+    """Note that ``location`` holds these images (a read-only store notes nothing)."""
+    if not store.readonly:
+        store.add_image_sources([(i, _location_key(location)) for i in image_ids])
+
+
 def pull(store, location, refs, headers=None, progress=None):
     """Fetch images from a repository or archive, verifying every object."""
     src = open_source(location, headers)
@@ -6328,6 +6490,7 @@ def pull(store, location, refs, headers=None, progress=None):
                 image_id, tag = _resolve_remote(src, ref, index)
                 one = _pull_one(store, src, image_id, tag, progress)
                 results.append({**image_info(store, image_id), **one})
+            _record_sources(store, [r["id"] for r in results], location)
         return {"source": location, "images": results, "bytes": src.bytes,
                 "requests": src.requests}
     finally:
@@ -6488,7 +6651,7 @@ def save(store, refs, out):
     stage = os.path.join(os.path.dirname(out),
                          f".{os.path.basename(out)}.vocker-{uuid.uuid4().hex[:8]}")
     try:
-        result = push(store, refs, stage)
+        result = push(store, refs, stage, record=False)
         tmp = out + f".tmp-{uuid.uuid4().hex[:8]}"
         try:
             with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -6510,6 +6673,7 @@ def save(store, refs, out):
             raise
     finally:
         rmtree(stage)
+    _record_sources(store, [i["id"] for i in result["images"]], out)
     return {"file": out, "images": result["images"], "size": os.path.getsize(out)}
 
 
@@ -6697,6 +6861,10 @@ def _hash_file(path):
     return h.hexdigest()
 
 
+#: pool file problems that leave its bytes intact: ``chmod`` mends them
+_SEALABLE = ("is writable (", "has mode")
+
+
 class _Repairs:
     """``verify --repair``: the fixes of what :class:`Verifier` found."""
 
@@ -6716,35 +6884,15 @@ class _Repairs:
                 p["repaired"], p["how"] = True, how
 
     def _frames_from_pool(self):
-        """A damaged or lost frame whose pool copy hashes right: compressed
-        again from that copy into a new pack."""
-        st, found = self.store, {}
-        damaged = {p["path"] for p in self.bad_pool.values()}
-        for b in sorted(self.bad_blobs):
-            for executable, gen in [(x, g) for x in (False, True) for g in range(4)]:
-                path = st.pool_path(b, executable, gen)
-                if os.path.relpath(path, st.home) in damaged or not os.path.isfile(path):
-                    continue
-                if _hash_file(path) == b:
-                    found[b] = path
-                    break
-        if not found:
-            return
-        writer, rows = st.pack_writer(), []
-        try:
-            for b, path in found.items():
-                with open(path, "rb") as f:
-                    data = f.read()  # pool files hash right: they hold the blob
-                cdata = _cctx().compress(data)
-                rows.append((b, len(data), len(cdata), None, writer.append(cdata)))
-            pack_id = writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
-        st.replace_blobs([(b, size, csize, pack_id, off) for b, size, csize, _, off in rows])
+        """A damaged or lost frame whose pool copy hashes right: that copy is
+        its one copy from now on (a later create or gc holds only it anyway)."""
+        st = self.store
+        found = [b for b in sorted(self.bad_blobs) if b in self.sizes
+                 and st.pool_copy(b, self.sizes[b])]
+        st.replace_blobs([(b, self.sizes[b], 0, POOL_ONLY, None) for b in found])
         for b in found:
             self.bad_blobs.discard(b)
-            self._mark("blob", b, "compressed again from its pool copy")
+            self._mark("blob", b, "its intact pool copy is kept as its one copy")
 
     def _from_repository(self, location, headers):
         st = self.store
@@ -6793,7 +6941,7 @@ class _Repairs:
         st, new_inodes = self.store, []
         for (dev, ino), p in self.bad_pool.items():
             path = os.path.join(st.home, p["path"])
-            if p["problem"].startswith(("is writable (", "has mode")):
+            if p["problem"].startswith(_SEALABLE):
                 os.chmod(path, 0o555 if p["executable"] else 0o444)
                 p["repaired"], p["how"] = True, "made read-only again"
             elif p["object"] == "pyc":
@@ -6900,6 +7048,7 @@ class Verifier(_Repairs):
         st = self.store
         table = st.blob_table()
         self.sizes = {b: r[0] for b, r in table.items()}
+        self.pool_only = {b: r[2] == POOL_ONLY for b, r in table.items()}
         pack_sizes, wanted = {}, blobs - {EMPTY_ID}
         self.counts["blobs"] = len(wanted)
         for b in sorted(wanted - table.keys()):
@@ -6914,6 +7063,9 @@ class Verifier(_Repairs):
     def _frame_problem(self, b, row, pack_sizes):
         size, csize, pack, offset = row
         st = self.store
+        if pack == POOL_ONLY:  # its pool file is checked with the pool
+            return None if st.pool_copies(b) else "its one copy here, a pool file, is missing" \
+                + self._held(b)
         if csize <= 0:
             return "has no compressed frame"
         path = st.blob_path(b) if pack is None else st.pack_path(pack)
@@ -6964,6 +7116,18 @@ class Verifier(_Repairs):
             rel = os.path.relpath(path, self.store.home)
             p = self._bad(what, oid, problem, path=rel, executable=executable, links=[])
             self.bad_pool[(s.st_dev, s.st_ino)] = p
+            if what == "pool" and self.pool_only.get(oid) and oid not in self.bad_blobs \
+                    and not problem.startswith(_SEALABLE) \
+                    and self.store.pool_copy(oid, size) is None:
+                self.bad_blobs.add(oid)
+                self._bad("blob", oid, "its one copy here, a pool file, was changed"
+                          + self._held(oid), image=self.owner.get(oid))
+
+    def _held(self, blob):
+        """"; LOCATION holds it": where the image needing ``blob`` came from or went."""
+        image = self.owner.get(blob)
+        held = self.store.image_sources(image) if image else []
+        return f"; {held[0]} holds it" if held else ""
 
     def _container(self, path):
         self.counts["containers"] += 1
@@ -7230,7 +7394,8 @@ def cmd_gc(store, args):
     r = gc(store, dry_run=args.dry_run)
     parts = [f"{r['blobs']} blobs", f"{r['trees']} trees",
              f"{r['packs']} packs ({r['repacked']} repacked)", f"{r['pool_files']} pool files",
-             f"{r['pyc_files']} .pyc", f"{r['tmp']} leftovers"]
+             f"{r['pyc_files']} .pyc", f"{r['tmp']} leftovers",
+             f"{r['frames']} frames of pooled files"]
     verb = "would free" if r["dry_run"] else "freed"
     _emit(args, r, f"{verb} {human_size(r['bytes'])}: {', '.join(parts)}")
     return EXIT_OK

@@ -323,3 +323,111 @@ def test_two_stores_of_one_home_in_one_process_share_the_lock(tmp_path):
         assert probe.stdout.strip() == "busy", probe.stderr
     with vocker.Store(home) as b:
         assert vocker.gc(b)["blobs"] == 0
+
+
+# ------------------------------------------------------------------ one copy of each byte
+
+def _frames(home, image_id):
+    """(pool-only file blobs, framed file blobs, framed template blobs) of an image."""
+    with vocker.Store(str(home)) as store:
+        table = store.blob_table()
+        entries = image_entries(store, image_id).values()
+    files = {e.ref for e in entries if e.type in vocker.FILE_TYPES} - {vocker.EMPTY_ID}
+    templates = {e.ref for e in entries if e.type in vocker.TEMPLATE_TYPES}
+    pooled = {b for b in files if table[b][2] == vocker.POOL_ONLY}
+    return pooled, files - pooled, {b for b in templates if table[b][2] != vocker.POOL_ONLY}
+
+
+@pytest.fixture
+def pushed(tmp_path, wheelhouse):
+    """vockdemo + vockbig committed as web:1 and pushed to repo/; container c1."""
+    home, repo = tmp_path / "home", tmp_path / "repo"
+    venv = make_venv(main_python(), tmp_path / "env", ["vockdemo==1.0", "vockbig"],
+                     wheelhouse=wheelhouse)
+    image = cli("commit", str(venv), "-q", "-t", "web:1", home=home, check=True).stdout.strip()
+    assert cli("push", "web:1", str(repo), home=home).returncode == 0
+    cli("create", "web:1", str(tmp_path / "c1"), home=home, check=True)
+    return home, repo, image, tmp_path
+
+
+def test_a_committed_image_never_pushed_keeps_its_frames(tmp_path, wheelhouse):
+    home = tmp_path / "home"
+    venv = make_venv(main_python(), tmp_path / "env", ["vockdemo==1.0"], wheelhouse=wheelhouse)
+    image = cli("commit", str(venv), "-q", home=home, check=True).stdout.strip()
+    cli("create", image, str(tmp_path / "c1"), home=home, check=True)
+    pooled, framed, _ = _frames(home, image)
+    assert not pooled and len(framed) > 50      # nothing else could repair the pool
+    assert json.loads(cli("gc", "--json", home=home, check=True).stdout)["frames"] == 0
+    cli("push", image, str(tmp_path / "repo"), home=home, check=True)
+    r = json.loads(cli("gc", "--json", home=home, check=True).stdout)
+    assert r["frames"] == len(framed) and r["bytes"] > 0
+    assert _frames(home, image)[1] == set()
+    assert cli("verify", "--full", home=home).returncode == 0
+
+
+def test_after_create_a_pushed_image_keeps_one_copy_and_still_works(pushed):
+    home, repo, image, base = pushed
+    pooled, framed, templates = _frames(home, image)
+    assert len(pooled) > 50 and framed == set() and templates
+    packs = sum(os.path.getsize(home / "packs" / n) for n in os.listdir(home / "packs"))
+    pool = _disk_usage(home / "pool")
+    assert packs < 0.01 * pool, (packs, pool)          # only the templates' frames are left
+    assert cli("verify", "--full", home=home).returncode == 0
+    cli("create", "web:1", str(base / "c2"), "--link-mode", "copy", home=home, check=True)
+    with vocker.Store(str(home)) as store:
+        assert _readable(store, image) > 50
+    # push and save compress from the pool; what arrives is the same image
+    assert cli("push", "web:1", str(base / "repo2"), home=home).returncode == 0
+    assert cli("save", "web:1", "-o", str(base / "a.tar"), home=home).returncode == 0
+    for src in (base / "repo2", base / "a.tar"):
+        home2 = base / ("h-" + src.name)
+        verb = ["pull", str(src), "web:1"] if src.is_dir() else ["load", str(src)]
+        cli(*verb, home=home2, check=True)
+        cli("create", "web:1", str(base / ("c-" + src.name)), home=home2, check=True)
+        again = cli("commit", str(base / ("c-" + src.name)), "-q", home=home2, check=True)
+        assert again.stdout.strip() == image
+
+
+def test_an_edit_of_the_one_copy_is_named_and_repaired_from_the_repository(pushed):
+    home, repo, image, base = pushed
+    f = next(p for p in (base / "c1").rglob("m05.py"))
+    rel = f.relative_to(base / "c1").as_posix()
+    os.chmod(f, 0o644)                              # what root (or Windows' attribute) allows
+    with open(f, "ab") as out:
+        out.write(b"# edited through the hardlink\n")
+    p = cli("verify", "--json", home=home)
+    r = json.loads(p.stdout)
+    assert p.returncode == vocker.EXIT_DAMAGED
+    assert {q["object"] for q in r["problems"]} == {"pool", "blob"}
+    blob = next(q for q in r["problems"] if q["object"] == "blob")
+    assert str(repo) in blob["problem"] and blob["image"] == image
+    pool = next(q for q in r["problems"] if q["object"] == "pool")
+    assert pool["links"] == [str(base / "c1" / rel)]
+    # nothing local holds it: create refuses, in one line, and says how to repair
+    c = cli("create", "web:1", str(base / "c2"), home=home)
+    assert c.returncode == vocker.IntegrityError.exit_code and c.stderr.count("\n") == 1
+    assert "verify --repair --from" in c.stderr and not (base / "c2").exists()
+    assert cli("verify", "--repair", home=home).returncode == vocker.EXIT_DAMAGED
+    p = cli("verify", "--repair", "--from", str(repo), "--json", home=home)
+    assert p.returncode == 0, p.stdout
+    assert cli("verify", "--full", home=home).returncode == 0
+    cli("create", "web:1", str(base / "c3"), home=home, check=True)
+    assert b"edited through" not in (base / "c3" / rel).read_bytes()
+    assert cli("commit", str(base / "c3"), "-q", home=home, check=True).stdout.strip() == image
+
+
+def test_a_lost_pool_file_of_a_pool_only_blob_is_named(pushed):
+    home, repo, image, base = pushed
+    cli("rm", str(base / "c1"), home=home, check=True)
+    victim = next(p for p in (home / "pool").rglob("*") if p.is_file()
+                  and p.stat().st_size > 1000 and not p.name.endswith(".x"))
+    os.chmod(victim, 0o644)
+    victim.unlink()
+    p = cli("verify", "--json", home=home)
+    r = json.loads(p.stdout)
+    assert p.returncode == vocker.EXIT_DAMAGED
+    assert [(q["object"], q["id"]) for q in r["problems"]] == [("blob", victim.name)]
+    assert "missing" in r["problems"][0]["problem"]
+    assert cli("verify", "--repair", "--from", str(repo), home=home).returncode == 0
+    cli("create", "web:1", str(base / "c2"), home=home, check=True)
+    assert cli("verify", "--full", home=home).returncode == 0
