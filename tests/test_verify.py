@@ -9,21 +9,21 @@ import subprocess
 import pytest
 
 import vocker
-from conftest import (WINDOWS, cli, image_entries, main_python, make_venv, venv_python,
+from conftest import (cli, image_entries, main_python, make_venv, venv_python,
                       venv_site_packages)
 
-# Not yet run under the Windows lane: these tests came in the last minutes of a
-# session, with no time left for a Wine run (next step of issue 10).
-pytestmark = pytest.mark.skipif(WINDOWS, reason="verify/status/diff not yet checked under "
-                                "Windows (issue 10, next session)")
+@pytest.fixture(scope="module")
+def src_venv(tmp_path_factory, wheelhouse):
+    """A pip venv with vockdemo 1.0, made once (the tests change only containers)."""
+    return make_venv(main_python(), tmp_path_factory.mktemp("verify") / "src",
+                     ["vockdemo==1.0"], wheelhouse=wheelhouse)
 
 
 @pytest.fixture
-def env(tmp_path, wheelhouse):
-    """A pip venv with vockdemo 1.0 committed as web:1, containers c1 and c2."""
+def env(tmp_path, src_venv):
+    """The venv committed as web:1 into a new store, containers c1 and c2."""
     home = tmp_path / "home"
-    make_venv(main_python(), tmp_path / "src", ["vockdemo==1.0"], wheelhouse=wheelhouse)
-    cli("commit", str(tmp_path / "src"), "-t", "web:1", home=home, check=True)
+    cli("commit", str(src_venv), "-t", "web:1", home=home, check=True)
     for c in ("c1", "c2"):
         cli("create", "web:1", str(tmp_path / c), home=home, check=True)
     return home, tmp_path

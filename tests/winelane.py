@@ -31,6 +31,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -334,3 +335,21 @@ def setup_lane(cache=CACHE):
         raise
     log(f"ready in {time.monotonic() - t0:.1f} s: {version}")
     return lane
+
+
+_shared = {}
+_shared_lock = threading.Lock()
+
+
+def shared_lane(cache=CACHE):
+    """The one lane of this process, set up by its first caller (any thread);
+    later callers get the same lane, or the same LaneUnavailable."""
+    with _shared_lock:
+        if "lane" not in _shared and "error" not in _shared:
+            try:
+                _shared["lane"] = setup_lane(cache)
+            except LaneUnavailable as e:
+                _shared["error"] = e
+        if "error" in _shared:
+            raise _shared["error"]
+        return _shared["lane"]
