@@ -255,6 +255,7 @@ def test_gc_while_commits_and_creates_run_loses_nothing(tmp_path):
         vocker.commit(store, _plain(tmp_path / "base", {f"b{j}": b"base %d\n" % j * 300
                                                         for j in range(30)}),
                       kind="plain", tags=["base:1"])
+        vocker.push(store, ["base:1"], str(tmp_path / "repo"))  # creates drop its frames
         for old in range(3):   # garbage for gc to find meanwhile
             gone = vocker.commit(store, _plain(tmp_path / f"old{old}", {"x": b"old %d" % old}),
                                  kind="plain")["id"]
@@ -273,6 +274,11 @@ def test_gc_while_commits_and_creates_run_loses_nothing(tmp_path):
         for image in images:
             assert _readable(store, image["id"]) >= 20 or image["tags"] == ["base:1"]
         vocker.gc(store)
+        r = vocker.verify(store, full=True)
+        assert not r["damaged"] and r["checked"]["images"] == len(images), r["problems"][:3]
+        base = {e.ref for e in image_entries(store, store.resolve_image("base:1")).values()
+                if e.type in vocker.FILE_TYPES}
+        assert {store.blob_table()[b][2] for b in base} == {vocker.POOL_ONLY}
         for image in images:   # every image is still complete, and creatable
             vocker.create(store, image["id"], tmp_path / "check" / image["short_id"])
 

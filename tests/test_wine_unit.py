@@ -7,7 +7,9 @@ lane runs).  A test that needs a POSIX fact skips and names it (conftest's
 ``posix_only``, ``needs_symlinks``, ``make_names``); the Wine lane's own tests
 skip there (they drive Wine from Linux).  Any failure under Windows fails this
 test, with pytest's summary lines; the whole output is kept in
-``build/wine/unit-tests.txt``.
+``build/wine/unit-tests.txt``. It is the longest test by far, so it starts as
+soon as the suite is collected (conftest) and runs beside the Linux tests on
+the second core; the test only waits for it.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def _windows_run():
         lane = winelane.shared_lane()
         lane.install_test_requirements()
         _run["result"] = lane.py("-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
-                                 "--tb=short", winpath(winelane.REPO / "tests"),
+                                 "--tb=short", "-n", str(winelane.WORKERS),
+                                 winpath(winelane.REPO / "tests"),
                                  cwd=winelane.REPO, timeout=TIMEOUT)
     except winelane.LaneUnavailable as e:
         _run["skip"] = str(e)

@@ -179,11 +179,19 @@ def build_pyz(out):
     return out
 
 
+#: pytest-xdist runs the Windows tests in WORKERS processes: a Wine process
+#: waits on wineserver more than it computes (14 min instead of 16 seen, with
+#: more tests, on a loaded 2-core machine)
+XDIST = ["pytest-xdist==3.8.0", "execnet==2.1.2"]
+WORKERS = 3
+
+
 def unit_test_requirements():
     """What the unit tests import under the Windows python: the versions this
-    Linux lane runs (colorama: pytest's console on Windows)."""
+    Linux lane runs (colorama: pytest's console on Windows), and XDIST."""
     from importlib.metadata import version
-    return [f"{n}=={version(n)}" for n in ("pytest", "blake3", "zstandard")] + ["colorama"]
+    return [f"{n}=={version(n)}" for n in ("pytest", "blake3", "zstandard")] + \
+        ["colorama", *XDIST]
 
 
 def fetch_test_wheels(cache):
