@@ -63,8 +63,8 @@ class Soak:
         self.run("commit", _write(self.base / "base-src", _files(self.files, "base")),
                  "--kind", "plain", "-t", "base:1", "-q")
         self.run("push", "base:1", self.repo)
-        for what in COMMANDS:
-            self._prepare(what)
+        for what in COMMANDS * 2:   # the second run is timed: the first does more
+            self._prepare(what)         # (a create drops the pushed image's frames)
             t0 = time.monotonic()
             self.run(*self._args(what))
             self.took[what] = time.monotonic() - t0
