@@ -1088,6 +1088,38 @@ class PackWriter:
             _unlink_quiet(self.tmp)
 
 
+def _lock_range(fd, exclusive, start, length):
+    """An OS record lock on ``length`` bytes of ``fd`` at ``start``, without
+    waiting: False when another process holds it (``fcntl.lockf``, shared or
+    exclusive; Windows: ``msvcrt.locking``, always exclusive)."""
+    try:
+        if os.name == "nt":  # the host, whatever rules a test picks
+            import msvcrt  # here: each exists on one platform only
+            os.lseek(fd, start, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, length)
+        else:
+            import fcntl  # here: each exists on one platform only
+            flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+            fcntl.lockf(fd, flags, length, start)
+        return True
+    except OSError as exc:
+        held = (errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EDEADLK))
+        if exc.errno in held or (os.name == "nt" and not exc.errno):  # Wine's CRT: errno 0
+            return False
+        raise
+
+
+def _unlock_range(fd, start, length):
+    with contextlib.suppress(OSError):
+        if os.name == "nt":  # the host, whatever rules a test picks
+            import msvcrt  # here: each exists on one platform only
+            os.lseek(fd, start, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, length)
+        else:
+            import fcntl  # here: each exists on one platform only
+            fcntl.lockf(fd, fcntl.LOCK_UN, length, start)
+
+
 class _StoreLock:
     """Writers (commit, create, pull, load) share the store; gc holds it alone.
 
@@ -1144,19 +1176,8 @@ class _StoreLock:
 
     def _try(self, exclusive, start, length):
         try:
-            if os.name == "nt":  # the host, whatever rules a test picks
-                import msvcrt  # here: each exists on one platform only
-                os.lseek(self.fd, start, os.SEEK_SET)
-                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, length)
-            else:
-                import fcntl  # here: each exists on one platform only
-                flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
-                fcntl.lockf(self.fd, flags, length, start)
-            return True
+            return _lock_range(self.fd, exclusive, start, length)
         except OSError as exc:
-            held = (errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EDEADLK))
-            if exc.errno in held or (os.name == "nt" and not exc.errno):
-                return False
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
             if exclusive:  # writers go on without it; gc cannot know it runs alone
@@ -1165,13 +1186,8 @@ class _StoreLock:
             return True
 
     def _give(self):
-        start, length = self.range
-        with contextlib.suppress(OSError):
-            if os.name == "nt":  # the host, whatever rules a test picks
-                import msvcrt  # here: each exists on one platform only
-                os.lseek(self.fd, start, os.SEEK_SET)
-                msvcrt.locking(self.fd, msvcrt.LK_UNLCK, length)
-        os.close(self.fd)   # POSIX: closing releases the process's record locks
+        _unlock_range(self.fd, *self.range)
+        os.close(self.fd)   # POSIX: closing releases the process's record locks anyway
         self.fd = None
 
 
@@ -6243,34 +6259,6 @@ def index_bytes(index):
 _LOCK_GUARD = threading.Lock()  # POSIX record locks are per process: one holder per process
 
 
-def _try_lock(fd):
-    try:
-        if WINDOWS:
-            import msvcrt  # here: each exists on one platform only
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl  # here: each exists on one platform only
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as exc:
-        held = (errno.EACCES, errno.EAGAIN, getattr(errno, "EDEADLOCK", errno.EDEADLK))
-        if exc.errno in held or (WINDOWS and not exc.errno):  # Wine's CRT leaves errno 0
-            return False
-        raise
-
-
-def _unlock(fd):
-    with contextlib.suppress(OSError):
-        if WINDOWS:
-            import msvcrt  # here: each exists on one platform only
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl  # here: each exists on one platform only
-            fcntl.lockf(fd, fcntl.LOCK_UN)
-
-
 @contextlib.contextmanager
 def repo_lock(root, timeout=120):
     """Exclusive lock for updating index.json: an OS lock (fcntl.lockf, which
@@ -6285,14 +6273,14 @@ def repo_lock(root, timeout=120):
     try:
         fd = repo.open_lock()
         try:
-            while not _try_lock(fd):
+            while not _lock_range(fd, True, 0, 1):
                 if time.monotonic() > deadline:
                     raise busy
                 time.sleep(0.02)
             try:
                 yield
             finally:
-                _unlock(fd)
+                _unlock_range(fd, 0, 1)
         finally:
             os.close(fd)
     finally:
