@@ -28,6 +28,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import sqlite3
 import stat
@@ -4669,6 +4670,23 @@ def _create_dead(row, host):
     return started is not None and started > row["started"] + 2
 
 
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """Ctrl+C (SIGINT) inside the block takes effect when it ends: what the
+    block does is done whole. Main thread only (elsewhere: no change)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def _remove_leftover(store, row):
     """Remove what an interrupted create left: its staging folder, and PATH
     if it is still that folder (same inode and mtime); then forget the row."""
@@ -4842,19 +4860,27 @@ class Creator:
         try:
             self.checkpoint("pending")
             self._build(stage, *plan)
-            if os.path.lexists(self.path):
-                raise ConflictError(f"{self.path} appeared while it was being created")
-            os.rename(stage, self.path)
         except BaseException:
-            with contextlib.suppress(OSError):
-                rmtree(stage)
-            with contextlib.suppress(sqlite3.Error):
-                self.store.drop_pending_create(self.path, stage)
+            self._abandon(stage)
             raise
         finally:
             self.progress.close()
-        self.checkpoint("renamed")
-        return self._record(stage)
+        with _ctrl_c_deferred():  # the rename and its record: both, or neither
+            try:
+                if os.path.lexists(self.path):
+                    raise ConflictError(f"{self.path} appeared while it was being created")
+                os.rename(stage, self.path)
+            except BaseException:
+                self._abandon(stage)
+                raise
+            self.checkpoint("renamed")
+            return self._record(stage)
+
+    def _abandon(self, stage):
+        with contextlib.suppress(OSError):
+            rmtree(stage)
+        with contextlib.suppress(sqlite3.Error):
+            self.store.drop_pending_create(self.path, stage)
 
     def _stage_path(self):
         """A new staging folder's path beside the target (leftovers of dead
