@@ -408,6 +408,16 @@ def uv_cache_dir(tmp_path_factory) -> pathlib.Path:
     return d
 
 
+def pytest_collection_finish(session):
+    """The Windows run of this suite (tests/test_wine_unit.py) takes longest:
+    it starts now, beside the other tests, on the second core."""
+    for item in session.items:
+        start = getattr(getattr(item, "module", None), "start_in_background", None)
+        if start is not None and not WINDOWS:
+            start()
+            break
+
+
 @pytest.fixture(scope="session")
 def lane():
     """The Windows lane (tests/winelane.py), set up once; skips with its one reason."""

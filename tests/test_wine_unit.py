@@ -7,13 +7,9 @@ lane runs).  A test that needs a POSIX fact skips and names it (conftest's
 ``posix_only``, ``needs_symlinks``, ``make_names``); the Wine lane's own tests
 skip there (they drive Wine from Linux).  Any failure under Windows fails this
 test, with pytest's summary lines; the whole output is kept in
-``build/wine/unit-tests.txt``. It is the longest test by far: pytest-xdist
-runs it in ``winelane.WORKERS`` Windows processes.
-
-Started beside the Linux tests (at collection, 2026-12-03) it cut the suite
-from 24 to 22 minutes, but twice a Linux test's child process then ignored
-SIGINT (test_cli's interrupted create, while this lane was being set up):
-cause not found, so it runs last again.
+``build/wine/unit-tests.txt``. It is the longest test by far, so it starts as
+soon as the suite is collected (conftest) and runs beside the Linux tests on
+the second core; the test only waits for it.
 """
 
 from __future__ import annotations
@@ -40,7 +36,9 @@ _run = {}  # "thread"; then "result" (rc, out, err), "skip" (a reason) or "error
 
 
 def start_in_background():
-    """Start the Windows run in a thread (twice is once); the test waits for it."""
+    """Start the Windows run now (conftest calls this once the tests are
+    collected): it goes on beside the Linux tests, on the second core, and
+    the test below waits for it. Twice is once."""
     if "thread" not in _run:
         _run["thread"] = threading.Thread(target=_windows_run, name="windows-run", daemon=True)
         _run["thread"].start()
