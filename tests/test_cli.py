@@ -160,7 +160,12 @@ def test_interrupted_create_leaves_no_partial_directory(sig, demo_image, tmp_pat
     parent.mkdir()
     target = parent / "env"
     cmd = [*vocker_cmd(), "--home", str(home), "create", image, str(target), "--link-mode", "copy"]
-    proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # a user's Ctrl+C reaches a process whose SIGINT is the default; a job that
+    # bash started in the background (no job control) would pass on "ignored"
+    default_sigint = {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)} \
+        if sig == signal.SIGINT else {}
+    proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            **default_sigint)
     assert _wait_for_stage(parent, "env", proc), "create finished before it could be interrupted"
     time.sleep(0.05)
     proc.send_signal(sig) if sig else proc.kill()
