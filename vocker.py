@@ -4673,8 +4673,10 @@ def _create_dead(row, host):
 @contextlib.contextmanager
 def _ctrl_c_deferred():
     """Ctrl+C (SIGINT) inside the block takes effect when it ends: what the
-    block does is done whole. Main thread only (elsewhere: no change)."""
-    if threading.current_thread() is not threading.main_thread():
+    block does is done whole. Main thread only, and only where Ctrl+C is
+    not ignored already (elsewhere: no change)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     caught = []
