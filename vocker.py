@@ -1431,13 +1431,9 @@ class _StorePool:
         file, hashed again as they are read."""
         path = self.pool_copy(blob_id, size)
         h = blake3.blake3()
-        if path is not None:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) |
-                         getattr(os, "O_BINARY", 0))
-            with open(fd, "rb") as f:
-                for chunk in iter(lambda: f.read(CHUNK), b""):
-                    h.update(chunk)
-                    write(chunk)
+        for chunk in _file_chunks(path) if path is not None else ():
+            h.update(chunk)
+            write(chunk)
         if path is None or h.hexdigest() != blob_id:
             exc = IntegrityError("blob", blob_id, "its one copy, a pool file, was changed")
             exc.hint = "run vocker verify --repair --from REPO, with a repository holding its image"
@@ -6867,13 +6863,18 @@ def history(store, ref):
     return steps
 
 
+def _file_chunks(path):
+    """A file's bytes in CHUNK pieces, opened without following a link."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb") as f:
+        yield from iter(lambda: f.read(CHUNK), b"")
+
+
 def _hash_file(path):
     """BLAKE3 of a file's bytes, read in chunks (no link followed)."""
     h = blake3.blake3()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
-    with open(fd, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
+    for chunk in _file_chunks(path):
+        h.update(chunk)
     return h.hexdigest()
 
 
