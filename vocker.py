@@ -143,7 +143,8 @@ exit codes:
   6    system problem (read-only or full disk, permissions, link mode)
   7    no matching Python interpreter
   8    repository unreachable (network, HTTP error, access denied)
-  9    verify found damage, or a container that differs from its image
+  9    verify found damage, a container differs from its image, or audit did not
+       reproduce an image
   130  interrupted
 """
 
@@ -241,6 +242,24 @@ class NetworkError(VockerError):
     def __init__(self, url, detail, hint="check the address and the connection, then retry"):
         super().__init__(f"cannot fetch {url}: {detail}", hint)
         self.url = url
+
+
+class BuildError(InvalidInputError):
+    """A recipe step failed: ``step`` is its recipe line (``INSTALL req.txt``)."""
+
+    def __init__(self, step, detail, hint=None):
+        super().__init__(f"{step}: {detail}", hint)
+        self.step = step
+
+
+class WheelHashError(InvalidInputError):
+    """A wheel's sha256 is not one its lock pins."""
+
+    def __init__(self, pin, detail):
+        super().__init__(f"refused {pin}: its wheel's sha256 is not the one the lock pins "
+                         f"({detail})", "the wheel was changed or the lock is stale: "
+                         "lock it again, or fetch the wheel the lock names")
+        self.pin = pin
 
 
 ###############################################################################
@@ -768,6 +787,8 @@ class Manifest:
             check_id(obj["parent"], "parent image")
         if obj["python"] is not None:
             check_python_facts(obj["python"])
+        if obj["recipe"] is not None:
+            Recipe.check(obj["recipe"])
         if not isinstance(obj["pyvenv"], dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in obj["pyvenv"].items()):
             raise InvalidInputError("image manifest has a malformed 'pyvenv' field")
@@ -828,6 +849,341 @@ def check_link_template(rel, tpl):
         raise InvalidInputError(f"symlink {rel} points outside the environment",
                                 "a link may point only inside the environment, "
                                 "or be bin/python* -> the base interpreter")
+
+
+###############################################################################
+# Objects: recipes and locks ##################################################
+###############################################################################
+
+#: a distribution's name and exact version (PEP 508, PEP 440 characters)
+DIST_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
+DIST_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+WHEEL_NAME_RE = re.compile(r"[A-Za-z0-9_.+!-]{1,240}\.whl")
+#: a PEP 508 marker in the characters markers use: no pip option fits in it
+MARKER_RE = re.compile(r"(?!.*--)[A-Za-z0-9_.'\"<>=!~ ()*+,/-]{1,400}")
+INSTALLER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+ -]{0,63}")
+PYTHON_WANT_RE = re.compile(r"[0-9]{1,2}(\.[0-9]{1,3}){0,2}")
+MAX_RECIPE_TEXT = 64 << 10     # bytes of recipe text an image records
+MAX_RECIPE_ITEMS = 50_000      # steps, wheels, copied files and words, all told
+MAX_LOCK = 16 << 20            # largest requirements file or pylock.toml read
+RECIPE_FILE = "Vockerfile"     # what build -f defaults to in the context
+#: recipe instructions and how many arguments each takes (0: one or more)
+RECIPE_INSTRUCTIONS = {"PYTHON": 1, "FROM": 1, "INSTALL": 1, "COPY": 2, "LABEL": 0, "RUN": 0}
+
+
+def _recipe_path(text, what):
+    """A relative POSIX path of names that validate_name accepts."""
+    if not isinstance(text, str) or not text or len(text) > 4096:
+        raise InvalidInputError(f"recipe: {what} must be a relative path")
+    for comp in text.split("/"):
+        try:
+            validate_name(comp)
+        except InvalidInputError:
+            raise InvalidInputError(f"recipe: {what} {text[:80]!r} is not a relative path "
+                                    "of plain names", "use / between names, no .. or "
+                                    "absolute paths") from None
+    return text
+
+
+def _exact(obj, keys, what):
+    if not isinstance(obj, dict) or set(obj) != set(keys):
+        raise InvalidInputError(f"image manifest has a malformed recipe{what and ' '}{what}",
+                                "it needs exactly: " + ", ".join(keys))
+    return obj
+
+
+def _rule(value, rule, what):
+    if not isinstance(value, str) or not rule.fullmatch(value):
+        raise InvalidInputError(f"image manifest has a malformed recipe {what}: "
+                                f"{str(value)[:60]!r}")
+    return value
+
+
+def _list(value, what):
+    if not isinstance(value, list):
+        raise InvalidInputError(f"image manifest has a malformed recipe {what}")
+    return value
+
+
+class Recipe:
+    """How an image was made, as its manifest records it. ``by="build"``: the
+    recipe ``text`` and its ``steps``, each input resolved to a digest (the
+    installer that ran them: ``installer``); ``by="commit"``: the
+    distributions found ``installed`` (name, version, installer, editable)."""
+
+    BUILD_KEYS = ("by", "text", "installer", "steps")
+    COMMIT_KEYS = ("by", "installed")
+    STEP_KEYS = {"python": ("op", "version"), "from": ("op", "image"),
+                 "install": ("op", "wheels"), "copy": ("op", "files"),
+                 "label": ("op", "labels"), "run": ("op", "argv")}
+
+    def __init__(self, by, text="", installer=None, steps=(), installed=()):
+        self.by, self.text, self.installer = by, text, installer
+        self.steps, self.installed = list(steps), list(installed)
+
+    def to_dict(self):
+        if self.by == "commit":
+            return {"by": "commit", "installed": self.installed}
+        return {"by": "build", "text": self.text, "installer": self.installer,
+                "steps": self.steps}
+
+    @property
+    def runs(self):
+        """The commands the recipe runs (its audit needs them deterministic)."""
+        return [s["argv"] for s in self.steps if s["op"] == "run"]
+
+    @classmethod
+    def check(cls, obj):
+        """The Recipe a manifest's ``recipe`` holds; raise unless it has
+        exactly the shape build or commit writes, within bounds."""
+        count = [0]
+
+        def items(value, what):
+            count[0] += len(_list(value, what))
+            if count[0] > MAX_RECIPE_ITEMS:
+                raise InvalidInputError("image manifest's recipe has too many items")
+            return value
+
+        if isinstance(obj, dict) and obj.get("by") == "commit":
+            _exact(obj, cls.COMMIT_KEYS, "")
+            for d in items(obj["installed"], "installed"):
+                cls._check_installed(d)
+            return cls("commit", installed=obj["installed"])
+        _exact(obj, cls.BUILD_KEYS, "")
+        if obj["by"] != "build" or not isinstance(obj["text"], str) or \
+                len(obj["text"].encode("utf-8", "surrogatepass")) > MAX_RECIPE_TEXT:
+            raise InvalidInputError("image manifest has a malformed recipe text")
+        if obj["installer"] is not None:
+            _rule(obj["installer"], INSTALLER_RE, "installer")
+        steps = items(obj["steps"], "steps")
+        if not steps:
+            raise InvalidInputError("image manifest's recipe has no steps")
+        for i, step in enumerate(steps):
+            op = step.get("op") if isinstance(step, dict) else None
+            if op not in cls.STEP_KEYS or (i == 0) != (op in ("python", "from")):
+                raise InvalidInputError("image manifest has a malformed recipe step",
+                                        "a recipe starts with its one python or from step")
+            _exact(step, cls.STEP_KEYS[op], f"{op} step")
+            getattr(cls, f"_check_{op}")(step, items)
+        return cls("build", obj["text"], obj["installer"], steps)
+
+    @staticmethod
+    def _check_installed(d):
+        _exact(d, ("name", "version", "installer", "editable"), "installed distribution")
+        _rule(d["name"], DIST_NAME_RE, "name")
+        _rule(d["version"], DIST_VERSION_RE, "version")
+        if d["installer"] is not None:
+            _rule(d["installer"], INSTALLER_RE, "installer")
+        if type(d["editable"]) is not bool:
+            raise InvalidInputError("image manifest has a malformed recipe editable flag")
+
+    @staticmethod
+    def _check_python(step, items):
+        _rule(step["version"], PYTHON_WANT_RE, "python version")
+
+    @staticmethod
+    def _check_from(step, items):
+        check_id(step["image"], "recipe base image")
+
+    @staticmethod
+    def _check_install(step, items):
+        for w in items(step["wheels"], "wheels"):
+            _exact(w, ("name", "version", "wheel", "sha256"), "wheel")
+            _rule(w["name"], DIST_NAME_RE, "wheel name")
+            _rule(w["version"], DIST_VERSION_RE, "wheel version")
+            _rule(w["wheel"], WHEEL_NAME_RE, "wheel file")
+            _rule(w["sha256"], SHA256_RE, "wheel sha256")
+
+    @staticmethod
+    def _check_copy(step, items):
+        for f in items(step["files"], "files"):
+            _exact(f, ("from", "to", "blob", "exec"), "copied file")
+            _recipe_path(f["from"], "copy source")
+            _recipe_path(f["to"], "copy destination")
+            check_id(f["blob"], "recipe copied file")
+            if type(f["exec"]) is not bool:
+                raise InvalidInputError("image manifest has a malformed recipe exec flag")
+
+    @staticmethod
+    def _check_label(step, items):
+        try:
+            check_labels(step["labels"])
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"image manifest's recipe: {exc.message}") from None
+
+    @staticmethod
+    def _check_run(step, items):
+        argv = items(step["argv"], "run command")
+        if not argv or not all(isinstance(a, str) and 0 < len(a) <= 4096 and "\0" not in a
+                               for a in argv):
+            raise InvalidInputError("image manifest has a malformed recipe run command")
+
+
+def parse_recipe_text(text, where):
+    """The instructions of a recipe file: [(line number, INSTRUCTION, [args])],
+    arguments split as a POSIX shell would. The first is its one PYTHON or FROM."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_TEXT:
+        raise InvalidInputError(f"{where} is larger than {human_size(MAX_RECIPE_TEXT)}")
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        word, _, rest = line.strip().partition(" ")
+        try:
+            args = shlex.split(rest, comments=False)
+        except ValueError as exc:
+            raise InvalidInputError(f"{where}:{n}: {exc}") from None
+        want = RECIPE_INSTRUCTIONS.get(word.upper(), -1)
+        if want < 0:
+            raise InvalidInputError(f"{where}:{n}: unknown instruction {word[:40]!r}",
+                                    "use " + ", ".join(RECIPE_INSTRUCTIONS))
+        if (want and len(args) != want) or not args:
+            raise InvalidInputError(f"{where}:{n}: {word.upper()} takes "
+                                    f"{want or 'one or more'} argument{'s' if want != 1 else ''}")
+        out.append((n, word.upper(), args))
+    bases = [i for i, (_, w, _) in enumerate(out) if w in ("PYTHON", "FROM")]
+    if bases != [0]:
+        raise InvalidInputError(f"{where}: a recipe starts with one PYTHON X.Y or FROM IMAGE "
+                                "line, and has no other")
+    return out
+
+
+def dist_key(name):
+    """A distribution name as PEP 503 compares it."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+class Pin(tuple):
+    """One locked distribution: (name, version, marker or None, [sha256])."""
+
+    __slots__ = ()
+    name, version, marker, hashes = (property(lambda s, i=i: s[i]) for i in range(4))
+
+    def __new__(cls, name, version, marker, hashes, where):
+        for value, rule, what in ((name, DIST_NAME_RE, "name"),
+                                  (version, DIST_VERSION_RE, "version")):
+            if not isinstance(value, str) or not rule.fullmatch(value):
+                raise InvalidInputError(f"{where}: malformed {what} {str(value)[:60]!r}")
+        if marker is not None and (not isinstance(marker, str)
+                                   or not MARKER_RE.fullmatch(marker)):
+            raise InvalidInputError(f"{where}: {name} has a marker vocker does not accept")
+        for h in hashes:
+            if not isinstance(h, str) or not SHA256_RE.fullmatch(h):
+                raise InvalidInputError(f"{where}: {name} has a malformed sha256 {str(h)[:70]!r}")
+        return super().__new__(cls, (name, version, marker, tuple(sorted(set(hashes)))))
+
+    def __str__(self):
+        return f"{self.name}=={self.version}"
+
+    def requirement(self):
+        """The line pip is given: hashes only, so pip checks the wheel."""
+        marker = f" ; {self.marker}" if self.marker else ""
+        return f"{self}{marker} " + " ".join(f"--hash=sha256:{h}" for h in self.hashes)
+
+
+_REQ_HEAD_RE = re.compile(rf"({DIST_NAME_RE.pattern})(?:\[[A-Za-z0-9._, -]*\])?\s*==\s*"
+                          rf"({DIST_VERSION_RE.pattern})\s*(?:;\s*(.*?))?\s*")
+_REQ_HASH_RE = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
+
+
+def read_requirements(text, where):
+    """[Pin] of a requirements file in the form hash-locking tools write:
+    ``name==version [; marker] --hash=sha256:H ...`` lines (``\\`` continues
+    a line, ``#`` starts a comment). Anything else is refused, by line."""
+    pins, logical, start = [], "", 0
+    for n, line in enumerate(text.splitlines() + [""], 1):
+        line = re.sub(r"(^|\s)#.*", "", line).rstrip()
+        if not logical:
+            start = n
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        logical, whole = "", (logical + line).strip()
+        if not whole:
+            continue
+        head, _, tail = whole.partition(" --hash")
+        m = _REQ_HEAD_RE.fullmatch(head)
+        hashes = _REQ_HASH_RE.findall("--hash" + tail) if tail else []
+        rest = _REQ_HASH_RE.sub("", "--hash" + tail).strip() if tail else ""
+        if m is None or rest:
+            raise InvalidInputError(f"{where}:{start}: only 'name==version --hash=sha256:...' "
+                                    f"lines are accepted, not {whole[:60]!r}",
+                                    "lock with hashes: uv pip compile --generate-hashes")
+        pins.append(Pin(m.group(1), m.group(2), m.group(3) or None, hashes, f"{where}:{start}"))
+    return _hashed(pins, where)
+
+
+def read_pylock(text, where):
+    """[Pin] of a PEP 751 ``pylock.toml``: each package's name, version,
+    marker and the sha256 of each of its wheels (wheels only)."""
+    import tomllib
+    try:
+        lock = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInputError(f"{where} is not valid TOML: {exc}") from None
+    version = lock.get("lock-version")
+    if not isinstance(version, str) or not version.startswith("1."):
+        raise InvalidInputError(f"{where}: lock-version {str(version)[:20]!r} is not supported",
+                                "vocker reads pylock.toml lock-version 1.x")
+    packages = lock.get("packages", [])
+    if not isinstance(packages, list):
+        raise InvalidInputError(f"{where}: packages is not an array of tables")
+    pins = []
+    for i, p in enumerate(packages):
+        if not isinstance(p, dict):
+            raise InvalidInputError(f"{where}: packages[{i}] is not a table")
+        wheels = p.get("wheels")
+        label = f"{where}: {str(p.get('name'))[:60]}"
+        if not isinstance(wheels, list) or not wheels:
+            raise InvalidInputError(f"{label} has no wheels",
+                                    "vocker installs wheels only: lock with wheels")
+        hashes = [w.get("hashes", {}).get("sha256") if isinstance(w, dict) and
+                  isinstance(w.get("hashes"), dict) else None for w in wheels]
+        pins.append(Pin(p.get("name"), p.get("version"), p.get("marker"), hashes, label))
+    return _hashed(pins, where)
+
+
+def _hashed(pins, where):
+    """``pins``, each with a hash and none twice: what a build installs."""
+    seen = set()
+    for p in pins:
+        if not p.hashes:
+            raise InvalidInputError(f"{where}: {p} has no sha256 hash",
+                                    "lock with hashes: uv pip compile --generate-hashes, "
+                                    "or pip-compile --generate-hashes")
+        key = (dist_key(p.name), p.marker)
+        if key in seen:
+            raise InvalidInputError(f"{where}: {p.name} is locked twice")
+        seen.add(key)
+    return pins
+
+
+def read_lock(path):
+    """[Pin] of a lock file: a ``pylock.toml`` (``*.toml``) or a requirements file."""
+    text = read_small_text(path, MAX_LOCK, "lock file")
+    if os.path.basename(path).lower().endswith(".toml"):
+        return read_pylock(text, os.path.basename(path))
+    return read_requirements(text, os.path.basename(path))
+
+
+def read_small_text(path, limit, what):
+    """A UTF-8 text file of at most ``limit`` bytes, opened without following
+    a symlink at its last component."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise NotFoundError(what, path) from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {what} {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidInputError(f"{what} {path} is larger than {human_size(limit)}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{what} {path} is not UTF-8 text") from None
 
 
 ###############################################################################
@@ -4287,10 +4643,12 @@ class Committer:
     ``scan``/``full``: only look (:class:`_Contents`); nothing is written."""
 
     def __init__(self, store, root, kind=None, python=None, labels=None, progress=None,
-                 target=None, scan=False, full=False):
+                 target=None, scan=False, full=False, recipe=None, parent=None):
         self.store, self.root = store, os.path.abspath(root)
         self.kind, self.python_arg = kind, python
         self.labels = dict(labels or {})
+        #: a build's recipe and base image: given, the folder's origin is not asked
+        self.recipe, self.parent = recipe, parent
         self.progress = progress or Progress("committing", enabled=False)
         self.target = target or Target.local()
         self.scan, self.full = scan or full, full
@@ -4307,7 +4665,7 @@ class Committer:
             root_id, trees = build_trees({rel: ([*(j.tree_entry() for j in f.files), *f.links],
                                                 f.subdirs)
                                           for rel, f in walker.folders.items()})
-            manifest = self._manifest(source, root_id)
+            manifest = self._manifest(source, root_id, walker.files)
             pack_id = pack.finish()
         except BaseException as exc:
             pack.abort()
@@ -4319,22 +4677,71 @@ class Committer:
         return Committed(manifest, trees, walker.files, pack_id, source.base_exe,
                          contents.warnings, contents.damaged)
 
-    def _manifest(self, source, root_id):
-        """The image's manifest; a container unchanged gives its image back,
-        changed names it as parent."""
+    def _manifest(self, source, root_id, files):
+        """The image's manifest; a container unchanged gives its image back
+        (whatever recipe that records), changed names it as parent. A venv's
+        manifest records the distributions installed in it (for audit)."""
+        recipe = self.recipe
+        if recipe is None and source.kind == "venv":
+            recipe = Recipe("commit", installed=installed_distributions(files)).to_dict()
         manifest = Manifest(source.kind, root_id, python=source.python, pyvenv=source.pyvenv,
-                            labels=self.labels)
-        if source.origin is None:
+                            labels=self.labels, parent=self.parent, recipe=recipe)
+        if source.origin is None or self.recipe is not None:
             return manifest
         try:
             origin = self.store.manifest(source.origin[0])
         except NotFoundError:
             return manifest
         manifest.labels = {**origin.labels, **self.labels}
-        if dict(origin.to_dict(), parent=None) == manifest.to_dict():
+        if dict(origin.to_dict(), parent=None, recipe=None) == dict(manifest.to_dict(),
+                                                                    recipe=None):
             return origin
         manifest.parent = source.origin[0]
         return manifest
+
+
+_DIST_INFO_FILES = ("METADATA", "INSTALLER", "direct_url.json")
+
+
+def installed_distributions(files):
+    """[{name, version, installer, editable}] of the ``*.dist-info`` folders
+    among a commit's file jobs, sorted: what audit rebuilds a commit from."""
+    found = collections.defaultdict(dict)
+    for j in files:
+        folder, _, name = j.rel.rpartition("/")
+        if folder.endswith(".dist-info") and name in _DIST_INFO_FILES:
+            found[folder][name] = j.path
+    out = []
+    for folder, paths in found.items():
+        meta = _head_text(paths.get("METADATA"), 64 << 10).replace("\r\n", "\n")
+        meta = meta.partition("\n\n")[0]
+        name = re.search(r"^Name:[ \t]*(\S+)[ \t]*$", meta, re.M)
+        version = re.search(r"^Version:[ \t]*(\S+)[ \t]*$", meta, re.M)
+        if not (name and version and DIST_NAME_RE.fullmatch(name[1])
+                and DIST_VERSION_RE.fullmatch(version[1])):
+            continue  # not a distribution audit could name
+        installer = _head_text(paths.get("INSTALLER"), 256).strip()
+        try:
+            url = read_json(_head_text(paths.get("direct_url.json"), 64 << 10).encode()
+                            or b"{}", "direct_url.json", 64 << 10)
+        except InvalidInputError:
+            url = {}
+        dir_info = url.get("dir_info") if isinstance(url, dict) else None
+        out.append({"name": name[1], "version": version[1],
+                    "installer": installer if INSTALLER_RE.fullmatch(installer) else None,
+                    "editable": isinstance(dir_info, dict) and dir_info.get("editable") is True})
+    return sorted(out, key=lambda d: (dist_key(d["name"]), d["version"], d["installer"] or ""))
+
+
+def _head_text(path, limit):
+    """Up to ``limit`` bytes of a small file as text ("" when there is none)."""
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _full_disk_error(exc, stage, target, store):
@@ -4428,16 +4835,17 @@ def _cctx():
 
 
 def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=None,
-           target=None):
+           target=None, recipe=None, parent=None):
     """Commit the environment at ``path``; returns a dict describing the image.
     ``target`` (default: this machine) says how the environment's system
-    spells it (tests: :meth:`Target.windows`)."""
+    spells it (tests: :meth:`Target.windows`); ``recipe`` and ``parent``: a
+    build's (see :class:`Recipe`)."""
     t0 = time.monotonic()
     tags = [normalize_tag(t) for t in tags]
     check_labels(dict(labels or {}))
     with store.writing():  # from the first blob found present to the image's record
         c = Committer(store, path, kind=kind, python=python, labels=labels,
-                      progress=progress, target=target).run()
+                      progress=progress, target=target, recipe=recipe, parent=parent).run()
         data = c.manifest.serialize()
         image_id = hash_bytes(data)
         with store.transaction():
@@ -5211,7 +5619,21 @@ def inspect(store, name):
     m = store.manifest(image_id).to_dict()
     created, source, size, files = store.image_row(image_id)
     return {"type": "image", **image_object(store, image_id, m, created, size, files),
-            "manifest": m, "source": source, "containers": store.containers_using(image_id)}
+            "manifest": m, "source": source, "containers": store.containers_using(image_id),
+            "audit": audit_scope(m["recipe"])}
+
+
+def audit_scope(recipe):
+    """What ``vocker audit`` can show of an image with this recipe."""
+    if recipe is None:
+        return "no recipe: it cannot be audited"
+    r = Recipe.check(recipe)
+    if r.by == "commit":
+        return ("made by commit: audit rebuilds its distributions from wheels and names "
+                "every other file")
+    if r.runs:
+        return "rebuilt from its recipe; the audit depends on its RUN commands being deterministic"
+    return "rebuilt from its recipe"
 
 
 ###############################################################################
@@ -6843,7 +7265,7 @@ def history(store, ref):
         created, _, size, files = store.image_row(image_id)
         steps.append({"id": image_id, "present": True, "created": iso_time(created),
                       "size": size, "files": files, "tags": store.tags_of(image_id),
-                      "flat": flat_image(store.tree, m.root)})
+                      "flat": flat_image(store.tree, m.root), "recipe": recipe_lines(m.recipe)})
         image_id = m.parent
     for i, step in enumerate(steps):
         if not step["present"]:
@@ -6861,6 +7283,14 @@ def history(store, ref):
     for step in steps:
         step.pop("flat", None)
     return steps
+
+
+def recipe_lines(recipe):
+    """The instructions of a built image's recipe text (history shows them)."""
+    if not recipe or recipe.get("by") != "build":
+        return []
+    return [ln.strip() for ln in recipe["text"].splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def _file_chunks(path):
@@ -7195,6 +7625,505 @@ def verify(store, refs=(), full=False, repair=False, location=None, headers=None
 
 
 ###############################################################################
+# Build and audit: recipe -> image, image -> rebuilt and compared ############
+###############################################################################
+
+#: pip as a build runs it: hermetic (no configuration, cache, sdist, or index
+#: unless one is given), pinned (hashes, no dependencies), no bytecode
+PIP_INSTALL = ("install", "--isolated", "--no-input", "--disable-pip-version-check",
+               "--no-cache-dir", "--no-deps", "--only-binary=:all:", "--progress-bar", "off")
+BUILD_STEP_TIMEOUT = 3600
+#: settings a build step never sees: pip's, uv's, Python's and a venv's
+_HERMETIC_DROP = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA", "__PYVENV")
+#: text files up to this size get a unified diff in an audit report
+AUDIT_DIFF_MAX = 64 << 10
+AUDIT_DIFF_LINES = 200
+
+
+class WheelSource:
+    """Where a build's wheels come from: folders (``--find-links``) and at
+    most one index. Never part of the recipe: the hashes pin the wheels."""
+
+    def __init__(self, find_links=(), index_url=None):
+        self.find_links = [os.path.abspath(d) for d in find_links]
+        self.index_url = index_url
+
+    def pip_args(self):
+        args = [a for d in self.find_links for a in ("--find-links", d)]
+        return args + (["--index-url", self.index_url] if self.index_url else ["--no-index"])
+
+    def __str__(self):
+        return ", ".join(self.find_links + [self.index_url or "no index"])
+
+
+def hermetic_env(env_dir=None, bindir=None):
+    """The environment a build step runs in: this one without pip's, uv's,
+    Python's or a venv's settings, no pip configuration file, a fixed
+    SOURCE_DATE_EPOCH and hash seed; ``env_dir``: that venv active."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(_HERMETIC_DROP)}
+    env.update(SOURCE_DATE_EPOCH=str(FIXED_MTIME), PYTHONHASHSEED="0",
+               PIP_CONFIG_FILE=os.devnull)
+    if env_dir:
+        env.update(VIRTUAL_ENV=env_dir, PATH=bindir + os.pathsep + env.get("PATH", ""))
+    return env
+
+
+def build_python(want, explicit=None, need=None):
+    """(exe, info) of the interpreter a build starts from: ``explicit``, else
+    the first found whose version starts with ``want`` (X.Y or X.Y.Z); an
+    audit's ``need`` (an image's python facts) must match exactly."""
+    parts = want.split(".")
+    wanted = f"{need['implementation']} {need['version']} ({need['platform']})" if need \
+        else f"Python {want}"
+
+    def fits(info):
+        return (info is not None and not info.get("in_venv")
+                and info["version"].split(".")[:len(parts)] == parts
+                and (need is None or python_facts(info) == need))
+    if explicit:
+        info = query_python(explicit)
+        if not fits(info):
+            raise PythonError(f"{explicit} is not {wanted}",
+                              "pass --python with a base interpreter of that version")
+        return info["executable"], info
+    cands, looked = discover_pythons(need["version"] if need else want)
+    for cand in cands:
+        info = query_python(cand)
+        if fits(info):
+            return info["executable"], info
+    raise PythonError(f"no {wanted} interpreter found on this machine; looked in: "
+                      + ", ".join(looked), "install it, or pass --python EXE")
+
+
+def _step_output(argv, label, cwd=None, env=None):
+    """Run a build step; its output (stdout + stderr) as text, or BuildError."""
+    try:
+        p = subprocess.run(argv, cwd=cwd, env=env or hermetic_env(), stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=BUILD_STEP_TIMEOUT)
+    except FileNotFoundError:
+        raise BuildError(label, f"{argv[0]} not found", "check the command's name") from None
+    except OSError as exc:
+        raise BuildError(label, f"cannot run {argv[0]}: {exc.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise BuildError(label, f"did not finish in {BUILD_STEP_TIMEOUT} s") from None
+    out = (p.stdout + b"\n" + p.stderr).decode("utf-8", "replace")
+    return p.returncode, out
+
+
+def _last_error(out):
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    return ((errors or lines or ["no output"])[-1])[:300]
+
+
+_PIP_HASH_RE = re.compile(r"^\s*(\S+)==(\S+) from .*?:\s*\n\s*Expected sha256 (\w+)\n"
+                          r"(?:\s*or \w+\n)*\s*Got\s+(\w+)", re.M)
+_PIP_MISSING_RE = re.compile(r"No matching distribution found for (\S+)")
+
+
+def pip_failure(out, label, wheels):
+    """The error a failed pip install stands for: a wheel whose hash is not
+    pinned (exit 5), a wheel not found (exit 3), else the step's failure."""
+    m = _PIP_HASH_RE.search(out)
+    if m:
+        return WheelHashError(f"{m[1]}=={m[2]}", f"got {m[4][:16]}…, pinned {m[3][:16]}…")
+    m = _PIP_MISSING_RE.search(out)
+    if m:
+        return NotFoundError("wheel", f"{m[1]} (in {wheels})",
+                             "put the wheel in a --find-links folder or pass --index-url")
+    return BuildError(label, f"pip failed: {_last_error(out)}")
+
+
+def read_pip_report(path, pins):
+    """[{name, version, wheel, sha256}] that pip's ``--report`` says it
+    installed, each checked against ``pins`` ([Pin]; no pins: any hash)."""
+    with open(path, "rb") as f:
+        report = read_json(f.read(MAX_LOCK + 1), "pip report", MAX_LOCK)
+    allowed = {dist_key(p.name): set(p.hashes) for p in pins}
+    out = []
+    for item in (report.get("install") if isinstance(report, dict) else None) or []:
+        try:
+            meta, info = item["metadata"], item["download_info"]
+            sha = info["archive_info"]["hashes"]["sha256"]
+            wheel = urllib.parse.unquote(urllib.parse.urlsplit(info["url"]).path).rsplit("/", 1)[-1]
+            w = {"name": meta["name"], "version": meta["version"], "wheel": wheel, "sha256": sha}
+            Recipe._check_install({"wheels": [w]}, lambda v, what: v)
+        except (KeyError, TypeError, AttributeError, InvalidInputError):
+            raise InvalidInputError("pip's install report is not in the form vocker reads",
+                                    "use pip 22.2 or later in the environment") from None
+        if pins and sha not in allowed.get(dist_key(w["name"]), ()):
+            raise WheelHashError(f"{w['name']}=={w['version']}", f"pip installed {sha[:16]}…")
+        out.append(w)
+    return sorted(out, key=lambda w: dist_key(w["name"]))
+
+
+def _walk_context(context, rel):
+    """[(relative path, absolute path)] of the files at ``rel`` in the build
+    context: a file, or a folder's files, sorted; a symlink is refused."""
+    where = os.path.join(context, *rel.split("/"))
+    path, out = context, []
+    for comp in rel.split("/"):
+        path = os.path.join(path, comp)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise NotFoundError("copy source", where, "COPY paths are relative to the "
+                                "context folder") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise InvalidInputError(f"COPY {rel}: {path} is a symlink",
+                                    "copy the file it points to into the context")
+    if stat.S_ISREG(st.st_mode):
+        return [(rel, where)]
+    if not stat.S_ISDIR(st.st_mode):
+        raise InvalidInputError(f"COPY {rel}: {where} is not a plain file or folder")
+    stack = [rel]
+    while stack:
+        d = stack.pop()
+        full = os.path.join(context, *d.split("/"))
+        for e in sorted(os.scandir(full), key=lambda e: e.name):
+            child = f"{d}/{e.name}"
+            if e.is_symlink() or not (e.is_dir() or e.is_file()):
+                raise InvalidInputError(f"COPY {rel}: {e.path} is not a plain file or folder",
+                                        "copy the file it points to into the context")
+            if e.is_dir():
+                stack.append(child)
+            else:
+                out.append((_recipe_path(child, "COPY source"), e.path))
+    return sorted(out)
+
+
+def copy_plan(context, src, dest):
+    """[(from, to)] of ``COPY SRC DEST``: a file to DEST (or into DEST/ when
+    it ends with /), a folder's files under DEST."""
+    src, into = _recipe_path(src.rstrip("/"), "COPY source"), dest.endswith("/")
+    dest = _recipe_path(dest.rstrip("/"), "COPY destination")
+    files = _walk_context(context, src)
+    if files == [(src, files[0][1])]:
+        return [(src, f"{dest}/{src.rsplit('/', 1)[-1]}" if into else dest)]
+    return [(rel, dest + rel[len(src):]) for rel, _ in files]
+
+
+def _open_in_env(env, rel, executable):
+    """A new file at ``rel`` in the venv being built, opened for writing;
+    no folder on the way is a symlink (a venv has some: they are refused)."""
+    path = env
+    for comp in rel.split("/")[:-1]:
+        path = os.path.join(path, comp)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise InvalidInputError(f"COPY to {rel}: {path} is not a plain folder",
+                                    "copy into another folder")
+    path = os.path.join(path, rel.rsplit("/", 1)[-1])
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise InvalidInputError(f"COPY to {rel}: a folder is there")
+    _unlink_quiet(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | \
+        getattr(os, "O_BINARY", 0)
+    return os.fdopen(os.open(path, flags, 0o755 if executable else 0o644), "wb")
+
+
+def copy_into_env(context, frm, env, to):
+    """Copy one context file into the venv; (its blob ID, executable)."""
+    src = os.path.join(context, *frm.split("/"))
+    st = os.lstat(src)
+    executable = not WINDOWS and bool(st.st_mode & stat.S_IXUSR)
+    h = blake3.blake3()
+    with _open_in_env(env, to, executable) as out:
+        for chunk in _file_chunks(src):
+            h.update(chunk)
+            out.write(chunk)
+    return h.hexdigest(), executable
+
+
+class Builder:
+    """Runs a recipe's actions in a fresh venv under ``work`` and commits it
+    to ``store``. ``base_store`` holds FROM images; ``python``: the
+    interpreter asked for (a path); ``need``: the exact python facts an audit
+    must match; ``allow_run``: whether RUN steps may run (audit asks)."""
+
+    def __init__(self, store, work, wheels, context, python=None, need=None,
+                 base_store=None, allow_run=True):
+        self.store, self.work, self.wheels, self.context = store, work, wheels, context
+        self.python, self.need, self.allow_run = python, need, allow_run
+        self.base_store = base_store or store
+        self.env = os.path.join(work, "env")
+        self.bindir = os.path.join(self.env, "Scripts" if WINDOWS else "bin")
+        self.env_python = os.path.join(self.bindir, "python.exe" if WINDOWS else "python")
+        self.exe, self.parent, self.installer, self.from_container = None, None, None, False
+        self.labels, self.steps = {}, []
+
+    def run(self, actions, text, tags=(), kind_commit=False):
+        """Every action, then the commit: the image's dict (see :func:`commit`)."""
+        for op, label, *args in actions:
+            getattr(self, "_" + op)(label, *args)
+        recipe = None if kind_commit else Recipe("build", text, self.installer,
+                                                 self.steps).to_dict()
+        return commit(self.store, self.env, tags, kind="venv", python=self.exe,
+                      labels=self.labels, recipe=recipe, parent=self.parent)
+
+    def close(self):
+        """Forget the FROM step's container (the folder goes with ``work``)."""
+        if self.from_container:
+            self.base_store.remove_container_row(os.path.abspath(self.env))
+
+    def _python(self, label, version):
+        self.exe, _ = build_python(version, self.python, self.need)
+        rc, out = _step_output([self.exe, "-I", "-m", "venv", self.env], label)
+        if rc:
+            raise BuildError(label, f"venv failed: {_last_error(out)}")
+        self.steps.append({"op": "python", "version": version})
+
+    def _from(self, label, ref):
+        image_id = self.base_store.resolve_image(ref)
+        m = self.base_store.manifest(image_id)
+        if m.kind != "venv":
+            raise BuildError(label, f"image {short_id(image_id)} is a {m.kind}, not a venv")
+        if self.need is not None and m.python != self.need:
+            raise BuildError(label, "the base image's Python is not the image's")
+        info = create(self.base_store, image_id, self.env, link_mode="copy",
+                      python=self.python, compile=False)
+        self.from_container, self.exe = True, (info.get("python") or {}).get("executable")
+        self.parent, self.labels = image_id, dict(m.labels)
+        self.steps.append({"op": "from", "image": image_id})
+
+    def _install(self, label, pins, hashed=True, compile=False):
+        n = len(self.steps)
+        req, report = (os.path.join(self.work, f"{name}-{n}") for name in ("req.txt", "report.json"))
+        with open(req, "w", encoding="utf-8") as f:
+            f.write("".join((p.requirement() if hashed else str(p)) + "\n" for p in pins))
+        argv = [self.env_python, "-I", "-m", "pip", *PIP_INSTALL,
+                *(["--require-hashes"] if hashed else []),
+                *([] if compile else ["--no-compile"]), "--report", report, "-r", req,
+                *self.wheels.pip_args()]
+        rc, out = _step_output(argv, label, cwd=self.work)
+        if rc:
+            raise pip_failure(out, label, self.wheels)
+        wheels = read_pip_report(report, pins if hashed else ())
+        self.installer = self.installer or self._pip_version(label)
+        self.steps.append({"op": "install", "wheels": wheels})
+
+    def _drop_pip(self, label):
+        """An audit of a venv committed without pip: pip installs, then goes."""
+        rc, out = _step_output([self.env_python, "-I", "-m", "pip", "uninstall", "--isolated",
+                                "-y", "-q", "pip"], label)
+        if rc:
+            raise BuildError(label, f"pip uninstall failed: {_last_error(out)}")
+
+    def _pip_version(self, label):
+        rc, out = _step_output([self.env_python, "-I", "-m", "pip", "--version"], label)
+        m = re.match(r"pip (\S+)", out)
+        if rc or not m or not INSTALLER_RE.fullmatch(f"pip {m[1]}"):
+            raise BuildError(label, "cannot tell the version of pip")
+        return f"pip {m[1]}"
+
+    def _copy(self, label, files):
+        if self.context is None:
+            raise NotFoundError("build context", f"{label} needs the folder it copies from",
+                                "pass it: vocker audit IMAGE --context DIR")
+        out = []
+        for frm, to in files:
+            blob, executable = copy_into_env(self.context, frm, self.env, to)
+            out.append({"from": frm, "to": to, "blob": blob, "exec": executable})
+        self.steps.append({"op": "copy", "files": out})
+
+    def _label(self, label, labels):
+        self.labels.update(labels)
+        self.steps.append({"op": "label", "labels": dict(labels)})
+
+    def _run(self, label, argv):
+        if not self.allow_run:
+            raise UsageError(f"the recipe runs a command ({label[:60]}); audit runs a "
+                             "recipe's commands only when asked", "read the recipe "
+                             "(vocker inspect IMAGE), then: vocker audit IMAGE --run")
+        exe = argv[0]
+        for name in (exe, exe + ".exe"):
+            if os.path.basename(name) == name and os.path.isfile(os.path.join(self.bindir, name)):
+                exe = os.path.join(self.bindir, name)
+                break
+        rc, out = _step_output([exe, *argv[1:]], label, cwd=self.env,
+                               env=hermetic_env(self.env, self.bindir))
+        if rc:
+            raise BuildError(label, f"exited with code {rc}: {_last_error(out)}")
+        self.steps.append({"op": "run", "argv": list(argv)})
+
+
+def recipe_actions(text, where, context, labels=None):
+    """The builder's actions for a recipe text: each line's, with every lock
+    read and every COPY expanded here (``context``: the folder they are in)."""
+    actions = []
+    for n, word, args in parse_recipe_text(text, where):
+        label = f"{where}:{n}: {word} {' '.join(args)}"[:200]
+        if word == "PYTHON":
+            if not PYTHON_WANT_RE.fullmatch(args[0]):
+                raise InvalidInputError(f"{where}:{n}: PYTHON takes a version (3.12 or 3.12.7)")
+            actions.append(("python", label, args[0]))
+        elif word == "FROM":
+            actions.append(("from", label, args[0]))
+        elif word == "INSTALL":
+            actions.append(("install", label, read_lock(os.path.join(context, args[0]))))
+        elif word == "COPY":
+            actions.append(("copy", label, copy_plan(context, *args)))
+        elif word == "LABEL":
+            actions.append(("label", label, parse_label_words(args, f"{where}:{n}")))
+        else:
+            actions.append(("run", label, args))
+    if labels:
+        actions.append(("label", "--label", dict(labels)))
+    return actions
+
+
+def parse_label_words(words, where):
+    labels = {}
+    for w in words:
+        k, eq, v = w.partition("=")
+        if not eq:
+            raise InvalidInputError(f"{where}: LABEL takes KEY=VALUE words, not {w[:40]!r}")
+        labels[k] = v
+    return check_labels(labels)
+
+
+def flags_recipe(python, lock=None, labels=None):
+    """The recipe text ``build --python X -r LOCK --label K=V`` stands for:
+    the lock named by its file name, so no local path enters the image."""
+    lines = [f"PYTHON {python}"]
+    if lock:
+        lines.append(f"INSTALL {shlex.quote(os.path.basename(lock))}")
+    lines += [f"LABEL {shlex.quote(f'{k}={v}')}" for k, v in sorted((labels or {}).items())]
+    return "\n".join(lines) + "\n"
+
+
+def build(store, text, context, wheels=None, tags=(), labels=None, python=None,
+          where="recipe"):
+    """Build the image a recipe ``text`` describes (COPY and INSTALL paths
+    relative to ``context``, wheels from ``wheels``, a :class:`WheelSource`;
+    ``python``: an interpreter's path, or a version) and returns the image's
+    dict (see :func:`commit`)."""
+    explicit = python if python and not PYTHON_WANT_RE.fullmatch(python) else None
+    actions = recipe_actions(text, where, os.path.abspath(context), labels)
+    with _work_dir(store) as work:
+        b = Builder(store, work, wheels or WheelSource(), os.path.abspath(context), explicit)
+        try:
+            return b.run(actions, text, tags)
+        finally:
+            b.close()
+
+
+@contextlib.contextmanager
+def _work_dir(store):
+    """A fresh folder for one build, in the store's tmp (gc removes a leftover)."""
+    _makedirs(store.tmp_dir)
+    work = tempfile.mkdtemp(prefix="build-", dir=store.tmp_dir)
+    try:
+        yield work
+    finally:
+        rmtree(work)
+
+
+def _audit_actions(recipe, manifest):
+    """The actions that rebuild an image from its recorded recipe, and notes
+    on what the rebuild cannot show."""
+    if recipe.by == "build":
+        out = []
+        for i, s in enumerate(recipe.steps):
+            label = f"step {i + 1}: {s['op']}"
+            arg = {"python": lambda: s["version"], "from": lambda: s["image"],
+                   "install": lambda: [Pin(w["name"], w["version"], None, [w["sha256"]], label)
+                                       for w in s["wheels"]],
+                   "copy": lambda: [(f["from"], f["to"]) for f in s["files"]],
+                   "label": lambda: s["labels"], "run": lambda: s["argv"]}[s["op"]]()
+            out.append((s["op"], label, arg))
+        notes = ["the image runs commands its audit needs to be deterministic: "
+                 + "; ".join(shlex.join(a) for a in recipe.runs)] if recipe.runs else []
+        return out, notes
+    pip = [d for d in recipe.installed if dist_key(d["name"]) == "pip"]
+    rest = [d for d in recipe.installed if dist_key(d["name"]) != "pip" and not d["editable"]]
+    notes = [f"{d['name']} {d['version']} is an editable install: no wheel rebuilds it"
+             for d in recipe.installed if d["editable"]]
+    notes += [f"{d['name']} {d['version']} was installed by {d['installer'] or 'an unknown installer'}"
+              ": the rebuild uses pip" for d in recipe.installed
+              if (d["installer"] or "") != "pip" and not d["editable"]]
+    pins = [Pin(d["name"], d["version"], None, (), "recipe") for d in rest]
+    actions = [("python", "venv", manifest.python["version"])]
+    if pins:
+        actions.append(("install", "installed distributions", pins, False, True))
+    if not pip:
+        actions.append(("drop_pip", "venv without pip"))
+    actions.append(("label", "labels", dict(manifest.labels)))
+    return actions, notes
+
+
+def audit(store, ref, wheels=None, context=None, python=None, allow_run=False):
+    """``vocker audit``: rebuild an image from the recipe it records, in a
+    fresh folder and a store of its own (nothing of the image is used or
+    run), and compare. Returns {"image", "rebuilt", "reproduced",
+    "differences", "manifest", "notes"}."""
+    image_id = store.resolve_image(ref)
+    m = store.manifest(image_id)
+    if m.recipe is None or m.kind != "venv":
+        raise InvalidInputError(f"image {short_id(image_id)} records no recipe to rebuild it from",
+                                "audit images made by vocker build, or venvs made by commit")
+    recipe = Recipe.check(m.recipe)
+    actions, notes = _audit_actions(recipe, m)
+    with _work_dir(store) as work:
+        scratch = Store(os.path.join(work, "store"))
+        b = Builder(scratch, work, wheels or WheelSource(),
+                    context and os.path.abspath(context), python, need=m.python,
+                    base_store=store, allow_run=allow_run)
+        if recipe.by == "commit":
+            b.parent = m.parent
+        try:
+            rebuilt = b.run(actions, recipe.text, kind_commit=recipe.by == "commit")
+            report = compare_images(store, image_id, scratch, rebuilt["id"])
+        finally:
+            b.close()
+            scratch.close()
+    return {**report, "notes": notes}
+
+
+def compare_images(store, image_id, other, other_id):
+    """What differs between an image and its rebuild (in ``other``): each
+    path with both blob IDs and, for small text files, a unified diff; and
+    each manifest field apart from the root."""
+    a, b = store.manifest(image_id), other.manifest(other_id)
+    fa, fb = flat_image(store.tree, a.root), flat_image(other.tree, b.root)
+    diffs = []
+    for status, rel in compare_flat(fb, fa):  # from the rebuild to the image
+        ea, eb = fa.get(rel), fb.get(rel)
+        d = {"path": rel, "status": {"A": "only in image", "D": "only in rebuild",
+                                     "C": "differs"}[status],
+             "image": ea and list(ea), "rebuilt": eb and list(eb), "diff": None}
+        if status == "C":
+            d["diff"] = _text_diff(store, ea, other, eb, rel)
+        diffs.append(d)
+    fields = [{"field": f, "image": getattr(a, f), "rebuilt": getattr(b, f)}
+              for f in Manifest.FIELDS if f != "root" and getattr(a, f) != getattr(b, f)]
+    return {"image": image_id, "rebuilt": other_id, "reproduced": image_id == other_id,
+            "differences": diffs, "manifest": fields}
+
+
+def _text_diff(store, ea, other, eb, rel):
+    """A unified diff of two small UTF-8 files (templates as stored), else None."""
+    if ea[0] in LINK_TYPES or eb[0] in LINK_TYPES:
+        return None
+    sizes = [s.blob_sizes([e[1]]).get(e[1], AUDIT_DIFF_MAX + 1) for s, e in
+             ((store, ea), (other, eb))]
+    if max(sizes) > AUDIT_DIFF_MAX:
+        return None
+    try:
+        texts = [s.read_blob(e[1]).decode("utf-8") for s, e in ((store, ea), (other, eb))]
+    except UnicodeDecodeError:
+        return None
+    if any("\0" in t for t in texts):
+        return None
+    lines = list(difflib.unified_diff(texts[1].splitlines(True), texts[0].splitlines(True),
+                                      f"rebuilt/{rel}", f"image/{rel}"))
+    if len(lines) > AUDIT_DIFF_LINES:
+        lines = lines[:AUDIT_DIFF_LINES] + [f"... {len(lines) - AUDIT_DIFF_LINES} more lines\n"]
+    return "".join(ln if ln.endswith("\n") else ln + "\n" for ln in lines)
+
+
+###############################################################################
 # Commands ####################################################################
 ###############################################################################
 
@@ -7301,18 +8230,78 @@ def _explain_missing(store, exc):
     exc.hint = "; ".join(hints) or exc.hint
 
 
-def cmd_commit(store, args):
+def _labels(args):
     labels = {}
     for item in args.label or ():
         k, sep, v = item.partition("=")
         if not sep or not k:
             raise UsageError(f"bad label {item!r}", "use --label KEY=VALUE")
         labels[k] = v
+    return labels
+
+
+def cmd_commit(store, args):
     r = commit(store, args.path, tags=args.tag or (), kind=args.kind, python=args.python,
-               labels=labels, progress=_progress(args, "committing"))
+               labels=_labels(args), progress=_progress(args, "committing"))
     _warn(args, r["warnings"])
     _emit(args, r, r["id"], r["id"])
     return EXIT_OK
+
+
+def _wheels(args):
+    return WheelSource(args.find_links or (), args.index_url)
+
+
+def cmd_build(store, args):
+    labels = _labels(args)
+    if args.file:
+        if args.requirements:
+            raise UsageError("-r goes in the recipe with -f", "write INSTALL LOCK in the recipe")
+        text = read_small_text(args.file, MAX_RECIPE_TEXT, "recipe")
+        context = args.context or os.path.dirname(os.path.abspath(args.file))
+        where = os.path.basename(args.file)
+    elif args.python:
+        if args.context:
+            raise UsageError("CONTEXT goes with -f RECIPE", "vocker build -f RECIPE CONTEXT")
+        version = args.python
+        if not PYTHON_WANT_RE.fullmatch(version):  # an interpreter: its X.Y
+            info = query_python(version)
+            if info is None:
+                raise PythonError(f"cannot run the interpreter {version}")
+            version = ".".join(info["version"].split(".")[:2])
+        text, labels = flags_recipe(version, args.requirements, labels), None
+        context = os.path.dirname(os.path.abspath(args.requirements or "x"))
+        where = "recipe"
+    else:
+        raise UsageError("build needs -f RECIPE, or --python X.Y [-r LOCK]",
+                         "see vocker build --help")
+    r = build(store, text, context, _wheels(args), args.tag or (), labels, args.python, where)
+    _emit(args, r, r["id"], r["id"])
+    return EXIT_OK
+
+
+def _audit_lines(r):
+    if r["reproduced"]:
+        lines = [f"reproduced {r['image']}"]
+    else:
+        lines = [f"not reproduced: image {r['image']} rebuilt as {r['rebuilt']}"]
+    for d in r["differences"]:
+        ids = [e and (e[1][:SHORT_ID_LEN] if e[0] not in LINK_TYPES else "symlink")
+               for e in (d["image"], d["rebuilt"])]
+        lines.append(f"{d['status']}: {d['path']} (image {ids[0] or '-'}, "
+                     f"rebuilt {ids[1] or '-'})")
+        lines += ["    " + ln for ln in (d["diff"] or "").splitlines()]
+    for f in r["manifest"]:
+        lines.append(f"manifest {f['field']}: image {_json_text(f['image'], None)[:200]}, "
+                     f"rebuilt {_json_text(f['rebuilt'], None)[:200]}")
+    return [terminal_safe(ln) for ln in lines] + [terminal_safe("note: " + n)
+                                                   for n in r["notes"]]
+
+
+def cmd_audit(store, args):
+    r = audit(store, args.image, _wheels(args), args.context, args.python, args.run)
+    _emit(args, r, "\n".join(_audit_lines(r)), r["rebuilt"])
+    return EXIT_OK if r["reproduced"] else EXIT_DAMAGED
 
 
 def cmd_create(store, args):
@@ -7467,6 +8456,7 @@ def cmd_history(store, args):
         lines.append(terminal_safe(f"{short_id(h['id']):<12}  {h['created']:<20}  "
                                    f"{human_size(h['size']):>9}  {step:<28}  "
                                    f"{', '.join(h['tags'])}"))
+        lines += [terminal_safe(" " * 14 + ln) for ln in h["recipe"]]
         lines += [terminal_safe(" " * 14 + package_line(p)) for p in h["packages"]]
     _emit(args, steps, "\n".join(lines), "\n".join(h["id"] for h in steps))
     return EXIT_OK
@@ -7664,6 +8654,12 @@ def _global_options(parser, default):
                         help="print JSON for scripts, errors too (docs/json.md)")
 
 
+def _wheel_options(sp):
+    sp.add_argument("--find-links", action="append", metavar="DIR",
+                    help="a folder of wheels (repeatable)")
+    sp.add_argument("--index-url", metavar="URL", help="a package index (default: none)")
+
+
 def build_parser():
     fmt = argparse.RawDescriptionHelpFormatter
     p = _Parser(prog="vocker", formatter_class=fmt,
@@ -7697,6 +8693,32 @@ def build_parser():
     sp.add_argument("--kind", choices=KINDS, help="venv, standalone or plain (default: detect)")
     sp.add_argument("--python", metavar="EXE", help="the venv's base interpreter, if it moved")
     sp.add_argument("--label", action="append", metavar="KEY=VALUE", help="add a label")
+
+    sp = add("build", cmd_build, "build an image from a recipe, or from a Python and a lock",
+             "  vocker build --python 3.12 -r requirements.txt --find-links wheels -t app:1\n"
+             "  vocker build -f Vockerfile --find-links wheels -t app:2 .\n")
+    sp.add_argument("context", nargs="?", metavar="CONTEXT",
+                    help="folder the recipe's INSTALL and COPY paths are in (default: the "
+                         "recipe's folder)")
+    sp.add_argument("-f", "--file", metavar="RECIPE", help="the recipe (docs/recipe.md)")
+    sp.add_argument("--python", metavar="X.Y[.Z]|EXE",
+                    help="without -f: the Python version (or interpreter) to build on; with "
+                         "-f: the interpreter to use for the recipe's PYTHON line")
+    sp.add_argument("-r", "--requirements", metavar="LOCK",
+                    help="without -f: a requirements file with --hash pins, or a pylock.toml")
+    _wheel_options(sp)
+    sp.add_argument("-t", "--tag", action="append", metavar="NAME[:TAG]", help="tag the image")
+    sp.add_argument("--label", action="append", metavar="KEY=VALUE", help="add a label")
+    sp = add("audit", cmd_audit, "rebuild an image from the recipe it records and compare",
+             "  vocker audit app:1 --find-links wheels\n"
+             "  vocker audit app:2 --find-links wheels --context . --json\n")
+    sp.add_argument("image", metavar="IMAGE")
+    _wheel_options(sp)
+    sp.add_argument("--context", metavar="DIR", help="the folder the recipe's COPY files are in")
+    sp.add_argument("--python", metavar="EXE", help="the interpreter to rebuild with (it must "
+                    "be the image's exact Python)")
+    sp.add_argument("--run", action="store_true",
+                    help="run the recipe's RUN commands (they come from the image)")
 
     sp = add("create", cmd_create, "make a new environment (container) from an image",
              "  vocker create web:1.0 ./web\n  vocker create web:1.0 ./web-copy --link-mode copy\n"

@@ -1,7 +1,9 @@
 """The real `vocker` entry point: exit codes, one-line errors, --json, atomicity."""
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -39,7 +41,8 @@ def _one_line_error(p, code):
 def test_help_and_version(tmp_path):
     p = cli("--help", home=tmp_path)
     assert p.returncode == 0 and "exit codes:" in p.stdout
-    for command in ("commit", "create", "images", "ps", "tag", "rmi", "rm", "inspect", "gc", "df"):
+    for command in ("commit", "build", "audit", "create", "images", "ps", "tag", "rmi", "rm",
+                    "inspect", "gc", "df"):
         assert command in p.stdout
         sub = cli(command, "--help", home=tmp_path)
         assert sub.returncode == 0 and "examples:" in sub.stdout and "vocker " + command in sub.stdout
@@ -214,16 +217,23 @@ def test_progress_only_on_request_when_not_a_terminal(plain_home, tmp_path):
 
 
 #: the order in which the examples of every --help run, as a user would
-HELP_ORDER = [[], ["commit"], ["create"], ["images"], ["ps"], ["tag"], ["inspect"], ["push"],
+HELP_ORDER = [[], ["commit"], ["build"], ["audit"], ["create"], ["images"], ["ps"], ["tag"], ["inspect"], ["push"],
               ["pull"], ["save"], ["load"], ["repo"], ["status"], ["diff"], ["history"],
               ["verify"], ["rm"], ["rmi"], ["df"], ["gc"]]
 
 
 @posix_only("pastes each example into bash")
-def test_help_examples_are_true(tmp_path):
+def test_help_examples_are_true(tmp_path, wheelhouse):
     """Every example of every --help, pasted into a shell in this order, works."""
     py = main_python()
     subprocess.run([py, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    shutil.copytree(wheelhouse, tmp_path / "wheels")  # what build's examples name
+    whl = tmp_path / "wheels" / "vockdemo-1.0-py3-none-any.whl"
+    (tmp_path / "requirements.txt").write_text(
+        f"vockdemo==1.0 --hash=sha256:{hashlib.sha256(whl.read_bytes()).hexdigest()}\n")
+    (tmp_path / "app.py").write_text("print('app')\n")
+    (tmp_path / "Vockerfile").write_text("PYTHON 3.12\nINSTALL requirements.txt\n"
+                                         "COPY app.py app/\n")
     env = clean_env({"VOCKER_HOME": str(tmp_path / "home")})
     env["PATH"] = os.path.dirname(vocker_cmd()[0]) + os.pathsep + env["PATH"]
     ran = []

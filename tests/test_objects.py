@@ -393,10 +393,77 @@ def test_manifest_parse_round_trips():
     assert m.labels["owner"] == "Zo\u00eb"
 
 
-def test_manifest_with_parent_and_recipe_round_trips():
-    m = Manifest("plain", EMPTY_HASH, parent=MANIFEST_ID, recipe={"steps": ["pip install x"]})
+SHA = "ab" * 32
+WHEEL = {"name": "vockdemo", "version": "1.0", "wheel": "vockdemo-1.0-py3-none-any.whl",
+         "sha256": SHA}
+COPIED = {"from": "app/main.py", "to": "app/main.py", "blob": TREE_ID, "exec": False}
+BUILD_RECIPE = {"by": "build", "text": "PYTHON 3.12\nINSTALL req.txt\n", "installer": "pip 24.2",
+                "steps": [{"op": "python", "version": "3.12"},
+                          {"op": "install", "wheels": [WHEEL]},
+                          {"op": "copy", "files": [COPIED]},
+                          {"op": "label", "labels": {"team": "data"}},
+                          {"op": "run", "argv": ["python", "-c", "pass"]}]}
+COMMIT_RECIPE = {"by": "commit", "installed": [
+    {"name": "pip", "version": "24.2", "installer": "pip", "editable": False}]}
+
+
+@pytest.mark.parametrize("recipe", [BUILD_RECIPE, COMMIT_RECIPE, None], ids=["build", "commit", "none"])
+def test_manifest_with_parent_and_recipe_round_trips(recipe):
+    m = Manifest("venv", EMPTY_HASH, python=PYTHON_INFO, parent=MANIFEST_ID, recipe=recipe)
     again = Manifest.parse(m.serialize(), m.id)
     assert again.to_dict() == m.to_dict()
+
+
+def _recipe(*path_and_value, base=BUILD_RECIPE):
+    """BUILD_RECIPE with the item at ``path`` set to value (... removes it)."""
+    obj = json.loads(json.dumps(base))
+    *path, value = path_and_value
+    parent = obj
+    for key in path[:-1]:
+        parent = parent[key]
+    if value is ...:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return obj
+
+
+BAD_RECIPES = [
+    pytest.param({"steps": ["pip install x"]}, id="free-form"),
+    pytest.param(_recipe("by", "docker"), id="by-unknown"),
+    pytest.param(_recipe("text", ...), id="no-text"),
+    pytest.param(_recipe("text", "x" * (65 << 10)), id="text-too-long"),
+    pytest.param(_recipe("installer", "pip\n--index-url x"), id="installer-newline"),
+    pytest.param(_recipe("steps", []), id="no-steps"),
+    pytest.param(_recipe("steps", 0, "op", "install"), id="first-not-base"),
+    pytest.param(_recipe("steps", 2, {"op": "from", "image": TREE_ID}), id="second-base"),
+    pytest.param(_recipe("steps", 0, "version", "3.x"), id="python-version"),
+    pytest.param(_recipe("steps", 0, "extra", 1), id="step-extra-key"),
+    pytest.param(_recipe("steps", 1, "op", "pip"), id="step-unknown"),
+    pytest.param(_recipe("steps", 1, "wheels", 0, "sha256", SHA.upper()), id="sha-upper"),
+    pytest.param(_recipe("steps", 1, "wheels", 0, "name", "../x"), id="wheel-name"),
+    pytest.param(_recipe("steps", 1, "wheels", 0, "wheel", "x/../y.whl"), id="wheel-file"),
+    pytest.param(_recipe("steps", 1, "wheels", 0, "version", ""), id="wheel-version"),
+    pytest.param(_recipe("steps", 2, "files", 0, "to", "../outside"), id="copy-escapes"),
+    pytest.param(_recipe("steps", 2, "files", 0, "to", "/etc/passwd"), id="copy-absolute"),
+    pytest.param(_recipe("steps", 2, "files", 0, "from", "a//b"), id="copy-empty-name"),
+    pytest.param(_recipe("steps", 2, "files", 0, "blob", "x"), id="copy-blob"),
+    pytest.param(_recipe("steps", 2, "files", 0, "exec", 1), id="copy-exec-int"),
+    pytest.param(_recipe("steps", 3, "labels", {"": "x"}), id="label-key"),
+    pytest.param(_recipe("steps", 4, "argv", []), id="run-empty"),
+    pytest.param(_recipe("steps", 4, "argv", ["a\0b"]), id="run-nul"),
+    pytest.param(_recipe("installed", 0, "editable", "no", base=COMMIT_RECIPE), id="editable"),
+    pytest.param(_recipe("installed", 0, "name", "x y", base=COMMIT_RECIPE), id="installed-name"),
+    pytest.param(_recipe("installed", 0, "extra", 1, base=COMMIT_RECIPE), id="installed-key"),
+]
+
+
+@pytest.mark.parametrize("recipe", BAD_RECIPES)
+def test_malformed_recipe_is_refused_in_one_line(recipe):
+    data = Manifest("venv", EMPTY_HASH, python=PYTHON_INFO, recipe=recipe).serialize()
+    with pytest.raises(InvalidInputError) as info:
+        Manifest.parse(data)
+    assert "recipe" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_manifest_parse_with_wrong_expected_id_raises_integrity_error():
