@@ -4835,11 +4835,11 @@ def _cctx():
 
 
 def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=None,
-           target=None, recipe=None, parent=None):
+           target=None, recipe=None, parent=None, source=None):
     """Commit the environment at ``path``; returns a dict describing the image.
     ``target`` (default: this machine) says how the environment's system
-    spells it (tests: :meth:`Target.windows`); ``recipe`` and ``parent``: a
-    build's (see :class:`Recipe`)."""
+    spells it (tests: :meth:`Target.windows`); ``recipe``, ``parent`` and
+    ``source`` (the folder recorded, default ``path``): a build's."""
     t0 = time.monotonic()
     tags = [normalize_tag(t) for t in tags]
     check_labels(dict(labels or {}))
@@ -4850,7 +4850,7 @@ def commit(store, path, tags=(), kind=None, python=None, labels=None, progress=N
         image_id = hash_bytes(data)
         with store.transaction():
             store.add_image(image_id, data, c.trees, c.blob_rows(), tags=tags,
-                            source=os.path.abspath(path), base_exe=c.base_exe)
+                            source=os.path.abspath(source or path), base_exe=c.base_exe)
             store.cache_stats(c.stat_rows())
     files = c.files
     return {**image_info(store, image_id), "files_read": sum(1 for j in files if j.read),
@@ -7633,6 +7633,39 @@ def verify(store, refs=(), full=False, repair=False, location=None, headers=None
 PIP_INSTALL = ("install", "--isolated", "--no-input", "--disable-pip-version-check",
                "--no-cache-dir", "--no-deps", "--only-binary=:all:", "--progress-bar", "off")
 BUILD_STEP_TIMEOUT = 3600
+#: the pip wheels an interpreter brings (ensurepip's, or a distribution's copy)
+_PIP_WHEEL_QUERY = (
+    "import ensurepip,glob,json,os,sysconfig;"
+    "d=[os.path.join(os.path.dirname(ensurepip.__file__),'_bundled'),"
+    "sysconfig.get_config_var('WHEEL_PKG_DIR') or ''];"
+    "print(json.dumps(sorted(p for x in d if x for p in glob.glob(os.path.join(x,'pip-*.whl')))))")
+#: runs pip from that wheel for the venv at argv[1] (its python: argv[2]) under
+#: the base interpreter with -I -S, as if pip ran inside the venv: pip sees the
+#: venv's site-packages (what is installed there) but imports nothing from it,
+#: and no .pth file runs; it refuses to go on unless pip would install there
+_PIP_RUNNER = r"""
+import sys, runpy
+env, exe, whl = sys.argv[1:4]
+sys.prefix = sys.exec_prefix = env
+sys.executable = exe
+import os, sysconfig, importlib.machinery
+class Blind(importlib.machinery.FileFinder):
+    def find_spec(self, name, target=None):
+        return None
+    def find_module(self, name, path=None):
+        return None
+sites = list(dict.fromkeys(sysconfig.get_path(k) for k in ("purelib", "platlib")))
+inside = os.path.normcase(os.path.join(os.path.abspath(env), ""))
+if not all(os.path.normcase(os.path.abspath(p)).startswith(inside) for p in sites):
+    sys.exit("vocker: pip would not install into %s: %s" % (env, sites))
+for p in sites:
+    sys.path.append(p)
+    sys.path_importer_cache[p] = Blind(p)
+sys.path.insert(0, whl)
+sys.argv = ["pip"] + sys.argv[4:]
+runpy.run_module("pip", run_name="__main__", alter_sys=True)
+"""
+_PIP_WHEEL_RE = re.compile(r"pip-([0-9][0-9A-Za-z.+!_]*)-py3-none-any\.whl")
 #: settings a build step never sees: pip's, uv's, Python's and a venv's
 _HERMETIC_DROP = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA", "__PYVENV")
 #: text files up to this size get a unified diff in an audit report
@@ -7682,6 +7715,8 @@ def build_python(want, explicit=None, need=None):
                 and (need is None or python_facts(info) == need))
     if explicit:
         info = query_python(explicit)
+        if info is not None and info.get("in_venv"):  # a venv's python: its base's
+            info = query_python(info["executable"])    # (POSIX: the link's target)
         if not fits(info):
             raise PythonError(f"{explicit} is not {wanted}",
                               "pass --python with a base interpreter of that version")
@@ -7850,22 +7885,30 @@ class Builder:
         self.env = os.path.join(work, "env")
         self.bindir = os.path.join(self.env, "Scripts" if WINDOWS else "bin")
         self.env_python = os.path.join(self.bindir, "python.exe" if WINDOWS else "python")
-        self.exe, self.parent, self.installer, self.from_container = None, None, None, False
+        self.exe, self.parent, self.installer, self.pip_wheel = None, None, None, None
         self.labels, self.steps = {}, []
 
-    def run(self, actions, text, tags=(), kind_commit=False):
-        """Every action, then the commit: the image's dict (see :func:`commit`)."""
+    def run(self, actions, text, tags=(), kind_commit=False, source=None, progress=None):
+        """Every action, then the commit: the image's dict (see :func:`commit`).
+        ``progress``: a :class:`Progress` counting the steps."""
+        progress = progress or Progress("building", enabled=False)
+        progress.total = len(actions)
         for op, label, *args in actions:
+            progress.update(0, label=label[:70])
             getattr(self, "_" + op)(label, *args)
+            progress.update(1)
+        progress.close()
         recipe = None if kind_commit else Recipe("build", text, self.installer,
                                                  self.steps).to_dict()
         return commit(self.store, self.env, tags, kind="venv", python=self.exe,
-                      labels=self.labels, recipe=recipe, parent=self.parent)
+                      labels=self.labels, recipe=recipe, parent=self.parent, source=source,
+                      progress=Progress("committing", enabled=progress.enabled))
 
     def close(self):
-        """Forget the FROM step's container (the folder goes with ``work``)."""
-        if self.from_container:
-            self.base_store.remove_container_row(os.path.abspath(self.env))
+        """Forget the build's folder (it goes with ``work``): the FROM step's
+        container, and the stat cache of its files in either store."""
+        for s in {id(self.store): self.store, id(self.base_store): self.base_store}.values():
+            s.remove_container_row(os.path.abspath(self.env))
 
     def _python(self, label, version):
         self.exe, _ = build_python(version, self.python, self.need)
@@ -7883,7 +7926,7 @@ class Builder:
             raise BuildError(label, "the base image's Python is not the image's")
         info = create(self.base_store, image_id, self.env, link_mode="copy",
                       python=self.python, compile=False)
-        self.from_container, self.exe = True, (info.get("python") or {}).get("executable")
+        self.exe = (info.get("python") or {}).get("executable")
         self.parent, self.labels = image_id, dict(m.labels)
         self.steps.append({"op": "from", "image": image_id})
 
@@ -7892,30 +7935,37 @@ class Builder:
         req, report = (os.path.join(self.work, f"{name}-{n}") for name in ("req.txt", "report.json"))
         with open(req, "w", encoding="utf-8") as f:
             f.write("".join((p.requirement() if hashed else str(p)) + "\n" for p in pins))
-        argv = [self.env_python, "-I", "-m", "pip", *PIP_INSTALL,
-                *(["--require-hashes"] if hashed else []),
-                *([] if compile else ["--no-compile"]), "--report", report, "-r", req,
-                *self.wheels.pip_args()]
-        rc, out = _step_output(argv, label, cwd=self.work)
+        rc, out = self._pip(label, *PIP_INSTALL, *(["--require-hashes"] if hashed else []),
+                            *([] if compile else ["--no-compile"]), "--report", report,
+                            "-r", req, *self.wheels.pip_args())
         if rc:
             raise pip_failure(out, label, self.wheels)
-        wheels = read_pip_report(report, pins if hashed else ())
-        self.installer = self.installer or self._pip_version(label)
-        self.steps.append({"op": "install", "wheels": wheels})
+        self.steps.append({"op": "install",
+                           "wheels": read_pip_report(report, pins if hashed else ())})
 
     def _drop_pip(self, label):
         """An audit of a venv committed without pip: pip installs, then goes."""
-        rc, out = _step_output([self.env_python, "-I", "-m", "pip", "uninstall", "--isolated",
-                                "-y", "-q", "pip"], label)
+        rc, out = self._pip(label, "uninstall", "--isolated", "-y", "-q", "pip")
         if rc:
             raise BuildError(label, f"pip uninstall failed: {_last_error(out)}")
 
-    def _pip_version(self, label):
-        rc, out = _step_output([self.env_python, "-I", "-m", "pip", "--version"], label)
-        m = re.match(r"pip (\S+)", out)
-        if rc or not m or not INSTALLER_RE.fullmatch(f"pip {m[1]}"):
-            raise BuildError(label, "cannot tell the version of pip")
-        return f"pip {m[1]}"
+    def _pip(self, label, *args):
+        """Run the base interpreter's own pip for the venv (see _PIP_RUNNER):
+        the same pip for a build and its audit, and never the image's."""
+        if self.pip_wheel is None:
+            rc, out = _step_output([self.exe, "-I", "-S", "-c", _PIP_WHEEL_QUERY], label)
+            try:
+                wheels = json.loads(out.strip().splitlines()[0]) if rc == 0 else []
+            except (ValueError, IndexError):
+                wheels = []
+            found = [w for w in wheels if _PIP_WHEEL_RE.fullmatch(os.path.basename(w))]
+            if not found:
+                raise BuildError(label, f"{self.exe} brings no pip wheel (ensurepip)",
+                                 "use a Python with ensurepip")
+            self.pip_wheel = found[-1]
+            self.installer = "pip " + _PIP_WHEEL_RE.fullmatch(os.path.basename(found[-1]))[1]
+        return _step_output([self.exe, "-I", "-S", "-c", _PIP_RUNNER, self.env,
+                             self.env_python, self.pip_wheel, *args], label, cwd=self.work)
 
     def _copy(self, label, files):
         if self.context is None:
@@ -7994,17 +8044,18 @@ def flags_recipe(python, lock=None, labels=None):
 
 
 def build(store, text, context, wheels=None, tags=(), labels=None, python=None,
-          where="recipe"):
+          where="recipe", progress=None):
     """Build the image a recipe ``text`` describes (COPY and INSTALL paths
     relative to ``context``, wheels from ``wheels``, a :class:`WheelSource`;
     ``python``: an interpreter's path, or a version) and returns the image's
     dict (see :func:`commit`)."""
     explicit = python if python and not PYTHON_WANT_RE.fullmatch(python) else None
+    text = text.replace("\r\n", "\n")  # one recipe, one text: written on Windows or not
     actions = recipe_actions(text, where, os.path.abspath(context), labels)
     with _work_dir(store) as work:
         b = Builder(store, work, wheels or WheelSource(), os.path.abspath(context), explicit)
         try:
-            return b.run(actions, text, tags)
+            return b.run(actions, text, tags, source=context, progress=progress)
         finally:
             b.close()
 
@@ -8053,7 +8104,8 @@ def _audit_actions(recipe, manifest):
     return actions, notes
 
 
-def audit(store, ref, wheels=None, context=None, python=None, allow_run=False):
+def audit(store, ref, wheels=None, context=None, python=None, allow_run=False,
+          progress=None):
     """``vocker audit``: rebuild an image from the recipe it records, in a
     fresh folder and a store of its own (nothing of the image is used or
     run), and compare. Returns {"image", "rebuilt", "reproduced",
@@ -8073,12 +8125,22 @@ def audit(store, ref, wheels=None, context=None, python=None, allow_run=False):
         if recipe.by == "commit":
             b.parent = m.parent
         try:
-            rebuilt = b.run(actions, recipe.text, kind_commit=recipe.by == "commit")
+            rebuilt = b.run(actions, recipe.text, kind_commit=recipe.by == "commit",
+                            progress=progress)
             report = compare_images(store, image_id, scratch, rebuilt["id"])
         finally:
             b.close()
             scratch.close()
+    if recipe.by == "commit":
+        for d in report["differences"]:
+            d["why"] = _COMMIT_WHY[d["status"]]
     return {**report, "notes": notes}
+
+
+#: what a difference means for an image made by commit (audit JSON "why")
+_COMMIT_WHY = {"only in image": "no recorded distribution installs it",
+               "differs": "changed after its distribution was installed",
+               "only in rebuild": "a recorded distribution installs it: removed after"}
 
 
 def compare_images(store, image_id, other, other_id):
@@ -8275,7 +8337,8 @@ def cmd_build(store, args):
     else:
         raise UsageError("build needs -f RECIPE, or --python X.Y [-r LOCK]",
                          "see vocker build --help")
-    r = build(store, text, context, _wheels(args), args.tag or (), labels, args.python, where)
+    r = build(store, text, context, _wheels(args), args.tag or (), labels, args.python, where,
+              _progress(args, "building"))
     _emit(args, r, r["id"], r["id"])
     return EXIT_OK
 
@@ -8289,7 +8352,7 @@ def _audit_lines(r):
         ids = [e and (e[1][:SHORT_ID_LEN] if e[0] not in LINK_TYPES else "symlink")
                for e in (d["image"], d["rebuilt"])]
         lines.append(f"{d['status']}: {d['path']} (image {ids[0] or '-'}, "
-                     f"rebuilt {ids[1] or '-'})")
+                     f"rebuilt {ids[1] or '-'})" + (f": {d['why']}" if d.get("why") else ""))
         lines += ["    " + ln for ln in (d["diff"] or "").splitlines()]
     for f in r["manifest"]:
         lines.append(f"manifest {f['field']}: image {_json_text(f['image'], None)[:200]}, "
@@ -8299,7 +8362,8 @@ def _audit_lines(r):
 
 
 def cmd_audit(store, args):
-    r = audit(store, args.image, _wheels(args), args.context, args.python, args.run)
+    r = audit(store, args.image, _wheels(args), args.context, args.python, args.run,
+              _progress(args, "rebuilding"))
     _emit(args, r, "\n".join(_audit_lines(r)), r["rebuilt"])
     return EXIT_OK if r["reproduced"] else EXIT_DAMAGED
 

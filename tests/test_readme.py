@@ -49,3 +49,23 @@ def test_quick_start_runs_verbatim(tmp_path):
     assert re.search(r"pushed [0-9a-f]{12} as web:1\.0", out), out
     assert re.search(r"pulled [0-9a-f]{64} as web:1\.0", out), out
     assert re.search(r"created \S+/web-3 from [0-9a-f]{12} \(\w+, 0 compiled, [1-9]\d* cached", out), out
+
+
+@posix_only("the Build and audit example is a bash script")
+def test_build_and_audit_runs_verbatim(tmp_path):
+    script = "set -euo pipefail\n" + "\n".join(
+        shell_blocks(section(README.read_text(encoding="utf-8"), "Build and audit")))
+    run_dir = tmp_path / "clone"
+    run_dir.mkdir()
+    (run_dir / ".venv").symlink_to(Path(sys.prefix))
+    (run_dir / "tests").symlink_to(README.parent / "tests")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOCKER_", "VIRTUAL_ENV"))}
+    env["TMPDIR"] = str(tmp_path)
+    r = subprocess.run(["bash", "-c", script], cwd=run_dir, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    built = r.stdout.split()[0]
+    assert re.fullmatch(r"[0-9a-f]{64}", built), r.stdout
+    assert "COPY hello.py app/" in r.stdout
+    assert f"pulled {built} as hello:1" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == f"reproduced {built}", r.stdout

