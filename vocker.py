@@ -6359,10 +6359,42 @@ def _paced_connection(base):
     return Paced
 
 
+class Proxy:
+    """The HTTP proxy a request to ``scheme://host`` goes through, as curl,
+    pip and urllib find it: ``HTTPS_PROXY``/``HTTP_PROXY`` (either case; on
+    Windows, else the system's settings), unless ``NO_PROXY`` names the host.
+    https goes through a CONNECT tunnel; user:password in the proxy's URL is
+    sent as Proxy-Authorization. None when there is no proxy."""
+
+    def __init__(self, host, port, auth):
+        self.host, self.port = host, port
+        self.headers = {"Proxy-Authorization": auth} if auth else {}
+
+    @classmethod
+    def find(cls, scheme, host):
+        url = urllib.request.getproxies().get(scheme)
+        if not url or urllib.request.proxy_bypass(host):
+            return None
+        parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+        try:
+            port = parts.port or 80
+        except ValueError:
+            port = None
+        if parts.scheme != "http" or not parts.hostname or port is None:
+            raise UsageError(f"cannot use the proxy {terminal_safe(url)[:80]!r} from "
+                             f"{scheme.upper()}_PROXY", "give it as http://HOST:PORT")
+        auth = None
+        if parts.username is not None:
+            pair = f"{urllib.parse.unquote(parts.username)}:" \
+                   f"{urllib.parse.unquote(parts.password or '')}"
+            auth = "Basic " + base64.b64encode(pair.encode()).decode()
+        return cls(parts.hostname, port, auth)
+
+
 class HttpSource:
     """A repository on any static HTTP(S) server: persistent connections (one
     per thread), retries with backoff, resumed ranges, optional auth header,
-    and a deadline (_Pace) on every connection."""
+    a proxy (:class:`Proxy`) and a deadline (_Pace) on every connection."""
 
     def __init__(self, url, headers=None, timeout=None, retries=4, min_rate=None):
         parts = urllib.parse.urlsplit(url)
@@ -6371,6 +6403,9 @@ class HttpSource:
         self.url = url.rstrip("/")
         self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
         self.base = parts.path.rstrip("/")
+        self.proxy = Proxy.find(self.scheme, self.host)
+        if self.proxy is not None and self.scheme == "http":  # the proxy gets whole URLs
+            self.base = f"http://{parts.netloc.rpartition('@')[2]}{self.base}"
         self.headers = {"User-Agent": f"vocker/{__version__}", "Accept-Encoding": "identity"}
         self.headers.update(headers or {})
         if "Authorization" not in self.headers:
@@ -6408,8 +6443,12 @@ class HttpSource:
                 conn.close()
             base = (http.client.HTTPSConnection if self.scheme == "https"
                     else http.client.HTTPConnection)
-            conn = self.local.conn = _paced_connection(base)(self.host, self.port,
-                                                             timeout=self.timeout)
+            via = self.proxy
+            conn = self.local.conn = _paced_connection(base)(
+                via.host if via else self.host, via.port if via else self.port,
+                timeout=self.timeout)
+            if via is not None and self.scheme == "https":
+                conn.set_tunnel(self.host, self.port, headers=via.headers)
             conn.pace = _Pace(url, self.timeout, self.min_rate)
         conn.pace.url = url
         conn.pace.start()
@@ -6436,6 +6475,8 @@ class HttpSource:
         attempt = 0
         while True:
             headers = dict(self.headers)
+            if self.proxy is not None and self.scheme == "http":
+                headers.update(self.proxy.headers)
             if start is not None:
                 headers["Range"] = f"bytes={start + received}-{end - 1}"
             elif received:
@@ -7910,9 +7951,10 @@ class Builder:
         for s in {id(self.store): self.store, id(self.base_store): self.base_store}.values():
             s.remove_container_row(os.path.abspath(self.env))
 
-    def _python(self, label, version):
+    def _python(self, label, version, with_pip=True):
         self.exe, _ = build_python(version, self.python, self.need)
-        rc, out = _step_output([self.exe, "-I", "-m", "venv", self.env], label)
+        rc, out = _step_output([self.exe, "-I", "-m", "venv", self.env,
+                                *([] if with_pip else ["--without-pip"])], label)
         if rc:
             raise BuildError(label, f"venv failed: {_last_error(out)}")
         self.steps.append({"op": "python", "version": version})
@@ -7942,12 +7984,6 @@ class Builder:
             raise pip_failure(out, label, self.wheels)
         self.steps.append({"op": "install",
                            "wheels": read_pip_report(report, pins if hashed else ())})
-
-    def _drop_pip(self, label):
-        """An audit of a venv committed without pip: pip installs, then goes."""
-        rc, out = self._pip(label, "uninstall", "--isolated", "-y", "-q", "pip")
-        if rc:
-            raise BuildError(label, f"pip uninstall failed: {_last_error(out)}")
 
     def _pip(self, label, *args):
         """Run the base interpreter's own pip for the venv (see _PIP_RUNNER):
@@ -8075,31 +8111,39 @@ def _audit_actions(recipe, manifest):
     """The actions that rebuild an image from its recorded recipe, and notes
     on what the rebuild cannot show."""
     if recipe.by == "build":
-        out = []
-        for i, s in enumerate(recipe.steps):
-            label = f"step {i + 1}: {s['op']}"
-            arg = {"python": lambda: s["version"], "from": lambda: s["image"],
-                   "install": lambda: [Pin(w["name"], w["version"], None, [w["sha256"]], label)
-                                       for w in s["wheels"]],
-                   "copy": lambda: [(f["from"], f["to"]) for f in s["files"]],
-                   "label": lambda: s["labels"], "run": lambda: s["argv"]}[s["op"]]()
-            out.append((s["op"], label, arg))
         notes = ["the image runs commands its audit needs to be deterministic: "
                  + "; ".join(shlex.join(a) for a in recipe.runs)] if recipe.runs else []
-        return out, notes
-    pip = [d for d in recipe.installed if dist_key(d["name"]) == "pip"]
-    rest = [d for d in recipe.installed if dist_key(d["name"]) != "pip" and not d["editable"]]
+        return [_step_action(s, f"step {i + 1}: {s['op']}")
+                for i, s in enumerate(recipe.steps)], notes
+    return _commit_actions(recipe, manifest)
+
+
+def _step_action(s, label):
+    """The builder's action that repeats one recorded build step."""
+    op = s["op"]
+    if op == "install":  # the exact wheel each was installed from
+        return (op, label, [Pin(w["name"], w["version"], None, [w["sha256"]], label)
+                            for w in s["wheels"]])
+    if op == "copy":
+        return (op, label, [(f["from"], f["to"]) for f in s["files"]])
+    return (op, label, s[Recipe.STEP_KEYS[op][1]])
+
+
+def _commit_actions(recipe, manifest):
+    """A commit's rebuild: a venv of its interpreter (with pip if it had pip)
+    and each distribution installed by name and version as pip does by
+    default (pip sees what the venv already holds: its own pip, setuptools)."""
+    dists = recipe.installed
     notes = [f"{d['name']} {d['version']} is an editable install: no wheel rebuilds it"
-             for d in recipe.installed if d["editable"]]
-    notes += [f"{d['name']} {d['version']} was installed by {d['installer'] or 'an unknown installer'}"
-              ": the rebuild uses pip" for d in recipe.installed
-              if (d["installer"] or "") != "pip" and not d["editable"]]
-    pins = [Pin(d["name"], d["version"], None, (), "recipe") for d in rest]
-    actions = [("python", "venv", manifest.python["version"])]
+             for d in dists if d["editable"]]
+    notes += [f"{d['name']} {d['version']} was installed by "
+              f"{d['installer'] or 'an unknown installer'}: the rebuild uses pip"
+              for d in dists if (d["installer"] or "") != "pip" and not d["editable"]]
+    pins = [Pin(d["name"], d["version"], None, (), "recipe") for d in dists if not d["editable"]]
+    with_pip = any(dist_key(d["name"]) == "pip" for d in dists)
+    actions = [("python", "venv", manifest.python["version"], with_pip)]
     if pins:
         actions.append(("install", "installed distributions", pins, False, True))
-    if not pip:
-        actions.append(("drop_pip", "venv without pip"))
     actions.append(("label", "labels", dict(manifest.labels)))
     return actions, notes
 

@@ -1,10 +1,14 @@
 """Repositories (folder, file://, HTTP) and archives, verified end to end."""
 
+import contextlib
 import http.server
 import json
 import os
 import random
+import shutil
+import socket
 import socketserver
+import ssl
 import subprocess
 import sys
 import threading
@@ -40,6 +44,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if mode == "html":
             return self._send(200, b"<html><body>Sign in to continue</body></html>",
                               "text/html")
+        if self.path.startswith(("http://", "https://")):  # absolute form: from a proxy
+            self.server.absolute = getattr(self.server, "absolute", 0) + 1
+            self.path = "/" + self.path.split("/", 3)[3]
         path = self.translate_path(self.path)
         if not os.path.isfile(path):
             return self._send(404, b"not found")
@@ -631,3 +638,132 @@ def test_lock_left_by_a_killed_push_is_broken(images, tmp_path):
     # the lock is an OS lock on a file that stays: nothing to break, nothing to delete
     assert (target / ".lock").is_file()
     assert json.loads((target / "index.json").read_text())["tags"] == {"demo:1": a}
+
+
+# ------------------------------------------------------------------ proxies
+
+
+class _Proxy(socketserver.StreamRequestHandler):
+    """A forward proxy: CONNECT tunnels, and absolute-form requests relayed to
+    their server; it records (method, target, Proxy-Authorization)."""
+
+    def handle(self):
+        head = [self.rfile.readline()]
+        while head[-1] not in (b"\r\n", b"\n", b""):
+            head.append(self.rfile.readline())
+        method, target, _ = head[0].decode("latin-1").split(" ", 2)
+        auth = next((h.split(b":", 1)[1].strip().decode() for h in head[1:]
+                     if h.lower().startswith(b"proxy-authorization:")), None)
+        self.server.seen.append((method, target, auth))
+        if method == "CONNECT":
+            host, port = target.rsplit(":", 1)
+        else:
+            host, port = target.split("/")[2].rsplit(":", 1)
+        up = socket.create_connection((host, int(port)))
+        if method == "CONNECT":
+            self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            up.sendall(b"".join(head))
+        self.wfile.flush()
+        pump = threading.Thread(target=self._pump, args=(self.rfile, up), daemon=True)
+        pump.start()
+        while True:
+            data = up.recv(65536)
+            if not data:
+                break
+            self.wfile.write(data)
+            self.wfile.flush()
+        up.close()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.read1(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def proxy():
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Proxy)
+    srv.daemon_threads, srv.seen = True, []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_settings(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def test_pull_through_an_http_proxy_and_no_proxy(images, tmp_path, serve, proxy, monkeypatch):
+    home, repo, a, b = images
+    url = serve(repo)
+    monkeypatch.setenv("HTTP_PROXY", f"http://me:s%40cret@127.0.0.1:{proxy.server_address[1]}")
+    with vocker.Store(tmp_path / "home") as store:
+        assert vocker.pull(store, url + "/", ["demo:1"])["images"][0]["id"] == a
+        assert _image_complete(store, a)
+    assert proxy.seen and all(m == "GET" and t.startswith(url + "/") for m, t, _ in proxy.seen)
+    assert {auth for _, _, auth in proxy.seen} == {"Basic bWU6c0BjcmV0"}  # me:s@cret
+    assert serve.last.absolute >= len(proxy.seen)
+    n = len(proxy.seen)
+    monkeypatch.setenv("NO_PROXY", "example.org,127.0.0.1")
+    with vocker.Store(tmp_path / "home2") as store:
+        assert vocker.pull(store, url, ["demo:2"])["images"][0]["id"] == b
+    assert len(proxy.seen) == n  # NO_PROXY: straight to the server
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("the https proxy test makes its certificate with openssl, not found here")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                   capture_output=True)
+    return cert, key
+
+
+def test_https_pull_goes_through_a_connect_tunnel(images, tmp_path, proxy, tls_files,
+                                                  monkeypatch):
+    home, repo, a, b = images
+    cert, key = tls_files
+    srv = _Server(("127.0.0.1", 0), lambda *x, **kw: _Handler(*x, directory=str(repo), **kw))
+    srv.mode, srv.sent = "range", 0
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        monkeypatch.setenv("https_proxy", f"127.0.0.1:{proxy.server_address[1]}")
+        with vocker.Store(tmp_path / "home") as store:
+            r = vocker.pull(store, f"https://127.0.0.1:{port}", ["demo:1"])
+            assert r["images"][0]["id"] == a and _image_complete(store, a)
+        assert proxy.seen and {(m, t) for m, t, _ in proxy.seen} == {("CONNECT", f"127.0.0.1:{port}")}
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("value", ["socks5://127.0.0.1:1080", "http://127.0.0.1:notaport"])
+def test_a_proxy_vocker_cannot_use_is_one_line(images, tmp_path, serve, value):
+    home, repo, a, b = images
+    env = {"HTTP_PROXY": value}
+    p = run([*vocker_cmd(), "--home", tmp_path / "h", "pull", serve(repo), "demo:1"],
+            env=clean_env(env), check=False)
+    assert p.returncode == vocker.EXIT_USAGE and "HTTP_PROXY" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
