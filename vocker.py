@@ -585,40 +585,81 @@ def extended_path(path, target=None):
 
 
 class Progress:
-    """A one-line counter (objects, and bytes when known) on stderr."""
+    """Progress of a long step on stderr: on a terminal a bar (items, bytes,
+    rate, time left), redrawn 10 times a second; ``mode="json"`` (for an
+    installer that wraps vocker) one JSON line every half second and one at
+    each end (docs/json.md). A new :meth:`stage` restarts the counts."""
 
-    def __init__(self, label, total=0, enabled=None):
+    def __init__(self, label, total=0, enabled=None, mode="bar"):
         if enabled is None:
             enabled = sys.stderr.isatty()
-        self.enabled = enabled
-        self.label = label
-        self.total = total
-        self.done = 0
-        self.total_bytes = 0
-        self.bytes = 0
-        self._last = 0.0
-        self._width = 0
+        self.enabled, self.mode = enabled, mode
+        self.label, self.total, self.total_bytes = label, total, 0
+        self.done = self.bytes = 0
+        self._t0, self._last, self._width = time.monotonic(), 0.0, 0
+
+    def stage(self, label, total=0, total_bytes=0):
+        """Finish the current stage (if it counted anything) and start ``label``."""
+        if self.done or self.bytes:
+            self.close()
+        self.label, self.total, self.total_bytes = label, total, total_bytes
+        self.done = self.bytes = 0
+        self._t0, self._last = time.monotonic(), 0.0
 
     def update(self, n=1, label=None, nbytes=0):
         self.done += n
         self.bytes += nbytes
         if label:
             self.label = label
-        if self.enabled:
-            now = time.monotonic()
-            if now - self._last > 0.1 or self.done >= self.total:
-                self._last = now
-                text = f"{self.label}: {self.done}" + (f"/{self.total}" if self.total else "")
-                if self.total_bytes:
-                    text += f" objects, {human_size(self.bytes)}/{human_size(self.total_bytes)}"
-                self._width = max(self._width, len(text))
-                sys.stderr.write("\r" + text.ljust(self._width))
-                sys.stderr.flush()
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        finished = self.total and self.done >= self.total
+        if now - self._last >= (0.5 if self.mode == "json" else 0.1) or finished:
+            self._last = now
+            self._show(now)
+
+    def facts(self, now=None):
+        """(rate per second: bytes if counted, else items; seconds left or None)."""
+        elapsed = max((now or time.monotonic()) - self._t0, 1e-3)
+        by_bytes = bool(self.total_bytes)
+        rate = (self.bytes if by_bytes else self.done) / elapsed
+        left = (self.total_bytes - self.bytes) if by_bytes else (self.total - self.done)
+        counted = self.total_bytes or self.total
+        return rate, (max(left, 0) / rate if counted and rate > 0 else None)
+
+    def _show(self, now, event="progress"):
+        rate, eta = self.facts(now)
+        if self.mode == "json":
+            sys.stderr.write(json.dumps({
+                "event": event, "stage": self.label, "done": self.done,
+                "total": self.total or None, "bytes": self.bytes,
+                "total_bytes": self.total_bytes or None, "rate": round(rate, 1),
+                "seconds_left": None if eta is None else round(eta, 1)}) + "\n")
+            sys.stderr.flush()
+            return
+        part = (self.bytes / self.total_bytes if self.total_bytes else
+                self.done / self.total if self.total else 0)
+        text = f"{self.label} [{'#' * int(20 * min(part, 1)):<20}] {self.done}" + \
+            (f"/{self.total}" if self.total else "")
+        if self.total_bytes:
+            text += f"  {human_size(self.bytes)}/{human_size(self.total_bytes)}" \
+                    f"  {human_size(rate)}/s"
+        if eta is not None:
+            text += f"  {int(eta) // 60}:{int(eta) % 60:02d} left"
+        self._width = max(self._width, len(text))
+        sys.stderr.write("\r" + text.ljust(self._width))
+        sys.stderr.flush()
 
     def close(self):
-        if self.enabled and self.done:
+        if not self.enabled:
+            return
+        if self.mode == "json":
+            self._show(time.monotonic(), "done")
+        elif self._width:
             sys.stderr.write("\r" + " " * self._width + "\r")
             sys.stderr.flush()
+            self._width = 0
 
 
 ###############################################################################
@@ -4405,22 +4446,25 @@ class _Contents:
     def read_all(self, files):
         """Fill every job's blob: RECORD files last (they list the templates)."""
         self.progress.total = len(files)
+        self.progress.total_bytes = sum(j.st[2] for j in files)
         self._lookup_known(files)
         records = [j for j in files if _is_record(j.rel) and not j.blob]
         misses = [j for j in files if not j.blob and not _is_record(j.rel)]
         # largest first: a big file started last would leave the other threads idle
         misses.sort(key=lambda j: -j.st[2])
-        self.progress.update(len(files) - len(misses) - len(records))
+        known = [j for j in files if j.blob]
+        self.progress.update(len(known), nbytes=sum(j.st[2] for j in known))
         if misses:
             workers = min(len(misses), COMMIT_THREADS)
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                for _ in _bounded_map(pool, self._read_job, misses, 4 * workers):
-                    self.progress.update()
+                for job, _ in zip(misses, _bounded_map(pool, self._read_job, misses,
+                                                       4 * workers)):
+                    self.progress.update(nbytes=job.st[2])
         self._seal_or_drop()
         templated = {j.rel for j in files if j.template}
         for job in records:
             self._read_record(job, templated)
-            self.progress.update()
+            self.progress.update(nbytes=job.st[2])
         self.progress.close()
 
     def close(self):
@@ -5171,7 +5215,8 @@ class _Materializer:
         place = self.linker.place
         blobs = {e.ref for _, e in files if e.type in FILE_TYPES}
         self.linker.pooled = self.store.pooled(blobs)
-        self.linker.sizes = self.store.blob_sizes(blobs)
+        sizes = self.linker.sizes = self.store.blob_sizes(blobs)
+        self.progress.total_bytes = sum(sizes.get(e.ref, 0) for _, e in files)
         for rel, e in files:
             dst = join(stage, rel)
             if e.type in FILE_TYPES:
@@ -5189,7 +5234,7 @@ class _Materializer:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                 self.templates.append((rel, e.ref))
-            self.progress.update()
+            self.progress.update(nbytes=sizes.get(e.ref, 0))
         return py_files
 
     def links(self, stage, links):
@@ -5377,9 +5422,7 @@ class Creator:
             if blob not in known and blob not in first:
                 first[blob] = (rel, executable)
         if first:
-            self.progress.label = "compiling"
-            self.progress.total = len(first)
-            self.progress.done = 0
+            self.progress.stage("compiling", total=len(first))
             for idx, (blob, (rel, executable)) in enumerate(first.items()):
                 src = store.current_pool_path(blob, executable)
                 if not os.path.exists(src):
@@ -6859,15 +6902,17 @@ def _append_pooled(store, writer, blob_id, size):
     return size, offset, out[0]
 
 
-def _send_blobs(store, repo, missing, have, good):
+def _send_blobs(store, repo, missing, have, good, progress):
     """Write ``missing`` blobs, each verified, into one new pack; -> bytes sent."""
     writer = PackWriter(repo.tmp_name(), None, readonly=False, repo=repo)
     entries, sent = [], 0
+    progress.total, progress.total_bytes = len(missing), sum(store.blob_sizes(missing).values())
     try:
         for b in missing:
             size, offset, csize = _append_verified(store, writer, b)
             entries.append((b, size, offset, csize))
             sent += csize
+            progress.update(nbytes=size)
         pack_id = writer.finish()
     except BaseException:
         writer.abort()
@@ -6888,6 +6933,8 @@ def push(store, refs, repo, progress=None, record=True):
         raise UsageError("push goes to a folder or a share, not to an HTTP URL",
                          "push to the folder your web server serves")
     wanted = [store.resolve_ref(ref) for ref in refs]  # before a repository is made
+    progress = progress or Progress("pushing", enabled=False)
+    verb = progress.label  # "pushing", or "saving"
     target = _push_target(repo)
     target.clean_tmp()
     have, good, files = _repo_blobs(target), set(), {}
@@ -6900,7 +6947,8 @@ def push(store, refs, repo, progress=None, record=True):
                     b in have and _repo_frame_ok(target, files, b, have[b]))]
                 good.update(set(blobs) - set(missing))
                 if missing:
-                    sent += _send_blobs(store, target, missing, have, good)
+                    progress.stage(f"{verb} {short_id(image_id)}")
+                    sent += _send_blobs(store, target, missing, have, good, progress)
                 target.write(f"images/{image_id}.trees", trees_file_bytes(trees))
                 target.write(f"images/{image_id}.blobs",
                              blobs_file_bytes({b: have[b] for b in blobs}))
@@ -6908,6 +6956,7 @@ def push(store, refs, repo, progress=None, record=True):
                 pushed.append({"id": image_id, "tag": tag, "blobs": len(blobs),
                                "new_blobs": len(missing)})
     finally:
+        progress.close()
         for f in files.values():
             f.close()
     with repo_lock(target):
@@ -7063,8 +7112,7 @@ def _fetch_blobs(store, src, missing, index, progress):
     writer = store.pack_writer()
     rows = []
     if progress is not None:
-        progress.total = len(missing)
-        progress.total_bytes = sum(index[b][3] for b in missing)
+        progress.stage(progress.label, len(missing), sum(index[b][3] for b in missing))
 
     def one(job):
         pack, (start, end, items) = job
@@ -7119,14 +7167,14 @@ def repo_ls(location, headers=None):
             for i, info in sorted(index["images"].items())]
 
 
-def save(store, refs, out):
+def save(store, refs, out, progress=None):
     """Write images into one portable archive (a tar of a repository)."""
     out = os.path.abspath(out)
     # staged beside the output, not in the store: save works on a read-only store
     stage = os.path.join(os.path.dirname(out),
                          f".{os.path.basename(out)}.vocker-{uuid.uuid4().hex[:8]}")
     try:
-        result = push(store, refs, stage, record=False)
+        result = push(store, refs, stage, progress=progress, record=False)
         tmp = out + f".tmp-{uuid.uuid4().hex[:8]}"
         try:
             with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -8273,14 +8321,13 @@ def _warn(args, warnings):
 
 
 def _progress(args, label):
-    """Progress on stderr: on a terminal by default; --progress forces it (for
-    installers that read stderr), --no-progress and -q turn it off."""
+    """Progress on stderr: a bar on a terminal by default (not with -q or
+    --json); --progress gives JSON lines instead (for an installer that wraps
+    vocker, terminal or not), --no-progress none."""
     mode = getattr(args, "progress", None)
     if mode is None:
-        enabled = sys.stderr.isatty() and not args.quiet and not args.json
-    else:
-        enabled = mode
-    return Progress(label, enabled=enabled)
+        return Progress(label, enabled=sys.stderr.isatty() and not args.quiet and not args.json)
+    return Progress(label, enabled=mode, mode="json")
 
 
 def _looks_like_path(word):
@@ -8639,7 +8686,7 @@ def _push_swapped(args):
 
 def cmd_push(store, args):
     try:
-        r = push(store, args.images, args.repo)
+        r = push(store, args.images, args.repo, progress=_progress(args, "pushing"))
     except VockerError:
         swapped = _push_swapped(args)
         if swapped:
@@ -8677,7 +8724,7 @@ def cmd_pull(store, args):
 
 
 def cmd_save(store, args):
-    r = save(store, args.images, args.output)
+    r = save(store, args.images, args.output, progress=_progress(args, "saving"))
     _emit(args, r, f"saved {len(r['images'])} image(s) to {r['file']} ({human_size(r['size'])})")
     return EXIT_OK
 
@@ -8757,7 +8804,8 @@ def _global_options(parser, default):
     parser.add_argument("--debug", action="store_true", default=d(False),
                         help="show tracebacks of errors (not of usage errors)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d(None),
-                        help="show progress on stderr (default: only on a terminal)")
+                        help="progress on stderr as JSON lines (docs/json.md); default: a "
+                             "bar, only on a terminal")
     parser.add_argument("--json", action="store_true", default=d(False),
                         help="print JSON for scripts, errors too (docs/json.md)")
 

@@ -212,8 +212,64 @@ def test_progress_only_on_request_when_not_a_terminal(plain_home, tmp_path):
     quiet = cli("create", "plain:1", str(tmp_path / "a"), home=home, check=True)
     assert quiet.stderr == ""                      # not a terminal: no progress
     forced = cli("--progress", "create", "plain:1", str(tmp_path / "b"), home=home, check=True)
-    assert "creating: 1/1" in forced.stderr
+    lines = [json.loads(ln) for ln in forced.stderr.splitlines()]  # JSON lines, every one
+    assert lines[-1]["event"] == "done" and lines[-1]["stage"] == "creating"
+    assert lines[-1]["done"] == lines[-1]["total"] == 1
     assert forced.stdout.startswith("created ")   # stdout stays clean for scripts
+
+
+PROGRESS_KEYS = {"event", "stage", "done", "total", "bytes", "total_bytes", "rate",
+                 "seconds_left"}
+
+
+def test_progress_json_lines_for_commit_create_push_pull(tmp_path):
+    """--progress: one JSON object a line on stderr, a "done" line at the end
+    of each stage, with items and bytes (docs/json.md)."""
+    py = main_python()
+    subprocess.run([py, "-m", "venv", str(tmp_path / "venv")], check=True)
+    home = tmp_path / "home"
+    stages = {}
+    for args in (["commit", tmp_path / "venv", "-t", "p:1"], ["create", "p:1", tmp_path / "c"],
+                 ["push", "p:1", tmp_path / "repo"]):
+        p = cli("--progress", *args, home=home, check=True)
+        for line in p.stderr.splitlines():
+            ev = json.loads(line)
+            assert set(ev) == PROGRESS_KEYS, ev
+            if ev["event"] == "done":
+                stages[ev["stage"].split()[0]] = ev
+    p = cli("--progress", "pull", tmp_path / "repo", "p:1", home=tmp_path / "home2", check=True)
+    stages.update({json.loads(ln)["stage"]: json.loads(ln) for ln in p.stderr.splitlines()
+                   if json.loads(ln)["event"] == "done"})
+    assert {"committing", "creating", "compiling", "pushing", "pulling"} <= set(stages), stages
+    c = stages["committing"]
+    assert c["done"] == c["total"] > 100 and c["bytes"] == c["total_bytes"] > 1 << 20
+    assert stages["creating"]["bytes"] == stages["creating"]["total_bytes"] > 1 << 20
+    assert stages["pushing"]["bytes"] > 1 << 20 and stages["pulling"]["bytes"] > 0
+
+
+@posix_only("a pseudo-terminal for stderr")
+def test_progress_bar_on_a_terminal(tmp_path):
+    import pty
+    py = main_python()
+    subprocess.run([py, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    master, slave = pty.openpty()
+    p = subprocess.run([*vocker_cmd(), "--home", str(tmp_path / "home"), "commit",
+                        str(tmp_path / "venv")], stderr=slave, stdout=subprocess.PIPE,
+                       env=clean_env(), timeout=120)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.returncode == 0
+    text = out.decode("utf-8", "replace")
+    assert "\rcommitting [" in text and "/s" in text, text
 
 
 #: the order in which the examples of every --help run, as a user would
