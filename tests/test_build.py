@@ -425,3 +425,15 @@ def test_what_a_commit_audit_cannot_rebuild_is_named(tmp_path, wheelhouse, uv_bi
     changed = {d["path"].rsplit("/", 1)[-1] for d in r["differences"] if d["status"] == "differs"}
     assert "INSTALLER" in changed and "RECORD" in changed
     assert all(d["why"] for d in r["differences"])
+
+
+def test_an_image_without_a_recipe_cannot_be_audited(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.txt").write_text("a\n")
+    home = tmp_path / "home"
+    cli_json("commit", tmp_path / "folder", "--kind", "plain", "-t", "plain:1", home=home)
+    assert cli_json("inspect", "plain:1", home=home)["audit"] == "no recipe: it cannot be audited"
+    line = one_line_error(cli("audit", "plain:1", home=home), 5)
+    assert "records no recipe" in line
+    one_line_error(cli("build", home=home), 2)  # neither -f nor --python
+    one_line_error(cli("build", "-f", tmp_path / "missing", home=home), 3)
