@@ -6096,10 +6096,16 @@ class RepoDir:
                 except NotFoundError:
                     if not flags & os.O_CREAT:
                         raise
-            try:
-                fd = os.open(path, flags | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC, mode, **kw)
-            except OSError as exc:
-                raise self._error(exc, rel, "a file") from None
+            for attempt in range(20):
+                try:
+                    fd = os.open(path, flags | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC, mode, **kw)
+                    break
+                except PermissionError as exc:  # Windows: a racer's link of it is being
+                    if not WINDOWS or attempt == 19:  # deleted ("delete pending"): wait
+                        raise self._error(exc, rel, "a file") from None
+                    time.sleep(0.05)
+                except OSError as exc:
+                    raise self._error(exc, rel, "a file") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise self._bad(rel, "not a regular file")
@@ -6177,13 +6183,22 @@ class RepoDir:
         """Create ``rel`` with ``data`` unless an entry exists; safe when racing."""
         name = self._write_tmp(data)
         try:
-            with self.folder("tmp") as t, self.folder() as d:
-                if WINDOWS:
-                    os.link(os.path.join(t, name), os.path.join(d, rel))
-                else:
-                    os.link(name, rel, src_dir_fd=t, dst_dir_fd=d, follow_symlinks=False)
-        except FileExistsError:
-            pass
+            for attempt in range(20):
+                try:
+                    with self.folder("tmp") as t, self.folder() as d:
+                        if WINDOWS:
+                            os.link(os.path.join(t, name), os.path.join(d, rel))
+                        else:
+                            os.link(name, rel, src_dir_fd=t, dst_dir_fd=d, follow_symlinks=False)
+                    return
+                except FileExistsError:
+                    return
+                except PermissionError:  # Windows: a racer's link of it is still open
+                    if not WINDOWS or attempt == 19:
+                        raise
+                    if self.exists(rel):
+                        return
+                    time.sleep(0.05)
         finally:
             self.unlink_tmp(name)
 
@@ -6511,19 +6526,24 @@ class HttpSource:
             self._drop()
             raise
 
+    def _headers(self, start, end, received):
+        """A GET's headers: ours, the proxy's (plain http) and the range left."""
+        headers = dict(self.headers)
+        if self.proxy is not None and self.scheme == "http":
+            headers.update(self.proxy.headers)
+        if start is not None:
+            headers["Range"] = f"bytes={start + received}-{end - 1}"
+        elif received:
+            headers["Range"] = f"bytes={received}-"
+        return headers
+
     def _fetch_once(self, rel, start, end, limit):
         url = f"{self.url}/{rel}"
         got = bytearray()
         received = 0
         attempt = 0
         while True:
-            headers = dict(self.headers)
-            if self.proxy is not None and self.scheme == "http":
-                headers.update(self.proxy.headers)
-            if start is not None:
-                headers["Range"] = f"bytes={start + received}-{end - 1}"
-            elif received:
-                headers["Range"] = f"bytes={received}-"
+            headers = self._headers(start, end, received)
             try:
                 conn = self._conn(url, fresh=attempt > 0)
                 conn.request("GET", f"{self.base}/{rel}", headers=headers)
