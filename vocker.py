@@ -7826,6 +7826,9 @@ def build_python(want, explicit=None, need=None):
         info = query_python(explicit)
         if info is not None and info.get("in_venv"):  # a venv's python: its base's
             info = query_python(info["executable"])    # (POSIX: the link's target)
+            if info is not None and info.get("in_venv"):  # (Windows: a launcher copy)
+                raise PythonError(f"{explicit} belongs to a virtual environment",
+                                  "pass its base interpreter with --python")
         if not fits(info):
             raise PythonError(f"{explicit} is not {wanted}",
                               "pass --python with a base interpreter of that version")
