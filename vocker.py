@@ -2431,7 +2431,7 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs, _StoreGc):
         probe = os.path.join(self.tmp_dir, f".probe-{uuid.uuid4().hex}")
         with open(probe, "wb"):
             pass
-        os.unlink(probe)
+        _unlink_quiet(probe)  # a gc running meanwhile may have removed it: tmp/ is its
 
     def _clean_tmp(self):
         """Remove staging left by crashed processes (older than an hour) and
@@ -8169,9 +8169,9 @@ def build(store, text, context, wheels=None, tags=(), labels=None, python=None,
 
 @contextlib.contextmanager
 def _work_dir(store):
-    """A fresh folder for one build, in the store's tmp (gc removes a leftover)."""
-    _makedirs(store.tmp_dir)
-    work = tempfile.mkdtemp(prefix="build-", dir=store.tmp_dir)
+    """A fresh folder for one build, in the system's temp folder: not the
+    store's tmp/, which a gc running meanwhile empties."""
+    work = tempfile.mkdtemp(prefix="vocker-build-")
     try:
         yield work
     finally:
