@@ -87,15 +87,18 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 def serve():
     servers = []
 
-    def start(root, mode="range"):
+    def start(root, mode="range", tls=None):
+        """Serve ``root``; ``tls``: an ssl server context (https)."""
         handler = lambda *a, **kw: _Handler(*a, directory=str(root), **kw)  # noqa: E731
         srv = _Server(("127.0.0.1", 0), handler)
         srv.mode = mode
         srv.sent = 0
+        if tls is not None:
+            srv.socket = tls.wrap_socket(srv.socket, server_side=True)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         start.last = srv
-        return f"http://127.0.0.1:{srv.server_address[1]}"
+        return f"{'https' if tls else 'http'}://127.0.0.1:{srv.server_address[1]}"
     yield start
     for s in servers:
         s.shutdown()
@@ -736,27 +739,20 @@ def tls_files(tmp_path):
     return cert, key
 
 
-def test_https_pull_goes_through_a_connect_tunnel(images, tmp_path, proxy, tls_files,
+def test_https_pull_goes_through_a_connect_tunnel(images, tmp_path, serve, proxy, tls_files,
                                                   monkeypatch):
     home, repo, a, b = images
     cert, key = tls_files
-    srv = _Server(("127.0.0.1", 0), lambda *x, **kw: _Handler(*x, directory=str(repo), **kw))
-    srv.mode, srv.sent = "range", 0
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        port = srv.server_address[1]
-        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        monkeypatch.setenv("https_proxy", f"127.0.0.1:{proxy.server_address[1]}")
-        with vocker.Store(tmp_path / "home") as store:
-            r = vocker.pull(store, f"https://127.0.0.1:{port}", ["demo:1"])
-            assert r["images"][0]["id"] == a and _image_complete(store, a)
-        assert proxy.seen and {(m, t) for m, t, _ in proxy.seen} == {("CONNECT", f"127.0.0.1:{port}")}
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    url = serve(repo, tls=ctx)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setenv("https_proxy", f"127.0.0.1:{proxy.server_address[1]}")
+    with vocker.Store(tmp_path / "home") as store:
+        r = vocker.pull(store, url, ["demo:1"])
+        assert r["images"][0]["id"] == a and _image_complete(store, a)
+    port = serve.last.server_address[1]
+    assert proxy.seen and {(m, t) for m, t, _ in proxy.seen} == {("CONNECT", f"127.0.0.1:{port}")}
 
 
 @pytest.mark.parametrize("value", ["socks5://127.0.0.1:1080", "http://127.0.0.1:notaport"])
