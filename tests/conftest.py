@@ -218,6 +218,12 @@ _STRIP_PREFIXES = ("PIP_", "UV_", "PYTHON", "CONDA_")
 _STRIP_NAMES = {"VIRTUAL_ENV", "__PYVENV_LAUNCHER__", "PYENV_VERSION"}
 
 
+#: push and save compress for the wire at level 19 by default (about 2 MB/s
+#: a core); the suite pushes small venvs dozens of times, so it asks for the
+#: fast level a user can set too. Tests of the wire format itself unset it.
+os.environ.setdefault("VOCKER_PUSH_LEVEL", "3")
+
+
 def clean_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
     """os.environ without PIP_*, UV_*, PYTHON*, VIRTUAL_ENV ...; then *extra_env* on top.
 

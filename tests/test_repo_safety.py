@@ -195,7 +195,7 @@ def test_a_repository_listing_the_empty_blob_without_a_frame_is_refused(tmp_path
         data = pack.read_bytes()
         lines = [f"{empty} 0 {pack_id} {len(data)} 4" if line.startswith(empty) else line
                  for line in p.read_text().splitlines()]
-        pack.write_bytes(data + vocker.EMPTY_FRAME[:4])
+        pack.write_bytes(data + vocker.ZSTD_MAGIC)
         p.write_text("\n".join(lines) + "\n")
     blobs = {"e": b""}
     tree = {"": [("empty", "f", "e")]}

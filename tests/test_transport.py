@@ -204,8 +204,10 @@ def test_only_missing_blobs_move(mode, images, tmp_path, serve):
         vocker.pull(store, url, ["demo:1"])
         have = {r[0] for r in store.db.execute("SELECT id FROM blobs")}
         index = vocker.parse_blobs_file((repo / "images" / f"{b}.blobs").read_bytes(), b)
-        lacking = sum(csize for blob, (size, pack, off, csize) in index.items() if blob not in have)
-        image_size = sum(size for size, pack, off, csize in index.values())
+        # what B lacks lies in solid frames: the pull reads those frames whole
+        lacking = sum(csize for _, _, csize in {(loc.pack, loc.offset, loc.csize)
+                                                for blob, loc in index.items() if blob not in have})
+        image_size = sum(loc.size for loc in index.values())
         server.sent = 0
         r = vocker.pull(store, url, ["demo:2"])
         assert r["images"][0]["fetched_blobs"] == len(set(index) - have)
@@ -262,9 +264,10 @@ def test_save_and_load(images, tmp_path):
 # ------------------------------------------------------------ hostile input
 
 
-def _craft_repo(root, entries_by_dir, blobs, tag="evil:1", corrupt=None):
+def _craft_repo(root, entries_by_dir, blobs, tag="evil:1", corrupt=None, solid=False):
     """Write a one-image repository by hand: entries_by_dir maps a dir path to
-    a list of (name, type, ref-or-content). Returns the image ID."""
+    a list of (name, type, ref-or-content); ``solid``: all blobs in one frame,
+    the listing's sixth field placing each. Returns the image ID."""
     root.mkdir(parents=True, exist_ok=True)
     vocker.repo_init(str(root))
     trees = {}
@@ -292,9 +295,15 @@ def _craft_repo(root, entries_by_dir, blobs, tag="evil:1", corrupt=None):
         frames.append((hash_bytes(data), len(data), offset, len(c)))
         pack += c
         offset += len(c)
+    if solid:
+        content = [blobs[k] for k in sorted(blobs)]
+        pack = cctx.compress(b"".join(content))
+        ats = [sum(map(len, content[:i])) for i in range(len(content))]
+        frames = [(hash_bytes(d), len(d), 0, len(pack), at) for d, at in zip(content, ats)]
     pack_id = hash_bytes(pack)
     (root / "packs" / f"{pack_id}.pack").write_bytes(pack)
-    lines = [f"{bid} {size} {pack_id} {off} {cs}\n" for bid, size, off, cs in sorted(frames)]
+    lines = [" ".join([bid, str(size), pack_id] + [str(x) for x in rest]) + "\n"
+             for bid, size, *rest in sorted(frames)]
     m = Manifest("plain", root_id)
     mbytes = m.serialize()
     image_id = hash_bytes(mbytes)
@@ -420,8 +429,36 @@ def _empty_frame_listed(data):
     return ("\n".join(lines) + "\n").encode()
 
 
+def _solid_field(index, fn):
+    """Edit field ``index`` of the solid frame's second member (in frame order)."""
+    def edit(data):
+        lines = sorted(data.decode().splitlines(), key=lambda line: int(line.split()[5]))
+        parts = lines[1].split()
+        parts[index] = str(fn(int(parts[index])))
+        lines[1] = " ".join(parts)
+        return ("\n".join(lines) + "\n").encode()
+    return edit
+
+
+def _meta_bomb(root, image_id, pack_id):
+    """A listing that is one small zstd frame expanding past MAX_META."""
+    cobj, zeros = zstandard.ZstdCompressor(level=1).compressobj(), bytes(1 << 20)
+    parts = [cobj.compress(zeros) for _ in range((vocker.MAX_META >> 20) + 1)]
+    (root / "images" / f"{image_id}.blobs").write_bytes(b"".join(parts) + cobj.flush())
+
+
 HOSTILE = [
     # (id, tree, corrupt, expected exception, message fragment)
+    ("solid-gap", GOOD_TREE, _edit("images/{id}.blobs", _solid_field(5, lambda at: at + 1)),
+     vocker.InvalidInputError, "implausible sizes"),
+    ("solid-overlap", GOOD_TREE, _edit("images/{id}.blobs", _solid_field(5, lambda at: 0)),
+     vocker.InvalidInputError, "implausible sizes"),
+    ("solid-over-group-max", GOOD_TREE,
+     _edit("images/{id}.blobs", _solid_field(1, lambda size: vocker.GROUP_MAX)),
+     vocker.InvalidInputError, "implausible sizes"),
+    ("solid-member-lies", GOOD_TREE, _edit("images/{id}.blobs", _solid_field(1, lambda n: n - 1)),
+     vocker.IntegrityError, "expands past"),
+    ("listing-bomb", GOOD_TREE, _meta_bomb, vocker.InvalidInputError, "too large"),
     ("frame-with-trailing-bytes", GOOD_TREE, _edit("images/{id}.blobs", _frame_plus_trailing),
      vocker.IntegrityError, "after its zstd frame"),
     ("frame-listed-empty", GOOD_TREE, _edit("images/{id}.blobs", _empty_frame_listed),
@@ -469,7 +506,7 @@ HOSTILE = [
 def test_hostile_repository_is_refused_and_changes_nothing(case, tmp_path):
     name, tree, corrupt, exc, fragment = case
     repo = tmp_path / "repo"
-    _craft_repo(repo, tree, GOOD_BLOBS, corrupt=corrupt)
+    _craft_repo(repo, tree, GOOD_BLOBS, corrupt=corrupt, solid=name.startswith("solid"))
     home = tmp_path / "home"
     with vocker.Store(home) as store:
         before = _store_snapshot(home)
@@ -487,6 +524,84 @@ def test_hostile_repository_is_refused_and_changes_nothing(case, tmp_path):
         assert vocker.pull(store, str(honest), ["evil:1"])["images"][0]["id"] == good
         vocker.create(store, good, tmp_path / "ok")
         assert (tmp_path / "ok" / "sub" / "b.txt").read_bytes() == GOOD_BLOBS["b"]
+
+
+def test_a_solid_frame_is_read_up_to_the_last_blob_wanted(tmp_path):
+    """Blobs sharing one frame: a store lacking only the first reads the frame
+    no further than that blob, so damage after it does not matter; the frame
+    read to its end is verified whole."""
+    blobs = {"a": b"alpha\n" * 50, "b": os.urandom(300_000)}
+    repo = tmp_path / "repo"
+    image_id = _craft_repo(repo, GOOD_TREE, blobs, solid=True)
+    listing = vocker.parse_blobs_file((repo / "images" / f"{image_id}.blobs").read_bytes(),
+                                      image_id)
+    assert len(vocker.frame_members(listing)) == 1
+    with vocker.Store(tmp_path / "home") as store:
+        vocker.pull(store, str(repo), ["evil:1"])
+        vocker.create(store, image_id, tmp_path / "env")
+    assert (tmp_path / "env" / "sub" / "b.txt").read_bytes() == blobs["b"]
+    order = sorted(blobs, key=lambda k: hash_bytes(blobs[k]))
+    first, last = (hash_bytes(blobs[k]) for k in order)
+    pack = next((repo / "packs").iterdir())
+    pack.write_bytes(pack.read_bytes()[:-100] + bytes(100))  # the frame's tail is garbage
+    members = vocker.frame_members(listing)
+    ((_, offset, csize), frame), = members.items()
+    got = []
+    with open(pack, "rb") as f:
+        vocker.read_frame_members(f, csize, frame, {first}, lambda b, c: got.append(c),
+                                  lambda b: None)
+    assert b"".join(got) == blobs[order[0]]
+    with open(pack, "rb") as f, pytest.raises(vocker.IntegrityError):
+        vocker.read_frame_members(f, csize, frame, {last}, lambda b, c: None, lambda b: None)
+
+
+@pytest.mark.parametrize("value, level", [("", 19), ("1", 1), ("19", 19), ("0", None),
+                                          ("20", None), ("fast", None), ("-3", None)])
+def test_push_level_comes_from_the_environment(value, level, monkeypatch):
+    monkeypatch.setenv("VOCKER_PUSH_LEVEL", value)
+    if level is None:
+        with pytest.raises(vocker.UsageError, match="VOCKER_PUSH_LEVEL"):
+            vocker.push_level()
+    else:
+        assert vocker.push_level() == level
+
+
+def test_push_compresses_each_distribution_as_one_solid_frame(tmp_path, monkeypatch):
+    """A venv-like tree: each distribution's files (package, .libs, dist-info)
+    share a frame, other distributions get their own; the listing and tree
+    bundle are compressed too, and a pull rebuilds the same files."""
+    monkeypatch.delenv("VOCKER_PUSH_LEVEL")  # the default level, as users push
+    src = tmp_path / "src"
+    site = src / "lib" / "python3.11" / "site-packages"
+    for dist in ("alpha", "beta"):
+        for rel in (f"{dist}/__init__.py", f"{dist}/core.py", f"{dist}.libs/lib{dist}.so",
+                    f"{dist}-1.0.dist-info/METADATA"):
+            p = site / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(f"# {rel}\n".encode() + os.urandom(2000))
+    (src / "README").write_text("top\n")
+    home, repo = tmp_path / "home", tmp_path / "repo"
+    with vocker.Store(home) as store:
+        image_id = vocker.commit(store, src, tags=["d:1"], kind="plain")["id"]
+        vocker.push(store, ["d:1"], str(repo))
+    for ext in ("blobs", "trees"):
+        assert (repo / "images" / f"{image_id}.{ext}").read_bytes()[:4] == vocker.ZSTD_MAGIC
+    listing = vocker.parse_blobs_file((repo / "images" / f"{image_id}.blobs").read_bytes(),
+                                      image_id)
+    frames = vocker.frame_members(listing)
+    by_frame = {key: {m[2] for m in members} for key, members in frames.items()}
+    for dist in ("alpha", "beta"):
+        ids = {hash_bytes(p.read_bytes()) for p in site.glob(f"{dist}[.-]*/*")} | \
+              {hash_bytes(p.read_bytes()) for p in (site / dist).iterdir()}
+        assert len(ids) == 4 and ids in by_frame.values()
+    assert len(frames) == 3  # alpha, beta, and the top folder's file
+    with vocker.Store(tmp_path / "h2") as store:
+        vocker.pull(store, str(repo), ["d:1"])
+        vocker.create(store, "d:1", tmp_path / "out")
+
+    def files(root):
+        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert files(tmp_path / "out") == files(src)
 
 
 def test_windows_reserved_names_refused_for_a_windows_target(tmp_path, monkeypatch):
@@ -557,8 +672,8 @@ def _repo_consistent(repo):
                                         image_id)
         need = vocker.check_image_trees(trees, Manifest.parse(m, image_id).root)
         assert need <= set(blobs)
-        for size, pack, off, csize in blobs.values():
-            assert (repo / "packs" / f"{pack}.pack").stat().st_size >= off + csize
+        for loc in blobs.values():
+            assert (repo / "packs" / f"{loc.pack}.pack").stat().st_size >= loc.offset + loc.csize
 
 
 def _kill_randomly(cmd, rng):
