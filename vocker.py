@@ -6904,7 +6904,8 @@ def group_key(path):
     parts = path.split("/")
     for i in range(len(parts) - 2, -1, -1):
         if parts[i] == "site-packages":
-            return "/".join(parts[:i + 1] + [re.split(r"[-.]", parts[i + 1], 1)[0].lower()])
+            name = re.split(r"[-.]", parts[i + 1], maxsplit=1)[0]
+            return "/".join(parts[:i + 1] + [name.lower()])
     return "/".join(parts[:2]) if len(parts) > 2 else ""
 
 

@@ -30,7 +30,7 @@ What it does:
    Range): into an EMPTY store, ``pull A``, then ``pull B``, then ``pull B``
    again (present: metadata only). Reports seconds, bytes and requests as
    vocker's ``--json`` gives them, and the server's own count for HTTP.
-   Target (per transport): bytes(pull B) <= 1.2 * csize(blobs B lacks)
+   Target (per transport): bytes(pull B) <= 1.2 * csize(frames holding the blobs B lacks)
    + 0.02 * size(B).
 5. ``save A -o FILE`` from the source store and ``load FILE`` into an empty
    store: seconds, archive size.
@@ -242,12 +242,19 @@ def build_venv(py: Path, wheels: Path, pins: list[str], venv: Path) -> list[str]
 
 
 def read_blobs(repo: Path, image_id: str) -> dict:
-    """{blob: (size, pack, offset, csize)} from REPO/images/<id>.blobs."""
-    out = {}
-    for line in (repo / "images" / f"{image_id}.blobs").read_text("ascii").splitlines():
-        blob, size, pack, offset, csize = line.split(" ")
-        out[blob] = (int(size), pack, int(offset), int(csize))
-    return out
+    """{blob: (size, pack, offset, csize)} from REPO/images/<id>.blobs, read
+    by vocker's own parser (the file is compressed); (pack, offset, csize) is
+    the frame holding the blob, which it may share with others."""
+    import vocker  # bench/.venv holds this checkout
+    data = (repo / "images" / f"{image_id}.blobs").read_bytes()
+    return {b: (loc.size, loc.pack, loc.offset, loc.csize)
+            for b, loc in vocker.parse_blobs_file(data, image_id).items()}
+
+
+def frames_csize(entries) -> int:
+    """Compressed bytes of the frames holding these blobs, each frame once."""
+    return sum(csize for _, csize in {(f"{pack}:{offset}", csize)
+                                      for size, pack, offset, csize in entries})
 
 
 def free_port() -> int:
@@ -605,12 +612,12 @@ def main(argv=None) -> int:
             meta["images"][k] = {
                 "id": ids[k], "tag": TAG_A if k == "A" else TAG_B, "blobs": len(blobs[k]),
                 "size": sum(v[0] for v in blobs[k].values()),
-                "csize": sum(v[3] for v in blobs[k].values()),
+                "csize": frames_csize(blobs[k].values()),
                 "meta_bytes": sum((repo / "images" / f"{ids[k]}{ext}").stat().st_size
                                   for ext in (".json", ".trees", ".blobs")),
             }
         lacking = {b: v for b, v in blobs["B"].items() if b not in blobs["A"]}
-        meta["lacking"] = {"blobs": len(lacking), "csize": sum(v[3] for v in lacking.values()),
+        meta["lacking"] = {"blobs": len(lacking), "csize": frames_csize(lacking.values()),
                            "size": sum(v[0] for v in lacking.values()),
                            "packs": sorted({v[1] for v in lacking.values()})}
         bound = 1.2 * meta["lacking"]["csize"] + 0.02 * meta["images"]["B"]["size"]

@@ -381,7 +381,8 @@ def test_after_create_a_pushed_image_keeps_one_copy_and_still_works(pushed):
     assert len(pooled) > 50 and framed == set() and templates
     packs = sum(os.path.getsize(home / "packs" / n) for n in os.listdir(home / "packs"))
     pool = _disk_usage(home / "pool")
-    assert packs < 0.01 * pool, (packs, pool)          # only the templates' frames are left
+    # only the templates' frames are left (level 1: 1.0% of the pool on Windows, launchers)
+    assert packs < 0.02 * pool, (packs, pool)
     assert cli("verify", "--full", home=home).returncode == 0
     cli("create", "web:1", str(base / "c2"), "--link-mode", "copy", home=home, check=True)
     with vocker.Store(str(home)) as store:
