@@ -1678,25 +1678,27 @@ class _StoreBlobs:
         return size, _Window(f, csize), csize
 
     def blob_stream(self, blob_id):
-        """(size, read) of a stored blob: ``read(out)`` passes its bytes to
-        ``out``, verified as they pass. ``read`` opens its own file, so it may
+        """(size, read) of a stored blob: ``read(out, files)`` passes its
+        bytes to ``out``, verified as they pass. ``read`` opens its own file
+        (kept in ``files``, {path: file}, which its caller closes), so it may
         run in another thread."""
         if blob_id == EMPTY_ID:  # whatever the store recorded for it
-            return 0, lambda out: None
+            return 0, lambda out, files: None
         size, csize, pack, offset = self.blob_row(blob_id)
         if pack == POOL_ONLY:
-            return size, lambda out: self.stream_pooled(blob_id, size, out)
+            return size, lambda out, files: self.stream_pooled(blob_id, size, out)
         path = self.blob_path(blob_id) if pack is None else self.pack_path(pack)
 
-        def read(out):
-            try:
-                f = open(path, "rb")
-            except FileNotFoundError:
-                raise NotFoundError("blob", blob_id, "the store is incomplete; "
-                                    "commit or pull the image again") from None
-            with f:
-                f.seek(offset or 0)
-                verify_frame(blob_id, size, f, csize, out=out)
+        def read(out, files):
+            f = files.get(path)
+            if f is None:
+                try:
+                    f = files[path] = open(path, "rb")
+                except FileNotFoundError:
+                    raise NotFoundError("blob", blob_id, "the store is incomplete; "
+                                        "commit or pull the image again") from None
+            f.seek(offset or 0)
+            verify_frame(blob_id, size, f, csize, out=out)
         return size, read
 
     def read_blob(self, blob_id):
@@ -7057,19 +7059,22 @@ def _repo_holds(repo, have, blobs):
     listings ``have`` say: each frame they lie in is read back once (bounded
     by its listed size) and all its members are hashed; a frame that fails
     in any way vouches for none of them."""
-    frames, good = frame_members(have), set()
+    frames, good, files = frame_members(have), set(), {}
     keys = {(loc.pack, loc.offset, loc.csize) for b in blobs if (loc := have.get(b))}
-    for pack, offset, csize in sorted(keys):
-        members = frames[pack, offset, csize]
-        ok = set()
-        try:
-            with repo.open(f"packs/{pack}.pack") as f:
+    try:
+        for pack, offset, csize in sorted(keys):
+            members, ok = frames[pack, offset, csize], set()
+            try:
+                f = files.get(pack) or files.setdefault(pack, repo.open(f"packs/{pack}.pack"))
                 f.seek(offset)
                 read_frame_members(f, csize, members, {m[2] for m in members},
                                    lambda b, chunk: None, ok.add)
-        except (IntegrityError, NotFoundError):
-            continue
-        good |= ok
+            except (IntegrityError, NotFoundError):
+                continue
+            good |= ok
+    finally:
+        for f in files.values():
+            f.close()
     return good
 
 
@@ -7122,14 +7127,18 @@ def _send_blobs(store, repo, missing, paths, have, good, progress, level):
 def _compress_group(reads, total, write, level):
     """Compress the blobs that ``reads`` pass on (``total`` bytes) into one
     wire frame, each piece of it given to ``write``."""
-    cobj = _wire_cctx(total, level).compressobj(size=total)
+    cobj, files = _wire_cctx(total, level).compressobj(size=total), {}
 
     def put(chunk):
         data = cobj.compress(chunk)
         if data:
             write(data)
-    for read in reads:
-        read(put)
+    try:
+        for read in reads:
+            read(put, files)
+    finally:
+        for f in files.values():
+            f.close()
     write(cobj.flush())
 
 
@@ -7342,7 +7351,7 @@ def _fetch_blobs(store, src, missing, index, progress):
     """Fetch the frames holding ``missing`` blobs in coalesced ranges, verify
     each blob, and write them (compressed again for the store) into one pack."""
     reads, big = _plan_reads(missing, index)
-    _check_room(store, sum(index[b].size for b in missing))
+    _check_room(store, _room_needed(reads, big))
     for pack, (start, end, frames) in reads:
         src.expect(f"packs/{pack}.pack", end)
     for pack, (offset, csize, members, want) in big:
@@ -7381,6 +7390,14 @@ def _fetch_blobs(store, src, missing, index, progress):
     for r in rows:
         r[3] = pack_id
     return [tuple(r) for r in rows]
+
+
+def _room_needed(reads, big):
+    """What the store's pack may grow by: each frame's blobs at the store's
+    faster level, reckoned as twice the frame (at most its content)."""
+    frames = [f for _, (_, _, fs) in reads for f in fs] + [f for _, f in big]
+    return sum(min(2 * csize, sum(m[1] for m in members))
+               for _, csize, members, _ in frames)
 
 
 def _read_job(src, pack, job):
