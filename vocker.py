@@ -6766,15 +6766,18 @@ def unpack_meta(data, what):
     written by hand (plain): its bytes, at most MAX_META of them."""
     if data[:4] != ZSTD_MAGIC:
         return data
+    parts, n = [], 0
     try:
         reader = zstandard.ZstdDecompressor(max_window_size=1 << WIRE_WINDOW_LOG) \
             .stream_reader(io.BytesIO(data), read_size=CHUNK)
-        out = reader.read(MAX_META + 1)
+        while chunk := reader.read(CHUNK):
+            n += len(chunk)
+            if n > MAX_META:
+                raise InvalidInputError(f"{what} is too large")
+            parts.append(chunk)
     except zstandard.ZstdError as exc:
         raise InvalidInputError(f"{what} cannot be decompressed: {exc}") from None
-    if len(out) > MAX_META:
-        raise InvalidInputError(f"{what} is too large")
-    return out
+    return b"".join(parts)
 
 
 def pack_meta(data, level=WIRE_LEVEL):
