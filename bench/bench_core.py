@@ -313,34 +313,40 @@ def ensure_wheels(py: Path, cache: Path, pins: list[str]) -> Path:
     return wheels
 
 
-def build_corpus(py: Path, wheels: Path, pins: list[str], corpus_dir: Path, res_env: dict):
-    venv = corpus_dir / "venv"
-    venv_pyc = corpus_dir / "venv-pyc"
-    log(f"building corpus venv {venv}")
-    t0 = time.perf_counter()
+def build_source_venv(py: Path, wheels: Path, pins: list[str], venv: Path,
+                      prompt: str | None = None) -> list[str]:
+    """``python -m venv`` + an offline, hermetic pip install of ``pins``, every
+    ``.pyc`` removed (ensurepip leaves pip/setuptools compiled: a source venv
+    has none); returns its ``pip freeze --all``. Exits the bench on failure."""
     try:
-        run([py, "-m", "venv", venv], sync=False)
+        run([py, "-m", "venv", *(["--prompt", prompt] if prompt else []), venv], sync=False)
         run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-index",
              "--find-links", wheels, "--no-compile", *pins],
             env=hermetic_pip_env(), sync=False)
     except StepFailed as e:
-        sys.exit(f"bench: could not build the corpus venv: {e}")
-    # ensurepip leaves pip/setuptools compiled: the source venv must have no pyc
+        sys.exit(f"bench: could not build {venv}: {e}")
     for dirpath, dirnames, _ in os.walk(venv):
         if "__pycache__" in dirnames:
             rmtree(Path(dirpath) / "__pycache__")
             dirnames.remove("__pycache__")
     for p in venv.rglob("*.pyc"):
         p.unlink()
+    return subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze", "--all"],
+                          stdout=subprocess.PIPE, text=True, env=hermetic_pip_env()).stdout.split()
+
+
+def build_corpus(py: Path, wheels: Path, pins: list[str], corpus_dir: Path, res_env: dict):
+    venv = corpus_dir / "venv"
+    venv_pyc = corpus_dir / "venv-pyc"
+    log(f"building corpus venv {venv}")
+    t0 = time.perf_counter()
+    res_env["installed"] = build_source_venv(py, wheels, pins, venv)
     log(f"corpus venv built in {time.perf_counter() - t0:.1f} s; making the with-pyc copy")
     try:
         run(["cp", "-a", venv, venv_pyc], sync=False)
         run([py, "-m", "compileall", "-q", "-j0", venv_pyc], sync=False)
     except StepFailed as e:
         sys.exit(f"bench: could not build the with-pyc venv: {e}")
-    frz = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze", "--all"],
-                         stdout=subprocess.PIPE, text=True, env=hermetic_pip_env()).stdout
-    res_env["installed"] = frz.split()
     return venv, venv_pyc
 
 

@@ -222,23 +222,9 @@ def build_venv(py: Path, wheels: Path, pins: list[str], venv: Path) -> list[str]
     """bench_core's corpus venv (no pyc), without the with-pyc copy."""
     log(f"building {venv}: {' '.join(pins)}")
     t0 = time.perf_counter()
-    try:
-        run([py, "-m", "venv", venv], sync=False)
-        run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-index",
-             "--find-links", wheels, "--no-compile", *pins],
-            env=bc.hermetic_pip_env(), sync=False)
-    except StepFailed as e:
-        sys.exit(f"bench: could not build {venv}: {e}")
-    for dirpath, dirnames, _ in os.walk(venv):
-        if "__pycache__" in dirnames:
-            rmtree(Path(dirpath) / "__pycache__")
-            dirnames.remove("__pycache__")
-    for p in venv.rglob("*.pyc"):
-        p.unlink()
-    frz = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze", "--all"],
-                         stdout=subprocess.PIPE, text=True, env=bc.hermetic_pip_env()).stdout
+    frz = bc.build_source_venv(py, wheels, pins, venv)
     log(f"built {venv} in {time.perf_counter() - t0:.1f} s")
-    return frz.split()
+    return frz
 
 
 def read_blobs(repo: Path, image_id: str) -> dict:

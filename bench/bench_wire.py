@@ -164,19 +164,7 @@ def venv_dir(work: Path, name: str) -> Path:
 
 def build_venv(py: Path, wheels: Path, name: str, venv: Path) -> dict:
     log(f"building {name} in {venv}: {' '.join(PINS[name])}")
-    env = bc.hermetic_pip_env()
-    try:
-        bc.run([py, "-m", "venv", "--prompt", name, venv], sync=False)
-        bc.run([venv / "bin/python", "-m", "pip", "install", "-q", "--no-index",
-                "--find-links", wheels, "--no-compile", *PINS[name]], env=env, sync=False)
-    except StepFailed as e:
-        sys.exit(f"bench: could not build {venv}: {e}")
-    for dirpath, dirnames, _ in os.walk(venv):
-        if "__pycache__" in dirnames:
-            rmtree(Path(dirpath) / "__pycache__")
-            dirnames.remove("__pycache__")
-    freeze = subprocess.run([str(venv / "bin/python"), "-m", "pip", "freeze", "--all"],
-                            stdout=subprocess.PIPE, text=True, env=env).stdout.split()
+    freeze = bc.build_source_venv(py, wheels, PINS[name], venv, prompt=name)
     return {"path": str(venv), "pins": PINS[name], "installed": freeze,
             **bc.tree_stats(venv)}
 
