@@ -6882,7 +6882,7 @@ def read_frame_members(f, csize, members, wanted, out, done):
 def _member(reader, blob, size, out):
     """Read one member of ``size`` bytes; with ``out``, pass it on and
     return its hasher (else None)."""
-    h, left = blake3.blake3() if out else None, size
+    h, left = blake3.blake3() if out is not None else None, size
     while left:
         chunk = reader.read(min(left, CHUNK))
         if not chunk:
@@ -7377,10 +7377,9 @@ def _fetch_blobs(store, src, missing, index, progress):
                     keep(b, size, writer.append(cdata), len(cdata))
         for pack, (offset, csize, members, want) in big:
             size = members[0][1]
-            keep(members[0][2], size, writer.append_stream(lambda write: _recompress(
-                _Pieces(src, f"packs/{pack}.pack", offset, csize), csize, members, size, write)),
-                0)
-            rows[-1][2] = writer.offset - rows[-1][4]
+            at = writer.append_stream(lambda write: _recompress(
+                _Pieces(src, f"packs/{pack}.pack", offset, csize), csize, members, size, write))
+            keep(members[0][2], size, at, writer.offset - at)
         pack_id = writer.finish()
     except BaseException:
         writer.abort()
