@@ -94,6 +94,18 @@ CREATE TABLE IF NOT EXISTS pyc_files (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pyc_files_inode ON pyc_files(dev, ino);
 
+-- Bytecode shipped with an image (pulled with it, by a tag or by the bytecode
+-- ID): the record (its hash is the ID; it names the image), whose tree in
+-- `trees` maps each source blob to its .pyc blob in `blobs`. Used only for
+-- containers of that image, never for another image sharing a source.
+CREATE TABLE IF NOT EXISTS bytecode (
+    id        TEXT PRIMARY KEY,
+    image     TEXT NOT NULL,
+    cache_tag TEXT NOT NULL,
+    record    BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS bytecode_image ON bytecode(image);
+
 -- Creates in progress: written before the staging folder is made, deleted in
 -- the transaction that records the container. A row whose process is dead
 -- names vocker's own leftovers: its staging folder, and PATH itself if PATH is

@@ -853,6 +853,68 @@ class Manifest:
         return m
 
 
+class Bytecode:
+    """The ``.pyc`` files of one image for one interpreter, as a push ships
+    them: canonical JSON like a manifest. ``root`` is a flat tree with one
+    entry per compiled source, named by the source blob's ID and pointing to
+    its ``.pyc`` blob. The record's hash (the bytecode ID) authenticates every
+    ``.pyc`` and names the image, so pinning a bytecode ID pins both; an image
+    ID alone never brings bytecode from a repository."""
+
+    FIELDS = ("format", "kind", "image", "cache_tag", "root")
+
+    def __init__(self, image, cache_tag, root, format=FORMAT_VERSION, kind="bytecode"):
+        self.format, self.kind = format, kind
+        self.image, self.cache_tag, self.root = image, cache_tag, root
+
+    def serialize(self):
+        return json.dumps({f: getattr(self, f) for f in self.FIELDS}, sort_keys=True,
+                          separators=(",", ":")).encode("utf-8")
+
+    @property
+    def id(self):
+        return hash_bytes(self.serialize())
+
+    @classmethod
+    def parse(cls, data, expected_id=None):
+        if expected_id is not None and hash_bytes(data) != expected_id:
+            raise IntegrityError("bytecode", expected_id, "record does not match its ID")
+        obj = read_json(data, "bytecode record", MAX_MANIFEST)
+        if not isinstance(obj, dict) or set(obj) != set(cls.FIELDS) or \
+                obj["kind"] != "bytecode" or type(obj["format"]) is not int:
+            raise InvalidInputError("bytecode record has missing or unknown fields")
+        if obj["format"] != FORMAT_VERSION:
+            raise InvalidInputError(f"bytecode format {obj['format']!r} is not supported",
+                                    f"this vocker reads format {FORMAT_VERSION}; upgrade vocker")
+        check_id(obj["image"], "image")
+        check_id(obj["root"], "tree")
+        if not isinstance(obj["cache_tag"], str) or \
+                not PYTHON_FACTS["cache_tag"].fullmatch(obj["cache_tag"]):
+            raise InvalidInputError("bytecode record has a malformed cache_tag")
+        rec = cls(**obj)
+        if rec.serialize() != data:
+            raise InvalidInputError("bytecode record is not in canonical form")
+        return rec
+
+    @staticmethod
+    def tree(pycs):
+        """The tree of {source blob: pyc blob}."""
+        return Tree([TreeEntry(src, T_FILE, pyc) for src, pyc in pycs.items()])
+
+    @staticmethod
+    def pycs(tree):
+        """{source blob: pyc blob} of a parsed tree; refuses any other shape."""
+        out = {}
+        for e in tree.entries:
+            if e.type != T_FILE or not ID_RE.fullmatch(e.name):
+                raise InvalidInputError(f"bytecode tree entry {e.name[:80]!r} is not "
+                                        "a source blob ID naming a file")
+            out[e.name] = e.ref
+        if len(out) > MAX_PATHS:
+            raise _too_large("large")
+        return out
+
+
 def check_link_target(rel, target):
     """Raise unless a relative symlink at ``rel`` stays inside the environment.
 
@@ -1857,6 +1919,21 @@ class _StorePool:
                 return path
         return None
 
+    def pyc_stream(self, pyc_id):
+        """(size, read) of a compiled ``.pyc`` as :meth:`blob_stream` gives
+        a blob's: its pool file, hashed as it is read."""
+        path = self.pool_path(pyc_id)
+        size = os.lstat(path).st_size
+
+        def read(out, files):
+            h = blake3.blake3()
+            for chunk in _file_chunks(path):
+                h.update(chunk)
+                out(chunk)
+            if h.hexdigest() != pyc_id:
+                raise IntegrityError("pyc", pyc_id, "its pool file was changed")
+        return size, read
+
     def stream_pooled(self, blob_id, size, write):
         """The bytes of a pool-only blob to ``write``, from an intact pool
         file, hashed again as they are read."""
@@ -2182,7 +2259,34 @@ class _StoreImages:
         with self.transaction() as db:
             db.execute("DELETE FROM tags WHERE image=?", (image_id,))
             db.execute("DELETE FROM image_sources WHERE image=?", (image_id,))
+            db.execute("DELETE FROM bytecode WHERE image=?", (image_id,))
             db.execute("DELETE FROM images WHERE id=?", (image_id,))
+
+    def add_bytecode(self, bytecode_id, record, trees, blobs):
+        """Record pulled bytecode in one transaction: its tree ({id: bytes}),
+        new blob rows (as :meth:`add_image`) and the record."""
+        rec = Bytecode.parse(record, bytecode_id)
+        with self.transaction() as db:
+            self._add_blobs(blobs)
+            db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)", trees.items())
+            db.execute("INSERT OR IGNORE INTO bytecode(id, image, cache_tag, record) "
+                       "VALUES (?,?,?,?)", (bytecode_id, rec.image, rec.cache_tag, record))
+
+    def has_bytecode(self, bytecode_id):
+        return self._one("SELECT 1 FROM bytecode WHERE id=?", (bytecode_id,)) is not None
+
+    def bytecode_of(self, image_id, cache_tag=None):
+        """[(ID, Bytecode)] shipped with ``image_id`` (for ``cache_tag``)."""
+        rows = self._all("SELECT id, record FROM bytecode WHERE image=? ORDER BY id", (image_id,))
+        return [(i, rec) for i, r in rows
+                if (rec := Bytecode.parse(bytes(r), i)).cache_tag == cache_tag or not cache_tag]
+
+    def shipped_pycs(self, image_id, cache_tag):
+        """{source blob: pyc blob} of the bytecode shipped with ``image_id``."""
+        out = {}
+        for _, rec in self.bytecode_of(image_id, cache_tag):
+            out.update(Bytecode.pycs(self.tree(rec.root)))
+        return out
 
     def add_image_sources(self, rows):
         """Rows (image, location): where each image can be fetched again."""
@@ -2254,9 +2358,11 @@ class _StoreGc:
     """What gc and verify read of the store, and what they make it forget or replace."""
 
     def image_roots(self):
-        """The root tree ID of every stored image."""
+        """The root tree ID of every stored image and bytecode record."""
         rows = self._all("SELECT id, manifest FROM images")
-        return [Manifest.parse(bytes(m), i).root for i, m in rows]
+        shipped = self._all("SELECT id, record FROM bytecode")
+        return [Manifest.parse(bytes(m), i).root for i, m in rows] + \
+            [Bytecode.parse(bytes(r), i).root for i, r in shipped]
 
     def tree_ids(self):
         return {r[0] for r in self._all("SELECT id FROM trees")}
@@ -5327,6 +5433,8 @@ class Creator:
         self.info = None
         self.pyc_compiled = 0
         self.pyc_cached = 0
+        self.pyc_shipped = 0
+        self.shipped = set()  # the pyc blobs placed from shipped bytecode
         self.pyc_failed = 0
         self.pyc_rows = []
         self.pyc_file_rows = []
@@ -5449,11 +5557,14 @@ class Creator:
         exe, tag = self._pyc_interpreter()
         if not exe:
             return
-        known = store.cached_pycs(tag, {b for _, b, _ in py_files})
+        sources = {b for _, b, _ in py_files}
+        known = store.cached_pycs(tag, sources)
         self._check_pycs(known)
+        shipped = {b: p for b, p in store.shipped_pycs(self.image_id, tag).items()
+                   if b in sources and not known.get(b)}
         todo, first, errors = [], {}, {}
         for rel, blob, executable in py_files:
-            if blob not in known and blob not in first:
+            if blob not in known and blob not in first and blob not in shipped:
                 first[blob] = (rel, executable)
         if first:
             self.progress.stage("compiling", total=len(first))
@@ -5478,7 +5589,7 @@ class Creator:
                     self.pyc_rows.append((tag, blob, 0, known[blob]))
         made_dirs, failed = set(), []
         for rel, blob, _ in py_files:
-            pyc = known.get(blob)
+            pyc = known.get(blob) or shipped.get(blob)
             if not pyc:
                 failed.append((rel, blob))
                 continue
@@ -5488,9 +5599,13 @@ class Creator:
                 os.mkdir(cache_dir)  # never an existing name: trees hold no __pycache__
                 made_dirs.add(cache_dir)
             dst = os.path.join(cache_dir, f"{name[:-3]}.{tag}.pyc")
-            self.linker.place_file(store.pool_path(pyc), dst)
-            if blob not in first:
-                self.pyc_cached += 1
+            if known.get(blob):
+                self.linker.place_file(store.pool_path(pyc), dst)
+                self.pyc_cached += blob not in first
+            else:  # a blob of the bytecode pulled with this image
+                self.linker.place(pyc, False, dst)
+                self.shipped.add(pyc)
+                self.pyc_shipped += 1
         if failed:
             self.pyc_failed = len(failed)
             self.warnings.append(pyc_warning(failed, errors))
@@ -5531,7 +5646,7 @@ class Creator:
         return {"path": self.path, "image": self.image_id, "short_id": short_id(self.image_id),
                 "link_mode": mode, "python": self.exe,
                 "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached,
-                "pyc_failed": self.pyc_failed,
+                "pyc_shipped": self.pyc_shipped, "pyc_failed": self.pyc_failed,
                 "repaired": self.repaired + self.linker.repaired, "warnings": self.warnings}
 
 def create(store, image, path, link_mode="auto", python=None, compile=True, progress=None,
@@ -5550,8 +5665,8 @@ def create(store, image, path, link_mode="auto", python=None, compile=True, prog
         run = c.run()
     if store.image_sources(image_id):
         with contextlib.suppress(ConflictError):  # busy: a later gc drops them
-            with store.collecting(wait=0):
-                drop_pooled_frames(store, {b for b, _ in c.linker.pooled})
+            with store.collecting(wait=0):  # shipped .pyc keep theirs: the repair source
+                drop_pooled_frames(store, {b for b, _ in c.linker.pooled} - c.shipped)
     result = {**run, **find_container(store, c.path)}  # the container object's shape
     result["seconds"] = round(time.monotonic() - t0, 3)
     return result
@@ -6725,6 +6840,12 @@ def parse_index(data, where):
                 not isinstance(info.get(k), (str, type(None))) for k in _SUMMARY_FIELDS):
             raise InvalidInputError(f"{where}: bad summary of image {short_id(image_id)} in "
                                     "index.json", "push the image again to rewrite the index")
+    shipped = obj.setdefault("bytecode", {})  # {image: bytecode ID}; older indexes lack it
+    if not isinstance(shipped, dict):
+        raise InvalidInputError(f"{where}: index.json has a malformed 'bytecode' field")
+    for image_id, bytecode_id in shipped.items():
+        check_id(image_id, "image")
+        check_id(bytecode_id, "bytecode")
     return obj
 
 
@@ -6977,7 +7098,7 @@ def _image_objects(store, image_id):
     return m.serialize(), {tid: t.serialize() for tid, t in trees.items()}, paths
 
 
-_REPO_ENTRIES = {"tmp", "images", "packs", "index.json", REPO_MARKER, ".lock"}
+_REPO_ENTRIES = {"tmp", "images", "bytecode", "packs", "index.json", REPO_MARKER, ".lock"}
 
 
 def repo_init(path):
@@ -7038,11 +7159,13 @@ def _repo_blobs(repo):
     where to look: push verifies each frame it relies on; a malformed listing
     is not used at all."""
     out = {}
-    for name in repo.listdir("images"):
-        if name.endswith(".blobs"):
-            data = repo.read(f"images/{name}", MAX_META)
-            with contextlib.suppress(InvalidInputError):
-                out.update(parse_blobs_file(data, name[:-6]))
+    for folder in ("images", "bytecode"):
+        names = repo.listdir(folder) if folder == "images" or repo.exists(folder) else []
+        for name in names:
+            if name.endswith(".blobs"):
+                data = repo.read(f"{folder}/{name}", MAX_META)
+                with contextlib.suppress(InvalidInputError):
+                    out.update(parse_blobs_file(data, name[:-6]))
     return out
 
 
@@ -7081,11 +7204,12 @@ def _repo_holds(repo, have, blobs):
     return good
 
 
-def _send_blobs(store, repo, missing, paths, have, good, progress, level):
+def _send_blobs(store, repo, missing, paths, have, good, progress, level, stream=None):
     """Write ``missing`` blobs into one new pack as wire frames, one per group
     (:func:`plan_groups`), each blob verified as it is read from the local
-    store: a damaged local copy never leaves it. -> bytes sent"""
-    streams = {b: store.blob_stream(b) for b in missing}
+    store (``stream``, default :meth:`Store.blob_stream`): a damaged local
+    copy never leaves it. -> bytes sent"""
+    streams = {b: (stream or store.blob_stream)(b) for b in missing}
     sizes = {b: size for b, (size, _) in streams.items()}
     writer = PackWriter(repo.tmp_name(), None, readonly=False, repo=repo)
     progress.total, progress.total_bytes = len(missing), sum(sizes.values())
@@ -7157,12 +7281,61 @@ def _listing(have, blobs):
     return out
 
 
-def push(store, refs, repo, progress=None, record=True):
+def _push_bytecode(store, repo, image_id, paths, have, good, progress, level):
+    """Ship the ``.pyc`` of an image for its own interpreter: those this
+    store compiled (intact ones), else those pulled with it, as a bytecode
+    record (:class:`Bytecode`) in ``bytecode/``. -> {"id", "cache_tag",
+    "pycs", "bytes"}, or None when there are none."""
+    found = _bytecode_to_push(store, image_id, paths)
+    if found is None:
+        return None
+    rec, tree, streams = found
+    pycs = sorted(set(streams))
+    good |= _repo_holds(repo, have, [p for p in pycs if p not in good])
+    missing = [p for p in pycs if p not in good]
+    sent = 0
+    if missing:
+        progress.stage(f"{progress.label} bytecode of {short_id(image_id)}")
+        names = {pyc: paths[src] + "c" for src, pyc in Bytecode.pycs(tree).items()}
+        sent = _send_blobs(store, repo, missing, names, have, good, progress, level,
+                           stream=lambda p: streams[p])
+    bytecode_id = rec.id
+    repo.write(f"bytecode/{bytecode_id}.trees", trees_file_bytes({tree.id: tree.serialize()},
+                                                                level))
+    repo.write(f"bytecode/{bytecode_id}.blobs", blobs_file_bytes(_listing(have, pycs), level))
+    repo.write(f"bytecode/{bytecode_id}.json", rec.serialize())
+    return {"id": bytecode_id, "cache_tag": rec.cache_tag, "pycs": len(streams), "bytes": sent}
+
+
+def _bytecode_to_push(store, image_id, paths):
+    """(Bytecode, its tree, {pyc: stream}) of an image's sources ``paths``
+    for the cache tag of its interpreter, or None. A ``.pyc`` compiled here
+    comes before one pulled with the image."""
+    python = store.manifest(image_id).python
+    if python is None:
+        return None
+    tag = python["cache_tag"]
+    pycs = {s: p for s, p in store.shipped_pycs(image_id, tag).items() if s in paths}
+    local = {s: p for s, p in store.cached_pycs(tag, set(paths)).items() if p}
+    sizes = store.pyc_sizes(set(local.values()))
+    local = {s: p for s, p in local.items() if store.check_pyc(p, sizes.get(p)) == "ok"}
+    pycs.update(local)
+    if not pycs:
+        return None
+    ours = set(local.values())
+    streams = {p: store.pyc_stream(p) if p in ours else store.blob_stream(p)
+               for p in set(pycs.values())}
+    tree = Bytecode.tree(pycs)
+    return Bytecode(image_id, tag, tree.id), tree, streams
+
+
+def push(store, refs, repo, progress=None, record=True, with_bytecode=True):
     """Copy images (and the tags named) into a repository folder. Every blob
     sent is verified as it is read; a blob the repository lists is skipped only
     after its frame there was verified (a bad or missing one is sent again).
     ``record``: the store notes that the repository holds them (save notes
-    its archive instead)."""
+    its archive instead). ``with_bytecode``: the ``.pyc`` of each image's
+    interpreter go too (:func:`_push_bytecode`)."""
     if re.match(r"(?i)https?://", repo):
         raise UsageError("push goes to a folder or a share, not to an HTTP URL",
                          "push to the folder your web server serves")
@@ -7189,17 +7362,24 @@ def push(store, refs, repo, progress=None, record=True):
                              blobs_file_bytes(_listing(have, paths), level))
                 target.write(f"images/{image_id}.json", manifest)
                 pushed.append({"id": image_id, "tag": tag, "blobs": len(paths),
-                               "new_blobs": len(missing)})
+                               "new_blobs": len(missing), "bytecode": None})
+                if with_bytecode:
+                    shipped = _push_bytecode(store, target, image_id, paths, have, good,
+                                             progress, level)
+                    sent += shipped.pop("bytes") if shipped else 0
+                    pushed[-1]["bytecode"] = shipped
     finally:
         progress.close()
     with repo_lock(target):
         index = parse_index(target.read("index.json", MAX_META), target.root)
-        for image_id, tag in wanted:
+        for (image_id, tag), done in zip(wanted, pushed):
             m = json.loads(store.manifest(image_id).serialize())
             index["images"][image_id] = {"kind": m["kind"],
                                          "python": (m["python"] or {}).get("version")}
             if tag:
                 index["tags"][tag] = image_id
+            if done["bytecode"]:
+                index.setdefault("bytecode", {})[image_id] = done["bytecode"]["id"]
         target.write("index.json", index_bytes(index))
     if record:
         _record_sources(store, [image_id for image_id, _ in wanted], target.root)
@@ -7225,7 +7405,7 @@ def _resolve_remote(src, ref, index):
         raise NotFoundError("tag in repository", tag, "run 'vocker repo ls REPO'")
     if len(ref) == ID_HEX_LEN:
         return ref, None
-    hits = sorted(i for i in index["images"] if i.startswith(ref))
+    hits = sorted(i for i in {*index["images"], *index["bytecode"].values()} if i.startswith(ref))
     if not hits:
         raise NotFoundError("image in repository", ref, "run 'vocker repo ls REPO'")
     if len(hits) > 1:
@@ -7244,8 +7424,29 @@ def _record_sources(store, image_ids, location):
         store.add_image_sources([(i, _location_key(location)) for i in image_ids])
 
 
-def pull(store, location, refs, headers=None, progress=None):
-    """Fetch images from a repository or archive, verifying every object."""
+def _remote_bytecode(src, ref_id, tag, index, with_bytecode):
+    """(image ID, bytecode ID or None, its record bytes) for a resolved ref.
+    A bytecode ID pins its image (the record, checked against the ID, names
+    it); a tag brings the bytecode the index lists with its image (the index
+    chose the image too); an image ID alone brings none."""
+    if ref_id in index["bytecode"].values() and ref_id not in index["images"]:
+        record = src.get(f"bytecode/{ref_id}.json", limit=MAX_MANIFEST)
+        return Bytecode.parse(record, ref_id).image, ref_id, record
+    bytecode_id = index["bytecode"].get(ref_id) if tag and with_bytecode else None
+    if bytecode_id is None:
+        return ref_id, None, None
+    record = src.get(f"bytecode/{bytecode_id}.json", limit=MAX_MANIFEST)
+    if Bytecode.parse(record, bytecode_id).image != ref_id:
+        raise InvalidInputError(f"{tag}: the repository's bytecode {short_id(bytecode_id)} "
+                                f"is not of image {short_id(ref_id)}",
+                                "push the image again, or pull with --no-bytecode")
+    return ref_id, bytecode_id, record
+
+
+def pull(store, location, refs, headers=None, progress=None, with_bytecode=True):
+    """Fetch images from a repository or archive, verifying every object;
+    with the bytecode a tag or a bytecode ID names (:func:`_remote_bytecode`)
+    unless ``with_bytecode`` is false."""
     src = open_source(location, headers)
     if isinstance(src, HttpSource):
         src.tmp_dir = store.tmp_dir
@@ -7254,8 +7455,12 @@ def pull(store, location, refs, headers=None, progress=None):
             index = parse_index(src.get("index.json"), location)
             results = []
             for ref in refs:
-                image_id, tag = _resolve_remote(src, ref, index)
+                ref_id, tag = _resolve_remote(src, ref, index)
+                image_id, bytecode_id, record = _remote_bytecode(src, ref_id, tag, index,
+                                                                 with_bytecode)
                 one = _pull_one(store, src, image_id, tag, progress)
+                one["bytecode"] = bytecode_id and _pull_bytecode(
+                    store, src, bytecode_id, record, progress)
                 results.append({**image_info(store, image_id), **one})
             _record_sources(store, [r["id"] for r in results], location)
         return {"source": location, "images": results, "bytes": src.bytes,
@@ -7287,6 +7492,32 @@ def _pull_one(store, src, image_id, tag, progress):
     elif tag:
         store.set_tag(tag, image_id)
     return {"id": image_id, "tag": tag, "present": bool(present), "fetched_blobs": fetched}
+
+
+def _pull_bytecode(store, src, bytecode_id, record, progress):
+    """Fetch a bytecode record's tree and ``.pyc`` blobs, each verified by
+    its ID, and record them. -> {"id", "cache_tag", "pycs", "fetched_blobs"}"""
+    rec = Bytecode.parse(record, bytecode_id)
+    if store.has_bytecode(bytecode_id):
+        pycs = store.shipped_pycs(rec.image, rec.cache_tag)
+        return {"id": bytecode_id, "cache_tag": rec.cache_tag, "pycs": len(pycs),
+                "fetched_blobs": 0}
+    trees = parse_trees_file(src.get(f"bytecode/{bytecode_id}.trees"), bytecode_id)
+    if set(trees) != {rec.root}:
+        raise InvalidInputError(f"bytecode {short_id(bytecode_id)}: its .trees file holds "
+                                "other trees than its root")
+    pycs = Bytecode.pycs(trees[rec.root])
+    index = parse_blobs_file(src.get(f"bytecode/{bytecode_id}.blobs"), bytecode_id)
+    need = set(pycs.values())
+    if need - set(index):
+        raise InvalidInputError(f"bytecode {short_id(bytecode_id)}: blob index lacks "
+                                f"{len(need - set(index))} blob(s) its tree names")
+    have = store.present_blobs(sorted(need), framed=True)
+    rows = _fetch_blobs(store, src, sorted(need - set(have)), index, progress)
+    store.add_bytecode(bytecode_id, record, {t: tree.serialize() for t, tree in trees.items()},
+                       rows)
+    return {"id": bytecode_id, "cache_tag": rec.cache_tag, "pycs": len(pycs),
+            "fetched_blobs": len(rows)}
 
 
 def _plan_reads(missing, index):
@@ -7444,14 +7675,16 @@ def repo_ls(location, headers=None):
             for i, info in sorted(index["images"].items())]
 
 
-def save(store, refs, out, progress=None):
-    """Write images into one portable archive (a tar of a repository)."""
+def save(store, refs, out, progress=None, with_bytecode=True):
+    """Write images into one portable archive (a tar of a repository), with
+    their bytecode unless ``with_bytecode`` is false (as :func:`push`)."""
     out = os.path.abspath(out)
     # staged beside the output, not in the store: save works on a read-only store
     stage = os.path.join(os.path.dirname(out),
                          f".{os.path.basename(out)}.vocker-{uuid.uuid4().hex[:8]}")
     try:
-        result = push(store, refs, stage, progress=progress, record=False)
+        result = push(store, refs, stage, progress=progress, record=False,
+                      with_bytecode=with_bytecode)
         tmp = out + f".tmp-{uuid.uuid4().hex[:8]}"
         try:
             with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -7486,7 +7719,9 @@ def load(store, path, progress=None):
         index = parse_index(src.get("index.json"), path)
     finally:
         src.close()
-    refs = list(index["tags"]) + [i for i in index["images"] if i not in index["tags"].values()]
+    shipped = index["bytecode"]  # an untagged image by its bytecode ID, so that it comes too
+    refs = list(index["tags"]) + [shipped.get(i, i) for i in index["images"]
+                                  if i not in index["tags"].values()]
     return pull(store, path, refs, progress=progress)
 
 
@@ -7830,11 +8065,12 @@ class Verifier(_Repairs):
             self.counts["images"] += 1
             try:
                 root = st.manifest(image_id).root
+                shipped = [rec.root for _, rec in st.bytecode_of(image_id)]
             except VockerError as exc:
                 self.bad_images.add(image_id)
                 self._bad("image", image_id, exc.message)
                 continue
-            stack = [root]
+            stack = [root, *shipped]  # the .pyc shipped with it are checked as its files
             while stack:
                 tid = stack.pop()
                 if tid in done:
@@ -8750,7 +8986,8 @@ def cmd_create(store, args):
         raise
     _warn(args, r["warnings"])
     text = (f"created {r['path']} from {r['short_id']} "
-            f"({r['link_mode']}, {r['pyc_compiled']} compiled, {r['pyc_cached']} cached .pyc"
+            f"({r['link_mode']}, {r['pyc_compiled']} compiled, {r['pyc_cached']} cached"
+            + (f", {r['pyc_shipped']} shipped" if r["pyc_shipped"] else "") + " .pyc"
             + (f", {r['repaired']} damaged store files repaired" if r["repaired"] else "") + ")")
     _emit(args, r, terminal_safe(text), r["path"])
     return EXIT_OK
@@ -8966,14 +9203,17 @@ def _push_swapped(args):
 
 def cmd_push(store, args):
     try:
-        r = push(store, args.images, args.repo, progress=_progress(args, "pushing"))
+        r = push(store, args.images, args.repo, progress=_progress(args, "pushing"),
+                 with_bytecode=not args.no_bytecode)
     except VockerError:
         swapped = _push_swapped(args)
         if swapped:
             raise swapped from None
         raise
     text = "\n".join(f"pushed {short_id(i['id'])}{' as ' + i['tag'] if i['tag'] else ''} "
-                     f"({i['new_blobs']} of {i['blobs']} blobs new)" for i in r["images"])
+                     f"({i['new_blobs']} of {i['blobs']} blobs new"
+                     + (f"; bytecode {short_id(b['id'])}: {b['pycs']} .pyc for {b['cache_tag']}"
+                        if (b := i["bytecode"]) else "") + ")" for i in r["images"])
     _emit(args, r, text)
     return EXIT_OK
 
@@ -8991,20 +9231,23 @@ def _pull_swapped(args):
 def cmd_pull(store, args):
     try:
         r = pull(store, args.repo, args.images, headers=_headers(args),
-                 progress=_progress(args, "pulling"))
+                 progress=_progress(args, "pulling"), with_bytecode=not args.no_bytecode)
     except VockerError:
         swapped = _pull_swapped(args)
         if swapped:
             raise swapped from None
         raise
     text = "\n".join(f"{'up to date' if i['present'] else 'pulled'} {i['id']}"
-                     f"{' as ' + i['tag'] if i['tag'] else ''}" for i in r["images"])
+                     f"{' as ' + i['tag'] if i['tag'] else ''}"
+                     + (f" (bytecode {short_id(b['id'])}: {b['pycs']} .pyc for {b['cache_tag']})"
+                        if (b := i["bytecode"]) else "") for i in r["images"])
     _emit(args, r, text, "\n".join(i["id"] for i in r["images"]))
     return EXIT_OK
 
 
 def cmd_save(store, args):
-    r = save(store, args.images, args.output, progress=_progress(args, "saving"))
+    r = save(store, args.images, args.output, progress=_progress(args, "saving"),
+             with_bytecode=not args.no_bytecode)
     _emit(args, r, f"saved {len(r['images'])} image(s) to {r['file']} ({human_size(r['size'])})")
     return EXIT_OK
 
@@ -9187,16 +9430,26 @@ def build_parser():
              "  vocker push web:1.0 ./repo\n  vocker push web:1.0 web:stable ./repo\n")
     sp.add_argument("images", nargs="+", metavar="IMAGE")
     sp.add_argument("repo", metavar="REPO", help="repository folder (made if empty)")
+    sp.add_argument("--no-bytecode", action="store_true",
+                    help="leave out the .pyc this store compiled for the image (by default "
+                         "they go as a bytecode record, so a pull by tag need not compile)")
     sp = add("pull", cmd_pull, "fetch images from a repository (folder, file:// or http(s)://)",
              "  vocker pull ./repo web:1.0\n  vocker pull ./repo web:1.0 --home ./other-store\n")
     sp.add_argument("repo", metavar="REPO")
-    sp.add_argument("images", nargs="+", metavar="IMAGE", help="NAME[:TAG], ID or unique ID prefix")
+    sp.add_argument("images", nargs="+", metavar="IMAGE",
+                    help="NAME[:TAG], ID, unique ID prefix, or a bytecode ID (its image "
+                         "and its .pyc)")
     sp.add_argument("--header", action="append", metavar="'NAME: VALUE'",
                     help="extra HTTP header (e.g. Authorization); also $VOCKER_AUTH, ~/.netrc")
+    sp.add_argument("--no-bytecode", action="store_true",
+                    help="with a tag, fetch no .pyc (create compiles them); an image ID "
+                         "never brings any")
     sp = add("save", cmd_save, "write images to one portable archive file",
              "  vocker save web:1.0 -o web.vocker\n")
     sp.add_argument("images", nargs="+", metavar="IMAGE")
     sp.add_argument("-o", "--output", required=True, metavar="FILE")
+    sp.add_argument("--no-bytecode", action="store_true",
+                    help="leave out the .pyc this store compiled (as push --no-bytecode)")
     sp = add("load", cmd_load, "load every image of an archive (skips what is present)",
              "  vocker load web.vocker\n")
     sp.add_argument("file", metavar="FILE")
