@@ -106,6 +106,15 @@ CREATE TABLE IF NOT EXISTS bytecode (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS bytecode_image ON bytecode(image);
 
+-- Facts of interpreters a create asked (query_python), kept while `stamp`
+-- holds: the path's link and the file it reaches unchanged (inode, size,
+-- times), and no pyvenv.cfg come or gone beside it.
+CREATE TABLE IF NOT EXISTS python_facts (
+    path  TEXT PRIMARY KEY,
+    stamp TEXT NOT NULL,
+    facts TEXT NOT NULL
+) WITHOUT ROWID;
+
 -- Creates in progress: written before the staging folder is made, deleted in
 -- the transaction that records the container. A row whose process is dead
 -- names vocker's own leftovers: its staging folder, and PATH itself if PATH is

@@ -20,10 +20,8 @@ import contextlib
 import csv
 import difflib
 import errno
-import http.client
 import io
 import json
-import netrc
 import os
 import re
 import shlex
@@ -36,14 +34,12 @@ import struct
 import subprocess
 import sys
 import sysconfig
-import tarfile
 import tempfile
 import threading
 import time
 import traceback
 import unicodedata
 import urllib.parse
-import urllib.request
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -93,8 +89,9 @@ CHUNK = 1 << 20
 #: files up to this size are read whole (templates are always small)
 SMALL_FILE = 8 << 20
 #: threads that read, hash and compress files during commit (measured on 2
-#: cores, 227 MB venv: 1 thread 1.8 s, 2: 1.35 s, 3: 1.3 s, 4: 1.45 s, 8: 1.6 s)
-COMMIT_THREADS = min(8, (os.cpu_count() or 1) + 1)
+#: cores, 227 MB venv, zstd level 1, quiet machine: 2 threads 0.87 s, 3: 0.89 s,
+#: 4: 0.93 s; at level 3 on a loaded one, 1: 1.8 s, 2: 1.35, 3: 1.3, 8: 1.6)
+COMMIT_THREADS = min(8, os.cpu_count() or 1)
 
 # Tree entry types
 T_FILE = "f"          # regular file -> blob
@@ -1830,6 +1827,12 @@ class _StorePool:
             self._valid.add(object_id)
         return path
 
+    def checked_ids(self, ids):
+        """Note IDs whose format a parser has checked (the refs of a parsed
+        tree): :meth:`pool_path` then skips checking them again."""
+        if len(self._valid) + len(ids) <= 1_000_000:
+            self._valid.update(ids)
+
     def current_pool_path(self, blob_id, executable):
         return self.pool_path(blob_id, executable, self._pool_gen.get((blob_id, executable), 0))
 
@@ -2225,6 +2228,21 @@ class _StoreImages:
         """(id, manifest bytes, created, size, files, source) of every image, newest first."""
         return self._all("SELECT id, manifest, created, size, files, source FROM images "
                          "ORDER BY created DESC")
+
+    def python_facts(self, path, stamp):
+        """The facts remembered of interpreter ``path`` while ``stamp`` holds, or None."""
+        row = self._one("SELECT facts FROM python_facts WHERE path=? AND stamp=?", (path, stamp))
+        with contextlib.suppress(ValueError, TypeError):
+            facts = json.loads(row[0]) if row else None
+            if isinstance(facts, dict) and _PY_FACT_KEYS <= set(facts):
+                return facts
+        return None
+
+    def remember_python(self, path, stamp, facts):
+        if not self.readonly:
+            with self.transaction() as db:
+                db.execute("INSERT OR REPLACE INTO python_facts(path, stamp, facts) "
+                           "VALUES (?,?,?)", (path, stamp, json.dumps(facts, sort_keys=True)))
 
     def base_exe(self, image_id):
         """The base interpreter seen when ``image_id`` was committed here, or None."""
@@ -3018,14 +3036,44 @@ _PY_QUERY = (
     "'platform':sysconfig.get_platform(),"
     "'executable':sys.executable,"
     "'in_venv':sys.prefix!=sys.base_prefix}))")
+_PY_FACT_KEYS = {"implementation", "version", "cache_tag", "platform", "executable", "in_venv"}
 _py_cache = {}
 
 
-def query_python(exe):
-    """Facts about an interpreter (runs it isolated), or None if it fails."""
+def query_python(exe, facts=None):
+    """Facts about an interpreter (runs it isolated), or None if it fails.
+    ``facts`` (a :class:`Store`) remembers them while :func:`python_stamp`
+    holds, so that a create need not start the interpreter."""
     exe = str(exe)
     if exe in _py_cache:
         return _py_cache[exe]
+    stamp = python_stamp(exe) if facts is not None else None
+    info = facts.python_facts(exe, stamp) if stamp else None
+    if info is None:
+        info = _run_query(exe)
+        if info is not None and stamp:
+            facts.remember_python(exe, stamp, info)
+    _py_cache[exe] = info
+    return info
+
+
+def python_stamp(exe):
+    """What must not change for remembered facts of ``exe`` to hold: the
+    path's link and the file it reaches (inode, size, times), and the
+    pyvenv.cfg beside it or one folder up (a venv's marker); None if ``exe``
+    is not there."""
+    try:
+        lst, st = os.lstat(exe), os.stat(exe)
+    except OSError:
+        return None
+    d = os.path.dirname(os.path.abspath(exe))
+    cfgs = [os.path.exists(os.path.join(x, "pyvenv.cfg")) for x in (d, os.path.dirname(d))]
+    return ":".join(str(int(x)) for x in (lst.st_ino, lst.st_mtime_ns, lst.st_ctime_ns,
+                                          st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                          st.st_ctime_ns, *cfgs))
+
+
+def _run_query(exe):
     info = None
     try:
         out = subprocess.run([exe, "-I", "-c", _PY_QUERY], capture_output=True,
@@ -3036,7 +3084,6 @@ def query_python(exe):
                 else info["executable"]
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):
         info = None
-    _py_cache[exe] = info
     return info
 
 
@@ -3312,26 +3359,28 @@ def venv_links(root, bindir):
     return links
 
 
-def venv_base_python(root, cfg, hints):
+def venv_base_python(root, cfg, hints, facts=None):
     """(path, facts) of the interpreter the venv at ``root`` was made from:
     the first of ``hints``, then of the names in its ``home``, that runs;
     never one inside the environment (its files come from the image: running
-    one would run the image). (None, None) if none does."""
+    one would run the image). (None, None) if none does. ``facts``: as for
+    :func:`query_python`."""
     version = cfg.get("version") or cfg.get("version_info") or ""
     for c in python_candidates(version, hints, [cfg.get("home")], search=False):
         if not _inside(c, root):
-            info = query_python(c)
+            info = query_python(c, facts)
             if info is not None and not _inside(info["executable"], root):
                 return c, info
     return None, None
 
 
-def find_python(need, explicit=None, hint=None, sources=None):
+def find_python(need, explicit=None, hint=None, sources=None, facts=None):
     """(executable, info) of an interpreter that fits ``need``: ``explicit``,
-    else the first discovered (``sources``: :class:`PythonSources`) that does."""
+    else the first discovered (``sources``: :class:`PythonSources`) that does.
+    ``facts``: the store that remembers interpreters (:func:`query_python`)."""
     want = f"{need['implementation']} {'.'.join(need['version'].split('.')[:2])} ({need['platform']})"
     if explicit:
-        info = query_python(explicit)
+        info = query_python(explicit, facts)
         if info is None:
             raise PythonError(f"cannot run the interpreter {explicit}",
                               "pass --python with a working python executable")
@@ -3345,7 +3394,7 @@ def find_python(need, explicit=None, hint=None, sources=None):
         return info["executable"], info
     cands, looked = discover_pythons(need["version"], [hint], sources=sources)
     for cand in cands:
-        info = query_python(cand)
+        info = query_python(cand, facts)
         if python_matches(info, need):
             return info["executable"], info
     mm = ".".join(need["version"].split(".")[:2])
@@ -4416,7 +4465,8 @@ class _Source:
         else:
             recorded = self.origin[1] if self.origin else None
             self.base_exe, info = venv_base_python(
-                self.root, cfg, [recorded, explicit, cfg.get("executable"), *links])
+                self.root, cfg, [recorded, explicit, cfg.get("executable"), *links],
+                facts=self.store)
         if info is None:
             raise PythonError(f"the base interpreter of {self.root} (home = {cfg['home']}) "
                               "does not run or lies inside the environment",
@@ -5331,7 +5381,7 @@ def _create_python(store, image_id, manifest, target, explicit):
         if not python_matches(given, manifest.python):
             raise PythonError("the given interpreter does not match the image")
         return given["executable"], given
-    return find_python(manifest.python, explicit, store.base_exe(image_id))
+    return find_python(manifest.python, explicit, store.base_exe(image_id), facts=store)
 
 
 class _Materializer:
@@ -5354,6 +5404,7 @@ class _Materializer:
         py_files = []
         place = self.linker.place
         blobs = {e.ref for _, e in files if e.type in FILE_TYPES}
+        self.store.checked_ids(blobs)  # every ref of a parsed tree is a checked ID
         self.linker.pooled = self.store.pooled(blobs)
         sizes = self.linker.sizes = self.store.blob_sizes(blobs)
         self.progress.total_bytes = sum(sizes.get(e.ref, 0) for _, e in files)
@@ -6426,6 +6477,7 @@ class TarSource(FolderSource):
     def __init__(self, path):
         super().__init__(path)
         try:
+            import tarfile  # here: the network and archive modules cost 20 ms of every start
             self.tar = tarfile.open(path, "r:")
             members = self.tar.getmembers()
         except (OSError, EOFError, tarfile.TarError) as exc:
@@ -6581,6 +6633,7 @@ class Proxy:
 
     @classmethod
     def find(cls, scheme, host):
+        import urllib.request  # here: the network and archive modules cost 20 ms of every start
         url = urllib.request.getproxies().get(scheme)
         if not url or urllib.request.proxy_bypass(host):
             return None
@@ -6634,6 +6687,7 @@ class HttpSource:
 
     def _netrc_auth(self):
         try:
+            import netrc  # here: the network and archive modules cost 20 ms of every start
             auth = netrc.netrc().authenticators(self.host)
         except (OSError, netrc.NetrcParseError):
             return
@@ -6650,6 +6704,7 @@ class HttpSource:
         if conn is None or fresh:
             if conn is not None:
                 conn.close()
+            import http.client  # here: the network and archive modules cost 20 ms of every start
             base = (http.client.HTTPSConnection if self.scheme == "https"
                     else http.client.HTTPConnection)
             via = self.proxy
@@ -6689,6 +6744,7 @@ class HttpSource:
         return headers
 
     def _fetch_once(self, rel, start, end, limit):
+        import http.client  # here: the network and archive modules cost 20 ms of every start
         url = f"{self.url}/{rel}"
         got = bytearray()
         received = 0
@@ -6805,6 +6861,7 @@ def open_source(location, headers=None):
     if re.match(r"(?i)https?://", location):
         return HttpSource(location, headers)
     if location.lower().startswith("file://"):
+        import urllib.request  # here: the network and archive modules cost 20 ms of every start
         location = urllib.request.url2pathname(urllib.parse.urlsplit(location).path)
     if os.path.isfile(location):
         return TarSource(location)
@@ -7687,6 +7744,7 @@ def save(store, refs, out, progress=None, with_bytecode=True):
                       with_bytecode=with_bytecode)
         tmp = out + f".tmp-{uuid.uuid4().hex[:8]}"
         try:
+            import tarfile  # here: the network and archive modules cost 20 ms of every start
             with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
                 names = []
                 for dirpath, dirnames, filenames in os.walk(stage):

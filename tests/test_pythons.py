@@ -1,11 +1,13 @@
 """Round trips for venvs of several CPython versions; interpreter matching."""
 
+import json
 import os
 
 import pytest
 
 import vocker
-from conftest import cli, make_venv, require_python, run, venv_script, venv_site_packages
+from conftest import (cli, make_venv, posix_only, require_python, run, venv_script,
+                      venv_site_packages)
 
 VERSIONS = ["3.9", "3.11", "3.13"]
 
@@ -60,3 +62,27 @@ def test_find_python_searches_the_machine():
     assert found["version"].split(".")[:2] == ["3", "13"]
     with pytest.raises(vocker.PythonError, match="no cpython 3.99"):
         vocker.find_python(dict(need, version="3.99.0", cache_tag="cpython-399"))
+
+
+@posix_only("a symlink to the interpreter gives a path whose stamp the test can change")
+def test_a_store_remembers_an_interpreter_while_its_stamp_holds(store, tmp_path):
+    py = require_python("3.13")
+    link = tmp_path / "bin" / "python3"
+    link.parent.mkdir()
+    link.symlink_to(py)
+    info = vocker.query_python(link, facts=store)
+    assert info["version"].startswith("3.13.")
+    (stamp,), = store.db.execute("SELECT stamp FROM python_facts WHERE path=?", (str(link),))
+    assert stamp == vocker.python_stamp(str(link))
+    store.db.execute("UPDATE python_facts SET facts=? WHERE path=?",
+                     (json.dumps(dict(info, version="3.13.99")), str(link)))
+
+    def ask():
+        vocker._py_cache.pop(str(link), None)  # the process's own memo: the store is asked
+        return vocker.query_python(link, facts=store)["version"]
+    assert ask() == "3.13.99"               # remembered: the interpreter did not run
+    link.unlink()
+    link.symlink_to(py)                     # a new link: its stamp changed
+    assert ask() == info["version"]
+    (tmp_path / "pyvenv.cfg").write_text("home = /x\n")  # a venv marker came
+    assert vocker.python_stamp(str(link)) not in (stamp, vocker.python_stamp(str(py)))
