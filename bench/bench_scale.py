@@ -11,6 +11,7 @@ Standard library only. Usage:
     python3 bench/bench_scale.py --only-small      # 10k/200 MB only (debugging)
     python3 bench/bench_scale.py --files 50000 --size-mb 1000 --keep
     python3 bench/bench_scale.py --vocker "python3 /path/to/vocker.py"
+    python3 bench/bench_scale.py --timeout 14400   # per step: push at level 19 is slow
 
 For each scale (first 1/10 of --files/--size-mb, then the full size) it
 
@@ -46,14 +47,33 @@ For each scale (first 1/10 of --files/--size-mb, then the full size) it
                              through the pool hardlink): must give a new ID
                              whose parent is the image; files_read should be
                              the number of changed files
+   push                      ``push ID WORK/<scale>/repo --json`` of the image
+                             (not the changed one) to a folder that does not
+                             exist yet, at vocker's push level (zstd 19 unless
+                             VOCKER_PUSH_LEVEL is set; the report says which)
+   pull                      ``pull WORK/<scale>/repo ID --json`` into a
+                             second, empty store: must give the image's ID
+   verify --full (pulled)    ``verify --full --json`` of that second store:
+                             must exit 0 and report no damage
    ========================  ================================================
+
+   vocker runs by default as ``python -m vocker`` with the repository root on
+   PYTHONPATH, after one ``py_compile`` of vocker.py (as bench_core.py does,
+   and as an installed vocker runs: from cached bytecode; a script would be
+   compiled again on every command). The sha256 of vocker.py is recorded
+   before every step: a change during the run (someone editing the checkout)
+   fails a check.
 
    ``sync`` runs (untimed) before every step, so one step's dirty pages are
    not flushed on the next step's clock. Page cache is NOT dropped (no root on
    the host) and not warmed either: what the generator or the previous step
    left in it is what the step gets.
 3. checks (untimed) that C1 has the same files and sizes as ENV and the same
-   bytes for a sample of files, and records ``du`` of the store.
+   bytes for a sample of files, and records ``du`` of the store, the size of
+   the repository and ``du`` of the pulled store.
+
+The push, pull and verify steps need only the image, so they run even when
+create failed. Every step's peak RSS must stay within --rss-budget-mb.
 
 Prints a Markdown report and writes it to bench/results-scale.md with the raw
 data in bench/results-scale.json (bench/results-scale-small.{md,json} with
@@ -65,6 +85,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -80,6 +101,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+import bench_core as bc  # noqa: E402  (rmtree, prepare_work, tree_stats)
 
 DEFAULT_WORK = Path("/tmp/vocker-scale")
 WORK_MARKER = ".vocker-scale-workdir"
@@ -487,15 +510,15 @@ def run_measured(cmd: list[str], timeout: float, logdir: Path, name: str, env=No
                    rss_source="wait4 (upper bound: includes the benchmark's own peak)")
     if dt >= timeout:
         res["error"] = f"timed out after {timeout:.0f} s"
-    elif p.returncode != 0:
-        res["error"] = f"exit {p.returncode}: " + (err.strip().splitlines() or ["(no stderr)"])[-1]
     else:
         i = out.find("{")
         try:
             res["json"] = json.loads(out[i:]) if i >= 0 else None
         except ValueError:
             res["json"] = None
-        if res["json"] is None:
+        if p.returncode != 0:
+            res["error"] = f"exit {p.returncode}: " + (err.strip().splitlines() or ["(no stderr)"])[-1]
+        elif res["json"] is None:
             res["error"] = "no JSON on stdout"
     return res
 
@@ -577,15 +600,32 @@ STEPS = [
     ("create", "create C1 --no-compile"),
     ("commit_c1", "commit C1 (unchanged)"),
     ("commit_c1_changed", "commit C1 (1% changed)"),
+    ("push", "push IMAGE (empty folder repo)"),
+    ("pull", "pull IMAGE (empty store)"),
+    ("verify_pulled", "verify --full (pulled store)"),
 ]
+# Steps over the whole environment: their time per environment file must stay flat.
+WHOLE_ENV_STEPS = ("commit", "recommit", "walk", "create", "commit_c1", "push", "pull",
+                   "verify_pulled")
+# Steps whose MB/s is the environment's size per second (commits: their bytes_read).
+ENV_RATE_STEPS = ("create", "push", "pull", "verify_pulled")
 
 
-def run_scale(label: str, n_files: int, size: int, args, vocker: list[str], root: Path) -> dict:
+def sha256_file(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def run_scale(label: str, n_files: int, size: int, args, vocker: list[str], root: Path,
+              script: Path | None = None) -> dict:
     S: dict = {"label": label, "files": n_files, "bytes": size, "steps": {}, "checks": []}
     env_dir, store, c1, logs = root / "env", root / "store", root / "c1", root / "logs"
+    repo, store2 = root / "repo", root / "store-pulled"
     root.mkdir(parents=True)
     logs.mkdir()
-    env = dict(os.environ, VOCKER_HOME=str(store))
+    script_sha = sha256_file(script) if script else None
 
     log(f"[{label}] planning {n_files:,} files, {size / MB:,.0f} MB (seed {args.seed})")
     plan = plan_env(n_files, size, args.seed)
@@ -599,13 +639,25 @@ def run_scale(label: str, n_files: int, size: int, args, vocker: list[str], root
     S["generate_seconds"] = time.perf_counter() - t0
     log(f"[{label}] generated in {S['generate_seconds']:.1f} s")
 
-    def step(key, vargs):
+    def check(ok, what):
+        S["checks"].append({"ok": bool(ok), "what": what})
+        if not ok:
+            log(f"[{label}] CHECK FAILED: {what}")
+
+    def step(key, vargs, home=store):
+        nonlocal script_sha
         sync()
-        cmd = vocker + ["--home", str(store)] + vargs
+        if script:
+            now = sha256_file(script)
+            if now != script_sha:
+                check(False, f"{script.name} unchanged during the run (sha256 {script_sha} before, "
+                             f"{now} before {key})")
+                script_sha = now
+        cmd = vocker + ["--home", str(home)] + vargs
         log(f"[{label}] {key}: {shlex.join(cmd)}")
-        res = run_measured(cmd, args.timeout, logs, key, env)
+        res = run_measured(cmd, args.timeout, logs, key, dict(os.environ, VOCKER_HOME=str(home)))
         res["cmd"] = shlex.join(cmd).replace(str(root), f"WORK/{label}")
-        j = res["json"] or {}
+        j = res["json"] if isinstance(res["json"], dict) else {}
         res["files_read"] = j.get("files_read")
         res["bytes_read"] = j.get("bytes_read")
         res["id"] = j.get("id")
@@ -614,11 +666,6 @@ def run_scale(label: str, n_files: int, size: int, args, vocker: list[str], root
             + (f", files_read {res['files_read']}" if res["files_read"] is not None else "")
             + (f"  ERROR {res['error']}" if res.get("error") else ""))
         return res
-
-    def check(ok, what):
-        S["checks"].append({"ok": bool(ok), "what": what})
-        if not ok:
-            log(f"[{label}] CHECK FAILED: {what}")
 
     r1 = step("commit", ["commit", str(env_dir), "--kind", "plain", "--json"])
     image = r1["id"]
@@ -643,31 +690,67 @@ def run_scale(label: str, n_files: int, size: int, args, vocker: list[str], root
     if not image:
         S["skipped"] = "no image ID from the first commit"
         return S
-    r3 = step("create", ["create", image, str(c1), "--no-compile", "--json"])
-    if r3.get("error"):
-        S["skipped"] = "create failed"
-        return S
-    S["create_link_mode"] = (r3["json"] or {}).get("link_mode")
-    t0 = time.perf_counter()
-    problems = compare_trees(env_dir, c1, plan, args.seed)
-    S["verify_seconds"] = time.perf_counter() - t0
-    check(not problems, "container matches the environment" + (f": {problems}" if problems else ""))
-    S["disk_kb_store_plus_c1"] = du_kb(store, c1)
-    r4 = step("commit_c1", ["commit", str(c1), "--kind", "plain", "--json"])
-    check(r4["id"] == image, f"commit of the unchanged container gives the image ID ({r4['id']} vs {image})")
-    check(r4["files_read"] == 0,
-          f"commit of the unchanged container reads no file (files_read={r4['files_read']})")
 
-    log(f"[{label}] replacing {args.change_pct}% of the files in C1")
-    ch = change_files(c1, plan, args.change_pct / 100, args.seed)
-    S["changed"] = ch
-    r5 = step("commit_c1_changed", ["commit", str(c1), "--kind", "plain", "--json"])
-    j5 = r5["json"] or {}
-    check(r5["id"] and r5["id"] != image, "commit after the change gives a new ID")
-    check(j5.get("parent") == image, f"its parent is the image (parent={j5.get('parent')})")
-    check(r5["files_read"] == ch["files"],
-          f"it reads exactly the changed files (files_read={r5['files_read']}, changed={ch['files']})")
+    def containers():
+        r3 = step("create", ["create", image, str(c1), "--no-compile", "--json"])
+        if r3.get("error"):
+            S["skipped"] = "create failed: C1 steps skipped"
+            return
+        S["create_link_mode"] = (r3["json"] or {}).get("link_mode")
+        t0 = time.perf_counter()
+        problems = compare_trees(env_dir, c1, plan, args.seed)
+        S["verify_seconds"] = time.perf_counter() - t0
+        check(not problems, "container matches the environment" + (f": {problems}" if problems else ""))
+        S["disk_kb_store_plus_c1"] = du_kb(store, c1)
+        r4 = step("commit_c1", ["commit", str(c1), "--kind", "plain", "--json"])
+        check(r4["id"] == image, f"commit of the unchanged container gives the image ID ({r4['id']} vs {image})")
+        check(r4["files_read"] == 0,
+              f"commit of the unchanged container reads no file (files_read={r4['files_read']})")
+
+        log(f"[{label}] replacing {args.change_pct}% of the files in C1")
+        ch = change_files(c1, plan, args.change_pct / 100, args.seed)
+        S["changed"] = ch
+        r5 = step("commit_c1_changed", ["commit", str(c1), "--kind", "plain", "--json"])
+        j5 = r5["json"] or {}
+        check(r5["id"] and r5["id"] != image, "commit after the change gives a new ID")
+        check(j5.get("parent") == image, f"its parent is the image (parent={j5.get('parent')})")
+        check(r5["files_read"] == ch["files"],
+              f"it reads exactly the changed files (files_read={r5['files_read']}, changed={ch['files']})")
+
+    containers()
     S["store_kb_end"] = du_kb(store)
+
+    # Push the image to a folder that does not exist yet; pull it into an empty store.
+    r6 = step("push", ["push", image, str(repo), "--json"])
+    if r6.get("error"):
+        S["skipped"] = (S.get("skipped", "") + "; " if S.get("skipped") else "") + "push failed: pull skipped"
+        return S
+    pushed = ((r6["json"] or {}).get("images") or [{}])[0]
+    S["push"] = {"bytes": (r6["json"] or {}).get("bytes"), "blobs": pushed.get("blobs"),
+                 "new_blobs": pushed.get("new_blobs"), "bytecode": pushed.get("bytecode")}
+    check(pushed.get("id") == image, f"push reports the image's ID ({pushed.get('id')} vs {image})")
+    rs = bc.tree_stats(repo, skip_pycache=False)
+    S["repo"] = {"bytes": rs["bytes"], "files": rs["files"], "du_kb": du_kb(repo)}
+    log(f"[{label}] repository: {rs['bytes'] / MB:,.1f} MB in {rs['files']:,} files "
+        f"({size / max(1, rs['bytes']):.2f}:1)")
+    r7 = step("pull", ["pull", str(repo), image, "--json"], home=store2)
+    if r7.get("error"):
+        S["skipped"] = (S.get("skipped", "") + "; " if S.get("skipped") else "") + "pull failed: verify skipped"
+        return S
+    j7 = r7["json"] or {}
+    pulled = (j7.get("images") or [{}])[0]
+    S["pull"] = {"bytes": j7.get("bytes"), "requests": j7.get("requests"),
+                 "fetched_blobs": pulled.get("fetched_blobs"), "present": pulled.get("present")}
+    check(pulled.get("id") == image, f"the pulled image has the same ID ({pulled.get('id')} vs {image})")
+    check(pulled.get("present") is False, f"the pull fetched it (present={pulled.get('present')})")
+    S["store_pulled_kb"] = du_kb(store2)
+    r8 = step("verify_pulled", ["verify", "--full", "--json"], home=store2)
+    j8 = r8["json"] if isinstance(r8["json"], dict) else {}
+    S["verify_pulled"] = {"rc": r8["rc"], "damaged": j8.get("damaged"), "checked": j8.get("checked"),
+                          "problems": (j8.get("problems") or [])[:5]}
+    check(r8["rc"] == 0 and j8.get("damaged") is False and j8.get("full") is True,
+          f"verify --full of the pulled store passes (exit {r8['rc']}, damaged={j8.get('damaged')}, "
+          f"checked {j8.get('checked')})")
     return S
 
 
@@ -686,7 +769,7 @@ def step_rows(S: dict) -> list[dict]:
         if r is None:
             continue
         secs = r["seconds"]
-        if key == "create":
+        if key in ENV_RATE_STEPS:
             mb = S["bytes"] / MB
         elif key == "walk":
             mb = 0
@@ -725,8 +808,8 @@ def verdicts(scales: list[dict], rss_budget_mb: float) -> list[tuple[bool, str]]
                 out.append((ratio <= FLAT_RATIO,
                             f"peak RSS flat across 10x ({title}): {a[key]['rss_mb']:.0f} → "
                             f"{b[key]['rss_mb']:.0f} MiB, ×{ratio:.2f} ({slope:.2f} KiB per extra file)"))
-        for key, title in STEPS[:5]:
-            if key in a and key in b:
+        for key, title in STEPS:
+            if key in WHOLE_ENV_STEPS and key in a and key in b:
                 ratio = b[key]["us_per_file"] / a[key]["us_per_file"]
                 out.append((ratio <= FLAT_RATIO,
                             f"time per environment file flat across 10x ({title}): "
@@ -749,8 +832,10 @@ def verdicts(scales: list[dict], rss_budget_mb: float) -> list[tuple[bool, str]]
 
 def report(R: dict) -> str:
     L = [f"# vocker scale benchmark — {R['date']}", ""]
-    L.append(f"Machine: {R['machine']}. vocker: `{R['vocker_cmd']}` (git {R['git']}). "
-             f"Seed {R['seed']}. MB = 10^6 bytes, RSS in MiB.")
+    L.append(f"Machine: {R['machine']}. vocker: `{R['vocker_cmd']}` (git {R['git']}"
+             + (f", vocker.py sha256 {R['vocker_py_sha256']}" if R.get("vocker_py_sha256") else "")
+             + f"). Push level: **{R['push_level']}**. Seed {R['seed']}. MB = 10^6 bytes, "
+             f"RSS in MiB. Whole run: {_f(R.get('total_seconds'), '{:,.0f}')} s.")
     L.append("")
     L.append("| scale | step | seconds | MB/s | peak RSS MB | files read | MB read | CPU s | µs/file |")
     L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -761,8 +846,8 @@ def report(R: dict) -> str:
                      f"{r['rss_mb']:.0f} | {_f(r['files_read'], '{:,}')} | {_f(r['mb_read'], '{:.1f}')} | "
                      f"{r['cpu']:.1f} | {r['us_per_file']:.0f} |")
     L.append("")
-    L.append("MB/s: MB read by the commit (its `bytes_read`) per second; for create, the "
-             "environment's size per second. µs/file: seconds per file *of the environment* "
+    L.append("MB/s: MB read by the commit (its `bytes_read`) per second; for create, push, "
+             "pull and verify, the environment's size per second. µs/file: seconds per file *of the environment* "
              "(the number that must stay flat for whole-environment steps). Peak RSS: "
              "`/usr/bin/time -f %M` of the vocker process (max RSS; helper processes it "
              "waited for count as a max, not a sum).")
@@ -798,6 +883,22 @@ def report(R: dict) -> str:
                  f"at the end {_f(S.get('store_kb_end'), '{:,}')} KiB; store + C1 "
                  f"{_f(S.get('disk_kb_store_plus_c1'), '{:,}')} KiB (link mode "
                  f"{S.get('create_link_mode')}).")
+    for S in R["scales"]:
+        rp, pu, pl = S.get("repo"), S.get("push"), S.get("pull")
+        if rp:
+            L.append(f"- {S['label']} push/pull: repository {rp['bytes'] / MB:,.1f} MB in "
+                     f"{rp['files']:,} files ({S['bytes'] / max(1, rp['bytes']):.2f}:1 against the "
+                     f"environment; du {rp['du_kb']:,} KiB); push wrote "
+                     f"{_f(pu.get('bytes'), '{:,}')} bytes, {_f(pu.get('new_blobs'), '{:,}')} new "
+                     f"of {_f(pu.get('blobs'), '{:,}')} blobs, bytecode {pu.get('bytecode')}"
+                     + (f"; pull read {_f(pl.get('bytes'), '{:,}')} bytes in "
+                        f"{_f(pl.get('requests'), '{:,}')} requests, "
+                        f"{_f(pl.get('fetched_blobs'), '{:,}')} blobs fetched; pulled store "
+                        f"{_f(S.get('store_pulled_kb'), '{:,}')} KiB" if pl else "")
+                     + (f"; verify --full checked {S['verify_pulled'].get('checked')}"
+                        if S.get("verify_pulled") else "") + ".")
+        if S.get("skipped"):
+            L.append(f"- {S['label']}: skipped: {S['skipped']}.")
     L.append("")
     L.append("## Commands")
     L.append("")
@@ -805,6 +906,11 @@ def report(R: dict) -> str:
         for key, _ in STEPS:
             if key in S["steps"]:
                 L.append(f"- {S['label']} {key}: `{S['steps'][key]['cmd']}`")
+    L.append("")
+    L.append(f"Push level: {R['push_level']}. The push reads the store's pool and frames "
+             "and compresses every blob for the wire; the pull writes the blobs into an empty "
+             "store; verify --full re-hashes what that store holds (its `checked` counts are "
+             "above: a pulled store has no pool files before a create).")
     L.append("")
     L.append("Notes: warm or cold page cache is not controlled (no root on the host; the "
              "generator's writes may still be cached for the first commit). `sync` runs "
@@ -817,31 +923,17 @@ def report(R: dict) -> str:
 # Main ########################################################################
 ###############################################################################
 
-def prepare_work(work: Path):
-    if work.exists():
-        if not (work / WORK_MARKER).exists() and any(work.iterdir()):
-            sys.exit(f"bench_scale: {work} exists, is not empty and was not made by this script; "
-                     f"remove it or pass --work")
-        for p in work.iterdir():
-            if p.name != WORK_MARKER:
-                _rmtree(p)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / WORK_MARKER).write_text("made by bench/bench_scale.py\n")
-
-
-def _rmtree(p: Path):
-    # Pool files and containers are read-only: make them writable first.
-    def onerror(func, path, exc):
-        try:
-            os.chmod(os.path.dirname(path), 0o755)
-            os.chmod(path, 0o755)
-            func(path)
-        except OSError:
-            pass
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, onerror=onerror)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
+def push_level(vocker: list[str]) -> str:
+    """What the report says of the push level: VOCKER_PUSH_LEVEL, else vocker's default."""
+    env = os.environ.get("VOCKER_PUSH_LEVEL")
+    if env:
+        return f"{env} (VOCKER_PUSH_LEVEL={env})"
+    if vocker[1:] == ["-m", "vocker"]:
+        r = subprocess.run([vocker[0], "-c", "import vocker; print(vocker.push_level())"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if r.returncode == 0 and r.stdout.strip():
+            return f"{r.stdout.strip()} (vocker's default, VOCKER_PUSH_LEVEL unset)"
+    return "vocker's default (VOCKER_PUSH_LEVEL unset)"
 
 
 def main(argv=None) -> int:
@@ -851,24 +943,38 @@ def main(argv=None) -> int:
     ap.add_argument("--size-mb", type=float, default=2000, help="its total size, MB (10^6 bytes)")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"scratch dir (default {DEFAULT_WORK})")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
-    ap.add_argument("--vocker", help="how to run vocker (default: this python + <repo>/vocker.py)")
+    ap.add_argument("--vocker", help="how to run vocker (default: this python -m vocker, from this "
+                                     "checkout, its bytecode compiled first)")
     ap.add_argument("--only-small", action="store_true", help="only the 1/10 scale")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--change-pct", type=float, default=1.0, help="percent of files changed (default 1)")
     ap.add_argument("--rss-budget-mb", type=float, default=DEFAULT_RSS_BUDGET_MB)
-    ap.add_argument("--timeout", type=float, default=3600, help="per vocker step, seconds")
+    ap.add_argument("--timeout", type=float, default=3600,
+                    help="per vocker step, seconds (default 3600; push of 2 GB at zstd level 19 "
+                         "on 2 cores may need more)")
     args = ap.parse_args(argv)
 
-    vocker = shlex.split(args.vocker) if args.vocker else [sys.executable, str(REPO / "vocker.py")]
+    # As bench_core.py: by default the module from its cached bytecode, as an
+    # installed vocker runs (a script is compiled again on every command, and
+    # this machine sets PYTHONDONTWRITEBYTECODE).
+    vocker = shlex.split(args.vocker) if args.vocker else [sys.executable, "-m", "vocker"]
+    if not args.vocker:
+        os.environ["PYTHONPATH"] = str(REPO)
+        subprocess.run([sys.executable, "-m", "py_compile", str(REPO / "vocker.py")], check=True)
+        script = REPO / "vocker.py"
+    else:
+        script = next((Path(a) for a in vocker if a.endswith(".py") and Path(a).exists()), None)
     size = int(args.size_mb * MB)
     scales = [("small", max(10, args.files // 10), size // 10)]
     if not args.only_small:
         scales.append(("large", args.files, size))
-    need = sum(s for _, _, s in scales) * 3.2
+    # env + store + C1 (links, plus 1% changed) + repository + pulled store
+    need = sum(s for _, _, s in scales) * 4.5
     free = shutil.disk_usage(args.work.parent if not args.work.exists() else args.work).free
     if free < need:
         sys.exit(f"bench_scale: {free / 1e9:.1f} GB free on the work dir's disk, need ~{need / 1e9:.1f} GB")
-    prepare_work(args.work)
+    bc.prepare_work(args.work, WORK_MARKER, "bench_scale.py")
+    t_start = time.perf_counter()
 
     try:
         git = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
@@ -879,17 +985,20 @@ def main(argv=None) -> int:
          "vocker_cmd": shlex.join(vocker), "git": git or "?",
          "machine": f"{platform.system()} {platform.release()}, {os.cpu_count()} cores, "
                     f"{platform.python_implementation()} {platform.python_version()}",
-         "args": {k: str(v) for k, v in vars(args).items()}, "scales": []}
+         "args": {k: str(v) for k, v in vars(args).items()}, "scales": [],
+         "vocker_py_sha256": sha256_file(script) if script else None,
+         "push_level": push_level(vocker)}
     try:
         for label, n, s in scales:
-            R["scales"].append(run_scale(label, n, s, args, vocker, args.work / label))
+            R["scales"].append(run_scale(label, n, s, args, vocker, args.work / label, script))
             if not args.keep:
-                _rmtree(args.work / label)
+                bc.rmtree(args.work / label)
     except KeyboardInterrupt:
         log("interrupted: reporting what ran")
     finally:
         if not args.keep:
-            _rmtree(args.work)
+            bc.rmtree(args.work)
+    R["total_seconds"] = time.perf_counter() - t_start
     R["verdicts"] = verdicts(R["scales"], args.rss_budget_mb)
     text = report(R)
     print(text)
