@@ -6142,7 +6142,8 @@ def disk_usage(store):
     pycs = {}
     for source, pyc in store.pyc_table()[0]:   # its compiled .pyc count with a source
         pycs[source] = pycs.get(source, 0) + pool.get(pyc, 0)
-    blobs = {i["id"]: live_objects(store, [store.manifest(i["id"]).root])[1] for i in images}
+    blobs = {i["id"]: live_objects(store, [store.manifest(i["id"]).root, *(  # and its .pyc
+        rec.root for _, rec in store.bytecode_of(i["id"]))])[1] for i in images}
     users = collections.Counter(b for bs in blobs.values() for b in bs)
     containers = [c for c in list_containers(store) if c["exists"]]
     rows = []
@@ -7423,7 +7424,7 @@ def push(store, refs, repo, progress=None, record=True, with_bytecode=True):
                 if with_bytecode:
                     shipped = _push_bytecode(store, target, image_id, paths, have, good,
                                              progress, level)
-                    sent += shipped.pop("bytes") if shipped else 0
+                    sent += shipped["bytes"] if shipped else 0
                     pushed[-1]["bytecode"] = shipped
     finally:
         progress.close()

@@ -640,6 +640,10 @@ def bench_pulled_create(step, vcmd, do, rd, store, image, timeout):
         step.fail(f"push or pull before it: {e}")
         return
     step.extra["pycs"] = shipped["pycs"]
+    step.extra["bytecode_mb_level3"] = round(shipped["bytes"] / 1e6, 1)
+    if "record" not in step.note:
+        step.note += (f"; the bytecode record: {shipped['pycs']} .pyc, "
+                      f"{shipped['bytes'] / 1e6:.1f} MB at level 3")
     do("v_create_pulled", "create", image, c4, store_home=fresh)
 
 
