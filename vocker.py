@@ -7729,7 +7729,8 @@ def repo_ls(location, headers=None):
     for name, image_id in index["tags"].items():
         tags.setdefault(image_id, []).append(name)
     return [{"id": i, "short_id": short_id(i), "tags": sorted(tags.get(i, [])),
-             "kind": info.get("kind"), "python": info.get("python")}
+             "kind": info.get("kind"), "python": info.get("python"),
+             "bytecode": index["bytecode"].get(i)}
             for i, info in sorted(index["images"].items())]
 
 

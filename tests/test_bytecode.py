@@ -98,6 +98,8 @@ def test_an_image_id_alone_brings_no_bytecode(how, pushed, tmp_path):
 @LINUX_LANE
 def test_a_bytecode_id_pins_its_image_and_its_pycs(pushed, tmp_path):
     home, repo, image, bytecode_id, _ = pushed
+    listed = json.loads(cli("repo", "ls", repo, "--json", home=tmp_path / "h").stdout)
+    assert [r["bytecode"] for r in listed if r["id"] == image] == [bytecode_id]
     out = json.loads(cli("pull", repo, bytecode_id[:16], "--json", home=tmp_path / "h",
                          check=True).stdout)
     assert out["images"][0]["id"] == image and out["images"][0]["bytecode"]["id"] == bytecode_id
