@@ -832,7 +832,8 @@ def verdicts(scales: list[dict], rss_budget_mb: float) -> list[tuple[bool, str]]
 
 def report(R: dict) -> str:
     L = [f"# vocker scale benchmark — {R['date']}", ""]
-    L.append(f"Machine: {R['machine']}. vocker: `{R['vocker_cmd']}` (git {R['git']}"
+    L.append(f"Machine: {R['machine']}. vocker: `{R['vocker_cmd']}` (from {R.get('repo', '?')}, "
+             f"git {R['git']}"
              + (f", vocker.py sha256 {R['vocker_py_sha256']}" if R.get("vocker_py_sha256") else "")
              + f"). Push level: **{R['push_level']}**. Seed {R['seed']}. MB = 10^6 bytes, "
              f"RSS in MiB. Whole run: {_f(R.get('total_seconds'), '{:,.0f}')} s.")
@@ -982,7 +983,7 @@ def main(argv=None) -> int:
     except OSError:
         git = "?"
     R = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "seed": args.seed,
-         "vocker_cmd": shlex.join(vocker), "git": git or "?",
+         "vocker_cmd": shlex.join(vocker), "git": git or "?", "repo": str(REPO),
          "machine": f"{platform.system()} {platform.release()}, {os.cpu_count()} cores, "
                     f"{platform.python_implementation()} {platform.python_version()}",
          "args": {k: str(v) for k, v in vars(args).items()}, "scales": [],
