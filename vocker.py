@@ -7658,12 +7658,16 @@ def _fetch_blobs(store, src, missing, index, progress):
         if progress is not None:
             progress.update(nbytes=size)
 
+    def put(b, size, cdata):  # in a worker: the pack takes each blob as it comes
+        return b, size, writer.append(cdata), len(cdata)
+
     try:
         workers = HTTP_THREADS if isinstance(src, HttpSource) else WIRE_THREADS
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for out in _bounded_map(pool, lambda job: _read_job(src, *job), reads, 2 * workers):
-                for b, size, cdata in out:
-                    keep(b, size, writer.append(cdata), len(cdata))
+            for out in _bounded_map(pool, lambda job: _read_job(src, *job, put), reads,
+                                    workers + 1):
+                for b, size, offset, csize in out:
+                    keep(b, size, offset, csize)
         for pack, (offset, csize, members, want) in big:
             size = members[0][1]
             at = writer.append_stream(lambda write: _recompress(
@@ -7691,20 +7695,28 @@ def _room_needed(reads, big):
                for _, csize, members, _ in frames)
 
 
-def _read_job(src, pack, job):
-    """One coalesced read: its frames' wanted blobs [(blob, size, local frame)]."""
+#: frames being decompressed at once, whatever the number of fetching threads:
+#: each holds a window of up to 2**WIRE_WINDOW_LOG bytes
+_UNPACKING = threading.BoundedSemaphore(WIRE_THREADS)
+
+
+def _read_job(src, pack, job, put):
+    """One coalesced read: its frames' wanted blobs, each compressed again
+    and given to ``put(blob, size, store frame)`` as soon as it is verified
+    (memory holds one blob, not a frame's) -> what ``put`` returned, in order."""
     start, end, frames = job
     rel = f"packs/{pack}.pack"
     data = src.get_range(rel, start, end - start) if end - start <= RANGE_MAX else None
     out = []
-    for offset, csize, members, want in frames:
-        f = _Pieces(src, rel, offset, csize) if data is None else \
-            io.BytesIO(data[offset - start:offset - start + csize])
-        parts, sizes = {}, {b: size for _, size, b in members}
-        read_frame_members(f, csize, members, want,
-                           lambda b, chunk: parts.setdefault(b, []).append(chunk),
-                           lambda b: out.append((b, sizes[b], _cctx().compress(
-                               b"".join(parts.pop(b, ()))))))
+    with _UNPACKING:
+        for offset, csize, members, want in frames:
+            f = _Pieces(src, rel, offset, csize) if data is None else \
+                io.BytesIO(data[offset - start:offset - start + csize])
+            parts, sizes = {}, {b: size for _, size, b in members}
+            read_frame_members(f, csize, members, want,
+                               lambda b, chunk: parts.setdefault(b, []).append(chunk),
+                               lambda b: out.append(put(b, sizes[b], _cctx().compress(
+                                   b"".join(parts.pop(b, ()))))))
     return out
 
 
