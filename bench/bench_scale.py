@@ -795,9 +795,12 @@ def verdicts(scales: list[dict], rss_budget_mb: float) -> list[tuple[bool, str]]
                 out.append((False, f"{S['label']}: {r['step']} failed: {r['error']}"))
         for c in S["checks"]:
             out.append((c["ok"], f"{S['label']}: {c['what']}"))
-        peak = max((r["rss_mb"] for r in step_rows(S)), default=0)
-        out.append((peak <= rss_budget_mb,
-                    f"{S['label']}: peak RSS of every step ≤ {rss_budget_mb:.0f} MiB (max {peak:.0f} MiB)"))
+        rows = step_rows(S)
+        peak = max((r["rss_mb"] for r in rows), default=0)
+        over = [f"{r['key']} {r['rss_mb']:.0f}" for r in rows if r["rss_mb"] > rss_budget_mb]
+        out.append((not over,
+                    f"{S['label']}: peak RSS of every step ≤ {rss_budget_mb:.0f} MiB (max {peak:.0f} MiB"
+                    + (f"; over: {', '.join(over)} MiB" if over else "") + ")"))
     if len(scales) == 2:
         a, b = ({r["key"]: r for r in step_rows(S)} for S in scales)
         dn = scales[1]["files"] - scales[0]["files"]
