@@ -7278,16 +7278,16 @@ def _send_blobs(store, repo, missing, paths, have, good, progress, level, stream
             return group, total, None  # one big blob: streamed below, memory stays flat
         parts = []
         _compress_group([streams[b][1] for b in group], total, parts.append, level)
-        return group, total, b"".join(parts)
+        return group, total, parts
     try:
         with ThreadPoolExecutor(max_workers=WIRE_THREADS) as pool:
             groups = plan_groups(sizes, paths)
-            for group, total, cdata in _bounded_map(pool, one, groups, 2 * WIRE_THREADS):
-                if cdata is None:  # in order, so that a pack's bytes never depend on timing
+            for group, total, parts in _bounded_map(pool, one, groups, WIRE_THREADS + 1):
+                if parts is None:  # in order, so that a pack's bytes never depend on timing
                     offset = writer.append_stream(lambda write: _compress_group(
                         [streams[b][1] for b in group], total, write, level))
                 else:
-                    offset = writer.append(cdata)
+                    offset = writer.append_stream(lambda write: [write(p) for p in parts])
                 csize = writer.offset - offset
                 at = 0
                 for b in group:
@@ -7658,8 +7658,9 @@ def _fetch_blobs(store, src, missing, index, progress):
         if progress is not None:
             progress.update(nbytes=size)
 
-    def put(b, size, cdata):  # in a worker: the pack takes each blob as it comes
-        return b, size, writer.append(cdata), len(cdata)
+    def put(b, size, parts):  # in a worker: the pack takes each blob as it comes
+        offset = writer.append_stream(lambda write: [write(p) for p in parts])
+        return b, size, offset, sum(map(len, parts))
 
     try:
         workers = HTTP_THREADS if isinstance(src, HttpSource) else WIRE_THREADS
@@ -7712,12 +7713,34 @@ def _read_job(src, pack, job, put):
         for offset, csize, members, want in frames:
             f = _Pieces(src, rel, offset, csize) if data is None else \
                 io.BytesIO(data[offset - start:offset - start + csize])
-            parts, sizes = {}, {b: size for _, size, b in members}
-            read_frame_members(f, csize, members, want,
-                               lambda b, chunk: parts.setdefault(b, []).append(chunk),
-                               lambda b: out.append(put(b, sizes[b], _cctx().compress(
-                                   b"".join(parts.pop(b, ()))))))
+            sizes = {b: size for _, size, b in members}
+            frame = _StoreFrames(sizes)
+            read_frame_members(f, csize, members, want, frame.write,
+                               lambda b: out.append(put(b, sizes[b], frame.finish(b))))
     return out
+
+
+class _StoreFrames:
+    """Blobs of a wire frame compressed again for the store as their pieces
+    pass (memory holds a blob's store frame, not its content)."""
+
+    def __init__(self, sizes):
+        self.sizes, self.cobj, self.parts = sizes, None, []
+
+    def write(self, blob, chunk):
+        if self.cobj is None:
+            self.cobj = _cctx().compressobj(size=self.sizes[blob])
+        data = self.cobj.compress(chunk)
+        if data:
+            self.parts.append(data)
+
+    def finish(self, blob):
+        """The store frame of ``blob``, now verified; the next blob starts anew."""
+        if self.cobj is None:  # an empty blob: no piece passed
+            self.cobj = _cctx().compressobj(size=0)
+        self.parts.append(self.cobj.flush())
+        parts, self.cobj, self.parts = self.parts, None, []
+        return parts
 
 
 def _recompress(f, csize, members, size, write):
