@@ -1926,7 +1926,11 @@ class _StorePool:
         """(size, read) of a compiled ``.pyc`` as :meth:`blob_stream` gives
         a blob's: its pool file, hashed as it is read."""
         path = self.pool_path(pyc_id)
-        size = os.lstat(path).st_size
+        try:
+            size = os.lstat(path).st_size
+        except FileNotFoundError:
+            raise NotFoundError("compiled .pyc", pyc_id, "push again (or with --no-bytecode); "
+                                "a create compiles it anew") from None
 
         def read(out, files):
             h = blake3.blake3()
