@@ -791,21 +791,13 @@ def check_python_facts(py):
     return py
 
 
-class Manifest:
-    """An image: canonical JSON (sorted keys, compact, UTF-8)."""
+class _CanonicalObject:
+    """An object stored as canonical JSON (sorted keys, compact, UTF-8) of
+    exactly its FIELDS, named by the hash of those bytes: a manifest, a
+    bytecode record. ``OBJECT``/``NOUN`` name it in errors; ``KIND``, if set,
+    is the one value its ``kind`` field may hold."""
 
-    FIELDS = ("format", "kind", "root", "python", "pyvenv", "labels", "parent", "recipe")
-
-    def __init__(self, kind, root, python=None, pyvenv=None, labels=None,
-                 parent=None, recipe=None, format=FORMAT_VERSION):
-        self.format = format
-        self.kind = kind
-        self.root = root
-        self.python = python
-        self.pyvenv = dict(pyvenv or {})
-        self.labels = dict(labels or {})
-        self.parent = parent
-        self.recipe = recipe
+    FIELDS, OBJECT, NOUN, KIND = (), "", "", None
 
     def to_dict(self):
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -819,15 +811,49 @@ class Manifest:
         return hash_bytes(self.serialize())
 
     @classmethod
-    def parse(cls, data, expected_id=None):
+    def _fields(cls, data, expected_id):
+        """The JSON object of ``data``, checked against its ID, its fields and format."""
+        what = f"{cls.OBJECT} {cls.NOUN}"
         if expected_id is not None and hash_bytes(data) != expected_id:
-            raise IntegrityError("image", expected_id, "manifest does not match its ID")
-        obj = read_json(data, "image manifest", MAX_MANIFEST)
-        if not isinstance(obj, dict) or set(obj) != set(cls.FIELDS):
-            raise InvalidInputError("image manifest has missing or unknown fields")
+            raise IntegrityError(cls.OBJECT, expected_id, f"{cls.NOUN} does not match its ID")
+        obj = read_json(data, what, MAX_MANIFEST)
+        if not isinstance(obj, dict) or set(obj) != set(cls.FIELDS) or \
+                (cls.KIND is not None and obj["kind"] != cls.KIND):
+            raise InvalidInputError(f"{what} has missing or unknown fields")
         if type(obj["format"]) is not int or obj["format"] != FORMAT_VERSION:
-            raise InvalidInputError(f"image format {obj['format']!r} is not supported",
+            raise InvalidInputError(f"{cls.OBJECT} format {obj['format']!r} is not supported",
                                     f"this vocker reads format {FORMAT_VERSION}; upgrade vocker")
+        return obj
+
+    @classmethod
+    def _made(cls, obj, data):
+        """The object of the checked fields ``obj``, if ``data`` is its canonical form."""
+        made = cls(**obj)
+        if made.serialize() != data:
+            raise InvalidInputError(f"{cls.OBJECT} {cls.NOUN} is not in canonical form")
+        return made
+
+
+class Manifest(_CanonicalObject):
+    """An image: canonical JSON (sorted keys, compact, UTF-8)."""
+
+    FIELDS = ("format", "kind", "root", "python", "pyvenv", "labels", "parent", "recipe")
+    OBJECT, NOUN = "image", "manifest"
+
+    def __init__(self, kind, root, python=None, pyvenv=None, labels=None,
+                 parent=None, recipe=None, format=FORMAT_VERSION):
+        self.format = format
+        self.kind = kind
+        self.root = root
+        self.python = python
+        self.pyvenv = dict(pyvenv or {})
+        self.labels = dict(labels or {})
+        self.parent = parent
+        self.recipe = recipe
+
+    @classmethod
+    def parse(cls, data, expected_id=None):
+        obj = cls._fields(data, expected_id)
         if not isinstance(obj["kind"], str) or obj["kind"] not in KINDS:
             raise InvalidInputError(f"unknown image kind {obj['kind']!r}")
         check_id(obj["root"], "tree")
@@ -844,13 +870,10 @@ class Manifest:
             check_labels(obj["labels"])
         except InvalidInputError as exc:
             raise InvalidInputError(f"image manifest: {exc.message}") from None
-        m = cls(**obj)
-        if m.serialize() != data:
-            raise InvalidInputError("image manifest is not in canonical form")
-        return m
+        return cls._made(obj, data)
 
 
-class Bytecode:
+class Bytecode(_CanonicalObject):
     """The ``.pyc`` files of one image for one interpreter, as a push ships
     them: canonical JSON like a manifest. ``root`` is a flat tree with one
     entry per compiled source, named by the source blob's ID and pointing to
@@ -859,39 +882,21 @@ class Bytecode:
     ID alone never brings bytecode from a repository."""
 
     FIELDS = ("format", "kind", "image", "cache_tag", "root")
+    OBJECT, NOUN, KIND = "bytecode", "record", "bytecode"
 
     def __init__(self, image, cache_tag, root, format=FORMAT_VERSION, kind="bytecode"):
         self.format, self.kind = format, kind
         self.image, self.cache_tag, self.root = image, cache_tag, root
 
-    def serialize(self):
-        return json.dumps({f: getattr(self, f) for f in self.FIELDS}, sort_keys=True,
-                          separators=(",", ":")).encode("utf-8")
-
-    @property
-    def id(self):
-        return hash_bytes(self.serialize())
-
     @classmethod
     def parse(cls, data, expected_id=None):
-        if expected_id is not None and hash_bytes(data) != expected_id:
-            raise IntegrityError("bytecode", expected_id, "record does not match its ID")
-        obj = read_json(data, "bytecode record", MAX_MANIFEST)
-        if not isinstance(obj, dict) or set(obj) != set(cls.FIELDS) or \
-                obj["kind"] != "bytecode" or type(obj["format"]) is not int:
-            raise InvalidInputError("bytecode record has missing or unknown fields")
-        if obj["format"] != FORMAT_VERSION:
-            raise InvalidInputError(f"bytecode format {obj['format']!r} is not supported",
-                                    f"this vocker reads format {FORMAT_VERSION}; upgrade vocker")
+        obj = cls._fields(data, expected_id)
         check_id(obj["image"], "image")
         check_id(obj["root"], "tree")
         if not isinstance(obj["cache_tag"], str) or \
                 not PYTHON_FACTS["cache_tag"].fullmatch(obj["cache_tag"]):
             raise InvalidInputError("bytecode record has a malformed cache_tag")
-        rec = cls(**obj)
-        if rec.serialize() != data:
-            raise InvalidInputError("bytecode record is not in canonical form")
-        return rec
+        return cls._made(obj, data)
 
     @staticmethod
     def tree(pycs):
