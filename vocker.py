@@ -14,35 +14,24 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import argparse
-import base64
 import collections
 import contextlib
-import csv
-import difflib
 import errno
 import io
 import json
 import os
 import re
 import shlex
-import shutil
 import signal
-import socket
 import sqlite3
 import stat
 import struct
-import subprocess
 import sys
 import sysconfig
-import tempfile
 import threading
 import time
-import traceback
 import unicodedata
-import urllib.parse
-import uuid
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 try:  # checked in main() so that a missing wheel gives a one-line error
@@ -83,6 +72,11 @@ GROUP_MAX = 128 << 20
 WIRE_WINDOW_LOG = 27
 #: threads that compress a push's groups (each holds ~250 MB at level 19)
 WIRE_THREADS = max(1, min(4, os.cpu_count() or 1))
+#: compression state a push's threads hold at once, bounded by
+#: :func:`frame_memory` (a frame whose own bound is larger waits to run alone)
+WIRE_MEMORY = 320 << 20
+#: compressed bytes of one frame held in memory before it waits in a temp file
+WIRE_SPOOL = 8 << 20
 MAX_META = 256 << 20          # largest .trees/.blobs/index file accepted from outside
 MAX_MANIFEST = 1 << 20        # largest image manifest
 CHUNK = 1 << 20
@@ -276,6 +270,23 @@ class WheelHashError(InvalidInputError):
 def hash_bytes(data):
     """BLAKE3-256 of ``data`` as lowercase hex."""
     return blake3.blake3(data).hexdigest()
+
+
+def random_hex(n=32):
+    """``n`` random hex digits: names of temporary files and folders."""
+    return os.urandom((n + 1) // 2).hex()[:n]
+
+
+def free_bytes(path):
+    """Free bytes on the disk that holds ``path``."""
+    import shutil  # here: imported on first use, for a faster start
+    return shutil.disk_usage(path).free
+
+
+def thread_pool(workers):
+    """A pool of ``workers`` threads."""
+    from concurrent.futures import ThreadPoolExecutor  # here: imported on first use, for a faster start
+    return ThreadPoolExecutor(max_workers=workers)
 
 
 def short_id(object_id):
@@ -568,7 +579,7 @@ def _remove_file(p, st, win, trash, restore_readonly):
         if trash is None:
             raise
         os.makedirs(trash, exist_ok=True)
-        os.replace(p, os.path.join(trash, uuid.uuid4().hex))
+        os.replace(p, os.path.join(trash, random_hex()))
 
 
 def _is_dir_link(p):
@@ -1883,6 +1894,16 @@ class _StorePool:
         new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
 
     @staticmethod
+    def pool_file_ok(st, size, executable):
+        """True when ``st`` (an lstat) is a pool file that passes
+        :meth:`pool_file_problem`'s fast check: a regular, read-only file of
+        ``size`` bytes, exact mode (Windows: read-only) and the fixed mtime.
+        False says only "ask pool_file_problem"."""
+        want = 0o100444 if WINDOWS or not executable else 0o100555
+        return st.st_mode == want and st.st_size == size and \
+            st.st_mtime_ns == FIXED_MTIME * 1_000_000_000
+
+    @staticmethod
     def pool_file_problem(path, size, executable=False, object_id=None, full=False):
         """What is wrong with a pool file, or None (also when it is missing:
         it is simply made): it must be a regular file of ``size`` bytes with
@@ -2581,7 +2602,7 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs, _StoreGc):
         if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF != _SQLITE_IOERR:
             return False
         try:
-            return shutil.disk_usage(self.home).free < CHUNK
+            return free_bytes(self.home) < CHUNK
         except OSError:
             return False
 
@@ -2595,7 +2616,7 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs, _StoreGc):
                                   "check the disk is writable and not full, or pass --home DIR")
 
     def _check_writable(self):
-        probe = os.path.join(self.tmp_dir, f".probe-{uuid.uuid4().hex}")
+        probe = os.path.join(self.tmp_dir, f".probe-{random_hex()}")
         with open(probe, "wb"):
             pass
         _unlink_quiet(probe)  # a gc running meanwhile may have removed it: tmp/ is its
@@ -2636,7 +2657,7 @@ class Store(_StoreImages, _StoreContainers, _StorePool, _StoreBlobs, _StoreGc):
         return os.path.join(os.path.dirname(path), ".vocker-trash")
 
     def tmp_path(self, hint="tmp"):
-        return os.path.join(self.tmp_dir, f"{hint}-{uuid.uuid4().hex}")
+        return os.path.join(self.tmp_dir, f"{hint}-{random_hex()}")
 
     # -- SQL: every statement of vocker runs through these -------------------
 
@@ -2832,7 +2853,8 @@ def copy_file(src, dst, mode=0o644):
     """Copy ``src`` to a new file ``dst`` (never through an existing name)."""
     with open(src, "rb") as fin:
         with os.fdopen(create_exclusive(dst, mode), "wb") as fout:
-            shutil.copyfileobj(fin, fout, CHUNK)
+            while chunk := fin.read(CHUNK):
+                fout.write(chunk)
 
 
 class Linker:
@@ -2879,6 +2901,36 @@ class Linker:
             self._place(blob_id, executable, src, dst)
         if self.mode != "hardlink":
             self.copies.append(dst)
+
+    def place_all(self, items, progress):
+        """:meth:`place` each of ``items`` [(blob, executable, destination)],
+        counted on ``progress``. Once a hardlink was made, a pool file that
+        passes the fast check as it stands (:meth:`Store.pool_file_ok`) and is
+        recorded is linked at once; anything else takes :meth:`place`."""
+        store, sizes, checked, pooled = self.store, self.sizes, self.checked, self.pooled
+        pool_path, ok, lstat, link = store.current_pool_path, store.pool_file_ok, os.lstat, os.link
+        done = nbytes = 0
+        for blob, executable, dst in items:
+            size = sizes.get(blob, -1)
+            key = (blob, executable)
+            src = pool_path(blob, executable)
+            try:
+                if self.mode != "hardlink" or not self.decided or key in checked \
+                        or key not in pooled or not ok(lstat(src), size, executable):
+                    raise LookupError  # the general path decides, checks, repairs
+                checked.add(key)
+                link(src, dst)
+            except (LookupError, FileNotFoundError):
+                self.place(blob, executable, dst)
+            except OSError as exc:
+                if exc.errno != errno.EMLINK:
+                    raise
+                self.place(blob, executable, dst)
+            done, nbytes = done + 1, nbytes + size
+            if done == 256:
+                progress.update(done, nbytes=nbytes)
+                done = nbytes = 0
+        progress.update(done, nbytes=nbytes)
 
     def _checked_pool(self, blob_id, executable):
         """The pool file to link, checked first (type, size, fixed mtime,
@@ -3083,6 +3135,7 @@ def python_stamp(exe):
 
 
 def _run_query(exe):
+    import subprocess  # here: imported on first use, for a faster start
     info = None
     try:
         out = subprocess.run([exe, "-I", "-c", _PY_QUERY], capture_output=True,
@@ -3131,6 +3184,7 @@ def _py_launcher(env):
     """[path] of the ``py`` launcher: on PATH, else where its installers put
     it (per user, then for all users); None if there is none."""
     local, windir = env.get("LOCALAPPDATA"), env.get("SystemRoot") or env.get("WINDIR")
+    import shutil  # here: imported on first use, for a faster start
     found = shutil.which("py", path=env.get("PATH", ""))
     for exe in [found] + [os.path.join(d, *rest, "py.exe") for d, rest in
                           ((local, ("Programs", "Python", "Launcher")), (windir, ())) if d]:
@@ -3154,6 +3208,7 @@ def _by_version(pairs, mm):
 def bounded_output(argv, timeout=PY_LIST_TIMEOUT, limit=PY_LIST_LIMIT):
     """The text ``argv`` prints, or "" if it fails, takes over ``timeout``
     seconds or prints over ``limit`` bytes (it is killed then)."""
+    import subprocess  # here: imported on first use, for a faster start
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL)
@@ -3299,6 +3354,7 @@ def uv_pythons(mm, sources):
 
 def path_pythons(names, sources):
     """The usual names found on the environment's PATH, then this interpreter."""
+    import shutil  # here: imported on first use, for a faster start
     path = sources.env.get("PATH", "")
     return [f for f in (shutil.which(n, path=path) for n in names[:-1]) if f] + [sys.executable]
 
@@ -4655,7 +4711,7 @@ class _Contents:
         self.progress.update(len(known), nbytes=sum(j.st[2] for j in known))
         if misses:
             workers = min(len(misses), COMMIT_THREADS)
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            with thread_pool(workers) as pool:
                 for job, _ in zip(misses, _bounded_map(pool, self._read_job, misses,
                                                        4 * workers)):
                     self.progress.update(nbytes=job.st[2])
@@ -4996,7 +5052,7 @@ def _full_disk_error(exc, stage, target, store):
     if names:
         on_target = any(_inside(n, stage) for n in names)
     else:
-        on_target = shutil.disk_usage(stage).free <= shutil.disk_usage(store.home).free
+        on_target = free_bytes(stage) <= free_bytes(store.home)
     if not on_target:
         return store.full_error()
     return EnvironmentProblem(f"the disk holding {os.path.dirname(target)} is full",
@@ -5023,6 +5079,7 @@ def normalize_record(data, record_rel, templated):
         if not stripped:
             out.append(line)
             continue
+        import csv  # here: imported on first use, for a faster start
         try:
             row = next(csv.reader([stripped.decode("utf-8")]))
         except (UnicodeDecodeError, StopIteration, csv.Error):
@@ -5135,7 +5192,7 @@ def compile_pycs(exe, jobs, progress):
     by_size = sorted(jobs, key=lambda j: -os.path.getsize(j[1]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     results = {}
-    with ThreadPoolExecutor(max_workers=n) as pool:
+    with thread_pool(n) as pool:
         list(pool.map(lambda part: _compile_part(exe, part, env, results, progress),
                       [by_size[i::n] for i in range(n)]))
     return results
@@ -5143,6 +5200,7 @@ def compile_pycs(exe, jobs, progress):
 
 def _compile_part(exe, jobs, env, results, progress):
     """One worker process: feed it ``jobs``, read its lines into ``results``."""
+    import subprocess  # here: imported on first use, for a faster start
     proc = subprocess.Popen([exe, "-I", "-c", _COMPILE_WORKER], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     with proc:
@@ -5411,21 +5469,23 @@ class _Materializer:
             os.mkdir(join(stage, rel))
         empty = EMPTY_ID
         py_files = []
-        place = self.linker.place
         blobs = {e.ref for _, e in files if e.type in FILE_TYPES}
         self.store.checked_ids(blobs)  # every ref of a parsed tree is a checked ID
         self.linker.pooled = self.store.pooled(blobs)
         sizes = self.linker.sizes = self.store.blob_sizes(blobs)
         self.progress.total_bytes = sum(sizes.get(e.ref, 0) for _, e in files)
+        pooled = []  # (blob, executable, destination) of the files from the pool
         for rel, e in files:
             dst = join(stage, rel)
             if e.type in FILE_TYPES:
                 executable = e.type == T_EXEC
-                if e.ref == empty:
-                    os.close(create_exclusive(dst, 0o755 if executable else 0o644))
-                    os.utime(dst, (FIXED_MTIME, FIXED_MTIME))
-                else:
-                    place(e.ref, executable, dst)
+                if e.ref != empty:
+                    pooled.append((e.ref, executable, dst))
+                    if compile and _is_compilable(rel, self.manifest.kind):
+                        py_files.append((rel, e.ref, executable))
+                    continue
+                os.close(create_exclusive(dst, 0o755 if executable else 0o644))
+                os.utime(dst, (FIXED_MTIME, FIXED_MTIME))
                 if compile and _is_compilable(rel, self.manifest.kind):
                     py_files.append((rel, e.ref, executable))
             else:
@@ -5435,6 +5495,7 @@ class _Materializer:
                     f.write(data)
                 self.templates.append((rel, e.ref))
             self.progress.update(nbytes=sizes.get(e.ref, 0))
+        self.linker.place_all(pooled, self.progress)
         return py_files
 
     def links(self, stage, links):
@@ -5546,7 +5607,7 @@ class Creator:
             raise EnvironmentProblem(f"cannot create {self.path}: {exc.strerror}",
                                      "check the folder is writable") from None
         return extended_path(os.path.join(
-            parent, f".{name}.vocker-{os.getpid()}-{uuid.uuid4().hex[:8]}"))
+            parent, f".{name}.vocker-{os.getpid()}-{random_hex(8)}"))
 
     def _build(self, stage, dirs, files, links):
         """Make and fill the staging folder; remember it in the pending row."""
@@ -6348,7 +6409,7 @@ class RepoDir:
             return sorted(os.listdir(d))
 
     def tmp_name(self):
-        return REPO_TMP_PREFIX + uuid.uuid4().hex
+        return REPO_TMP_PREFIX + random_hex()
 
     def create_tmp(self, name):
         with self.folder("tmp", create=True) as d:
@@ -6487,7 +6548,7 @@ class TarSource(FolderSource):
     def __init__(self, path):
         super().__init__(path)
         try:
-            import tarfile  # here: the network and archive modules cost 20 ms of every start
+            import tarfile  # here: imported on first use, for a faster start
             self.tar = tarfile.open(path, "r:")
             members = self.tar.getmembers()
         except (OSError, EOFError, tarfile.TarError) as exc:
@@ -6582,7 +6643,7 @@ class _PacedReader(io.RawIOBase):
         self.sock.settimeout(max(self.pace.remaining(), 0.001))
         try:
             n = self.sock.recv_into(b)
-        except socket.timeout:
+        except TimeoutError:  # socket.timeout
             raise self.pace.error() from None
         self.pace.account(n)
         return n
@@ -6643,10 +6704,12 @@ class Proxy:
 
     @classmethod
     def find(cls, scheme, host):
-        import urllib.request  # here: the network and archive modules cost 20 ms of every start
+        import urllib.request  # here: imported on first use, for a faster start
         url = urllib.request.getproxies().get(scheme)
         if not url or urllib.request.proxy_bypass(host):
             return None
+        import base64  # here: imported on first use, for a faster start
+        import urllib.parse  # here: imported on first use, for a faster start
         parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
         try:
             port = parts.port or 80
@@ -6669,6 +6732,7 @@ class HttpSource:
     a proxy (:class:`Proxy`) and a deadline (_Pace) on every connection."""
 
     def __init__(self, url, headers=None, timeout=None, retries=4, min_rate=None):
+        import urllib.parse  # here: imported on first use, for a faster start
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"bad repository URL {url!r}")
@@ -6697,11 +6761,12 @@ class HttpSource:
 
     def _netrc_auth(self):
         try:
-            import netrc  # here: the network and archive modules cost 20 ms of every start
+            import netrc  # here: imported on first use, for a faster start
             auth = netrc.netrc().authenticators(self.host)
         except (OSError, netrc.NetrcParseError):
             return
         if auth:
+            import base64  # here: imported on first use, for a faster start
             token = base64.b64encode(f"{auth[0]}:{auth[2]}".encode()).decode()
             self.headers["Authorization"] = f"Basic {token}"
 
@@ -6714,7 +6779,7 @@ class HttpSource:
         if conn is None or fresh:
             if conn is not None:
                 conn.close()
-            import http.client  # here: the network and archive modules cost 20 ms of every start
+            import http.client  # here: imported on first use, for a faster start
             base = (http.client.HTTPSConnection if self.scheme == "https"
                     else http.client.HTTPConnection)
             via = self.proxy
@@ -6754,7 +6819,7 @@ class HttpSource:
         return headers
 
     def _fetch_once(self, rel, start, end, limit):
-        import http.client  # here: the network and archive modules cost 20 ms of every start
+        import http.client  # here: imported on first use, for a faster start
         url = f"{self.url}/{rel}"
         got = bytearray()
         received = 0
@@ -6818,7 +6883,8 @@ class HttpSource:
         end offset this pull needs from it (never more), then hang up."""
         with self.lock:
             need = max(self.ends.get(rel, 0), end)
-        path = os.path.join(self.tmp_dir or tempfile.gettempdir(), f"http-{uuid.uuid4().hex}")
+        import tempfile  # here: imported on first use, for a faster start
+        path = os.path.join(self.tmp_dir or tempfile.gettempdir(), f"http-{random_hex()}")
         kept = 0
         try:
             with open(path, "wb") as f:
@@ -6871,7 +6937,7 @@ def open_source(location, headers=None):
     if re.match(r"(?i)https?://", location):
         return HttpSource(location, headers)
     if location.lower().startswith("file://"):
-        import urllib.request  # here: the network and archive modules cost 20 ms of every start
+        import urllib.request  # here: imported on first use, for a faster start
         location = urllib.request.url2pathname(urllib.parse.urlsplit(location).path)
     if os.path.isfile(location):
         return TarSource(location)
@@ -7218,6 +7284,7 @@ def repo_lock(root, timeout=120):
 
 def hostname():
     """This machine's name, recorded with a create in progress."""
+    import socket  # here: imported on first use, for a faster start
     return socket.gethostname() or "localhost"
 
 
@@ -7281,22 +7348,32 @@ def _send_blobs(store, repo, missing, paths, have, good, progress, level, stream
     writer = PackWriter(repo.tmp_name(), None, readonly=False, repo=repo)
     progress.total, progress.total_bytes = len(missing), sum(sizes.values())
 
+    budget = _Budget(WIRE_MEMORY)
+
     def one(group):
         total = sum(sizes[b] for b in group)
         if total > GROUP_MAX:
             return group, total, None  # one big blob: streamed below, memory stays flat
-        parts = []
-        _compress_group([streams[b][1] for b in group], total, parts.append, level)
-        return group, total, parts
+        import tempfile  # here: imported on first use, for a faster start
+        spool = tempfile.SpooledTemporaryFile(WIRE_SPOOL, dir=store.tmp_dir)
+        try:
+            _compress_group([streams[b][1] for b in group], total, spool.write, level, budget)
+        except BaseException:
+            spool.close()
+            raise
+        return group, total, spool
     try:
-        with ThreadPoolExecutor(max_workers=WIRE_THREADS) as pool:
+        with thread_pool(WIRE_THREADS) as pool:
             groups = plan_groups(sizes, paths)
-            for group, total, parts in _bounded_map(pool, one, groups, WIRE_THREADS + 1):
-                if parts is None:  # in order, so that a pack's bytes never depend on timing
+            for group, total, spool in _bounded_map(pool, one, groups, WIRE_THREADS + 1):
+                if spool is None:  # in order, so that a pack's bytes never depend on timing
                     offset = writer.append_stream(lambda write: _compress_group(
-                        [streams[b][1] for b in group], total, write, level))
+                        [streams[b][1] for b in group], total, write, level, budget))
                 else:
-                    offset = writer.append_stream(lambda write: [write(p) for p in parts])
+                    with spool:
+                        spool.seek(0)
+                        offset = writer.append_stream(
+                            lambda write: [write(p) for p in iter(lambda: spool.read(CHUNK), b"")])
                 csize = writer.offset - offset
                 at = 0
                 for b in group:
@@ -7318,9 +7395,15 @@ def _send_blobs(store, repo, missing, paths, have, good, progress, level, stream
     return writer.offset
 
 
-def _compress_group(reads, total, write, level):
+def _compress_group(reads, total, write, level, budget):
     """Compress the blobs that ``reads`` pass on (``total`` bytes) into one
-    wire frame, each piece of it given to ``write``."""
+    wire frame, each piece of it given to ``write``; its compression state
+    held from ``budget`` (:class:`_Budget`) until it is freed."""
+    with budget.hold(frame_memory(total, level)):
+        _compress_frame(reads, total, write, level)
+
+
+def _compress_frame(reads, total, write, level):
     cobj, files = _wire_cctx(total, level).compressobj(size=total), {}
 
     def put(chunk):
@@ -7334,6 +7417,36 @@ def _compress_group(reads, total, write, level):
         for f in files.values():
             f.close()
     write(cobj.flush())
+
+
+def frame_memory(total, level):
+    """A bound on the memory zstd holds to compress one wire frame of
+    ``total`` bytes at ``level`` (measured with ``_wire_cctx``, in MB for
+    window 2^22/24/26/27: level 19 55/105/177/273, level 9 -/29/-/155,
+    level 3 6/19/-/138)."""
+    window = 1 << max(10, min(WIRE_WINDOW_LOG, (total - 1).bit_length()))
+    return (2 * window + (80 << 20)) if level > 3 else window + (16 << 20)
+
+
+class _Budget:
+    """A bound on what threads hold at once: :meth:`hold` of ``n`` waits
+    until ``n`` fits beside what the others hold, or nothing is held (so
+    one bigger than the bound still runs, alone)."""
+
+    def __init__(self, limit):
+        self.limit, self.used, self.cond = limit, 0, threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, n):
+        with self.cond:
+            self.cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.used -= n
+                self.cond.notify_all()
 
 
 def _listing(have, blobs):
@@ -7639,7 +7752,7 @@ class _Pieces:
 
 def _check_room(store, nbytes):
     try:
-        free = shutil.disk_usage(store.tmp_dir).free
+        free = free_bytes(store.tmp_dir)
     except OSError:
         return
     if nbytes > free:
@@ -7673,7 +7786,7 @@ def _fetch_blobs(store, src, missing, index, progress):
 
     try:
         workers = HTTP_THREADS if isinstance(src, HttpSource) else WIRE_THREADS
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with thread_pool(workers) as pool:
             for out in _bounded_map(pool, lambda job: _read_job(src, *job, put), reads,
                                     workers + 1):
                 for b, size, offset, csize in out:
@@ -7784,13 +7897,13 @@ def save(store, refs, out, progress=None, with_bytecode=True):
     out = os.path.abspath(out)
     # staged beside the output, not in the store: save works on a read-only store
     stage = os.path.join(os.path.dirname(out),
-                         f".{os.path.basename(out)}.vocker-{uuid.uuid4().hex[:8]}")
+                         f".{os.path.basename(out)}.vocker-{random_hex(8)}")
     try:
         result = push(store, refs, stage, progress=progress, record=False,
                       with_bytecode=with_bytecode)
-        tmp = out + f".tmp-{uuid.uuid4().hex[:8]}"
+        tmp = out + f".tmp-{random_hex(8)}"
         try:
-            import tarfile  # here: the network and archive modules cost 20 ms of every start
+            import tarfile  # here: imported on first use, for a faster start
             with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
                 names = []
                 for dirpath, dirnames, filenames in os.walk(stage):
@@ -8441,6 +8554,7 @@ def build_python(want, explicit=None, need=None):
 
 def _step_output(argv, label, cwd=None, env=None):
     """Run a build step; its output (stdout + stderr) as text, or BuildError."""
+    import subprocess  # here: imported on first use, for a faster start
     try:
         p = subprocess.run(argv, cwd=cwd, env=env or hermetic_env(), stdin=subprocess.DEVNULL,
                            capture_output=True, timeout=BUILD_STEP_TIMEOUT)
@@ -8489,6 +8603,7 @@ def read_pip_report(path, pins):
         try:
             meta, info = item["metadata"], item["download_info"]
             sha = info["archive_info"]["hashes"]["sha256"]
+            import urllib.parse  # here: imported on first use, for a faster start
             wheel = urllib.parse.unquote(urllib.parse.urlsplit(info["url"]).path).rsplit("/", 1)[-1]
             w = {"name": meta["name"], "version": meta["version"], "wheel": wheel, "sha256": sha}
             Recipe._check_install({"wheels": [w]}, lambda v, what: v)
@@ -8768,6 +8883,7 @@ def build(store, text, context, wheels=None, tags=(), labels=None, python=None,
 def _work_dir(store):
     """A fresh folder for one build, in the system's temp folder: not the
     store's tmp/, which a gc running meanwhile empties."""
+    import tempfile  # here: imported on first use, for a faster start
     work = tempfile.mkdtemp(prefix="vocker-build-")
     try:
         yield work
@@ -8890,6 +9006,7 @@ def _text_diff(store, ea, other, eb, rel):
         return None
     if any("\0" in t for t in texts):
         return None
+    import difflib  # here: imported on first use, for a faster start
     lines = list(difflib.unified_diff(texts[1].splitlines(True), texts[0].splitlines(True),
                                       f"rebuilt/{rel}", f"image/{rel}"))
     if len(lines) > AUDIT_DIFF_LINES:
@@ -8968,6 +9085,7 @@ def command_line(words, win=None):
     """Words as a command line the user's shell reads back: cmd's quoting on
     Windows ("C:\\a b"), the POSIX shell's elsewhere ('/a b')."""
     if WINDOWS if win is None else win:
+        import subprocess  # here: imported on first use, for a faster start
         return subprocess.list2cmdline(words)
     return shlex.join(words)
 
@@ -8991,6 +9109,7 @@ def _explain_missing(store, exc):
     repo = full.partition(":")[0]
     names = store.tag_names()
     same = [n.partition(":")[2] for n in names if n.partition(":")[0] == repo]
+    import difflib  # here: imported on first use, for a faster start
     close = difflib.get_close_matches(full, names, n=3)
     if implied and PREFIX_RE.fullmatch(ref):
         exc.message = f"no image ID starts with {ref}, and there is no image {full}"
@@ -9391,6 +9510,7 @@ def _field(obj, path):
     for key in path.split("."):
         if not isinstance(value, dict) or key not in value:
             keys = sorted(value) if isinstance(value, dict) else []
+            import difflib  # here: imported on first use, for a faster start
             close = difflib.get_close_matches(key, keys, n=1)
             where = ".".join(done) or "the top level"
             hint = (f"did you mean {'.'.join(done + close)}?" if close
@@ -9721,6 +9841,12 @@ def _safe_streams():
             stream.reconfigure(errors="backslashreplace")
 
 
+def print_traceback():
+    """--debug: the traceback of the exception being handled, on stderr."""
+    import traceback  # here: imported on first use, for a faster start
+    traceback.print_exc()
+
+
 def main(argv=None):
     """Run the command line; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -9731,7 +9857,7 @@ def main(argv=None):
         return _run(argv, state)
     except VockerError as exc:
         if debug and not isinstance(exc, UsageError):
-            traceback.print_exc()
+            print_traceback()
         if isinstance(exc, NotFoundError) and state["store"] is not None:
             with contextlib.suppress(sqlite3.Error):  # the plain message is still true
                 _explain_missing(state["store"], exc)
@@ -9746,13 +9872,13 @@ def main(argv=None):
                      state["store"], prefix="vocker: ")
     except OSError as exc:
         if debug:
-            traceback.print_exc()
+            print_traceback()
         where = f" ({exc.filename})" if exc.filename else ""
         return _fail(EXIT_ENVIRONMENT, type(exc).__name__, f"{exc.strerror or exc}{where}",
                      "check the path, free space and permissions", as_json, state["store"])
     except Exception as exc:  # a bug
         if debug:
-            traceback.print_exc()
+            print_traceback()
         return _fail(EXIT_ERROR, type(exc).__name__, f"{type(exc).__name__}: {exc}",
                      "run again with --debug and report it", as_json, state["store"],
                      prefix="vocker: internal error: ")

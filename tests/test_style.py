@@ -51,3 +51,20 @@ def test_checker_sees_long_code():
     names = {node.name for node, _ in NODES
              if isinstance(node, ast.FunctionDef) and _length(node) > MAX_FUNCTION}
     assert "build_parser" in names
+
+
+#: modules only some commands need: imported where used, so that every
+#: start (vocker create, run from batch files) does not pay for them
+NOT_AT_START = ("base64", "concurrent.futures", "csv", "difflib", "http.client", "netrc",
+                "shutil", "socket", "subprocess", "tarfile", "tempfile", "traceback",
+                "urllib.request", "uuid")
+
+
+def test_start_imports_only_what_every_command_needs():
+    import subprocess
+    import sys
+    code = "import sys, vocker; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-E", "-c", code], cwd=SOURCE.parent, check=True,
+                         stdout=subprocess.PIPE, text=True).stdout.split()
+    assert "vocker" in out and "sqlite3" in out
+    assert [m for m in NOT_AT_START if m in out] == []

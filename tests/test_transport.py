@@ -878,3 +878,63 @@ def test_a_proxy_vocker_cannot_use_is_one_line(images, tmp_path, serve, value):
             env=clean_env(env), check=False)
     assert p.returncode == vocker.EXIT_USAGE and "HTTP_PROXY" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_frame_bigger_than_the_spool_goes_through_a_temp_file(tmp_path):
+    """A group whose compressed frame outgrows WIRE_SPOOL waits on disk, not
+    in memory; the pack is the same, and nothing is left in the store's tmp/."""
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    big = os.urandom(vocker.WIRE_SPOOL + (1 << 20))  # incompressible: the frame is as big
+    (src / "pkg" / "big.bin").write_bytes(big)
+    (src / "pkg" / "small.txt").write_text("small\n")
+    home, repo = tmp_path / "home", tmp_path / "repo"
+    with vocker.Store(home) as store:
+        vocker.commit(store, src, tags=["s:1"], kind="plain")
+        vocker.push(store, ["s:1"], str(repo))
+        assert os.listdir(store.tmp_dir) == []
+    packs = list((repo / "packs").glob("*.pack"))
+    assert len(packs) == 1 and packs[0].stat().st_size > vocker.WIRE_SPOOL
+    with vocker.Store(tmp_path / "h2") as store:
+        vocker.pull(store, str(repo), ["s:1"])
+        vocker.create(store, "s:1", tmp_path / "out")
+    assert (tmp_path / "out" / "pkg" / "big.bin").read_bytes() == big
+
+
+def _holding(budget, n, inside, started, release):
+    with budget.hold(n):
+        inside.append(n)
+        started.set()
+        release.wait(5)
+        inside.remove(n)
+
+
+@pytest.mark.parametrize("first,second,together", [
+    (60, 40, True),     # both fit the limit of 100
+    (60, 50, False),    # the second waits for the first
+    (150, 10, False),   # bigger than the limit: runs, alone
+])
+def test_compression_budget_bounds_what_threads_hold_at_once(first, second, together):
+    budget = vocker._Budget(100)
+    inside, release = [], threading.Event()
+    started = [threading.Event(), threading.Event()]
+    threads = [threading.Thread(target=_holding, args=(budget, n, inside, ev, release))
+               for n, ev in zip((first, second), started)]
+    threads[0].start()
+    assert started[0].wait(5)
+    threads[1].start()
+    assert started[1].wait(0.3) == together
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert started[1].is_set() and inside == [] and budget.used == 0
+
+
+def test_frame_memory_grows_with_the_frame_and_the_level():
+    """The bound push holds per frame: above the zstd window it compresses
+    with, more at high levels, and no more for frames past the window."""
+    mb = 1 << 20
+    for total in (4 * mb, 64 * mb, 128 * mb):
+        assert vocker.frame_memory(total, 19) > vocker.frame_memory(total, 3) > total // 2
+    assert vocker.frame_memory(512 * mb, 19) == vocker.frame_memory(128 * mb, 19)
+    assert vocker.frame_memory(4 * mb, 19) < vocker.frame_memory(64 * mb, 19)
