@@ -401,8 +401,21 @@ def bench_compileall(R: Results, py: Path, venv: Path, dest: Path, repeat: int):
     rmtree(dest)
 
 
+def ensurepip_wheels(py: Path) -> Path:
+    """The folder of the wheels ``python -m venv`` installs (pip, and
+    setuptools before 3.12): uv installs them too, so that both sides make
+    the same packages."""
+    out = subprocess.run([str(py), "-I", "-c", "import ensurepip, os; "
+                          "print(os.path.join(os.path.dirname(ensurepip.__file__), '_bundled'))"],
+                         stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+    return Path(out)
+
+
 def bench_uv(R: Results, uv: str | None, py: Path, wheels: Path, cache: Path,
              pins: list[str], work: Path, repeat: int, timeout):
+    """uv venv + uv pip install of ``pins``: the source venv's ``pip freeze
+    --all``, so pip and setuptools too (from the interpreter's ensurepip
+    wheels), as ``python -m venv`` puts them in the venv vocker commits."""
     sv = R.step("uv_venv", "uv venv", "baseline")
     variants = [
         ("uv_install", "uv pip install (warm cache, no compile)", []),
@@ -428,7 +441,8 @@ def bench_uv(R: Results, uv: str | None, py: Path, wheels: Path, cache: Path,
     newvenv = work / "uv-venv"
     venv_cmd = [uv, "--no-config", "venv", "-q", "--python", py, newvenv]
     inst = [uv, "--no-config", "pip", "install", "-q", "--offline", "--no-index",
-            "--find-links", wheels, "--python", newvenv / "bin" / "python", *pins]
+            "--find-links", wheels, "--find-links", ensurepip_wheels(py),
+            "--python", newvenv / "bin" / "python", *pins]
     sv.cmd = "UV_CACHE_DIR=CACHE/uv " + shlex.join(map(str, venv_cmd)).replace(str(newvenv), "NEWVENV")
     # untimed warm-up install: fills the uv cache (unzipped wheels)
     log("uv warm-up install (untimed)")
@@ -444,7 +458,8 @@ def bench_uv(R: Results, uv: str | None, py: Path, wheels: Path, cache: Path,
     for k, lbl, extra in variants:
         steps[k].cmd = ("UV_CACHE_DIR=CACHE/uv "
                         + shlex.join(map(str, inst + extra)).replace(str(newvenv), "NEWVENV")
-                        .replace(str(wheels), "CACHE/wheels"))
+                        .replace(str(wheels), "CACHE/wheels")
+                        .replace(str(ensurepip_wheels(py)), "ENSUREPIP"))
         for i in range(repeat):
             rmtree(newvenv)
             try:
@@ -888,7 +903,7 @@ def main(argv=None) -> int:
         bench_copy(R, "cp_al_pyc", "cp -al VENV DEST (with pyc)", venv_pyc, dest, "-al", repeat)
         bench_copy(R, "cp_al_nopyc", "cp -al VENV DEST (no pyc)", venv, dest, "-al", repeat)
         bench_compileall(R, py, venv, dest, repeat)
-        bench_uv(R, uv, py, wheels, cache, pins, work, repeat, args.timeout)
+        bench_uv(R, uv, py, wheels, cache, meta["installed"], work, repeat, args.timeout)
         if args.skip_vocker:
             for k in ("v_commit",):
                 R.step(k, "vocker", "vocker").fail("skipped (--skip-vocker)")
