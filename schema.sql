@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS blobs (
     pack   TEXT,              -- pack ID (hash of the pack file), NULL: loose
     offset INTEGER            -- start of the frame inside the pack
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
 
 -- Canonical tree bytes, keyed by their hash.
 CREATE TABLE IF NOT EXISTS trees (
@@ -114,6 +115,19 @@ CREATE TABLE IF NOT EXISTS python_facts (
     stamp TEXT NOT NULL,
     facts TEXT NOT NULL
 ) WITHOUT ROWID;
+
+-- What create makes of an image (vocker.Plan: folders, files with their
+-- sizes, links; every name checked) for one vocker version and system's name
+-- rules ("0.1.0 win"), so that the next create walks no tree. Derived from
+-- the image's trees; `hash` binds the bytes to the image and rules, and a row
+-- that fails it is made again. Dropped with the image.
+CREATE TABLE IF NOT EXISTS plans (
+    image TEXT NOT NULL,
+    rules TEXT NOT NULL,
+    data  BLOB NOT NULL,      -- zlib of JSON [dirs, [[path, type, ref, size]], [[path, type, ref]]]
+    hash  TEXT NOT NULL,
+    PRIMARY KEY (image, rules)
+);
 
 -- Creates in progress: written before the staging folder is made, deleted in
 -- the transaction that records the container. A row whose process is dead

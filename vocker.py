@@ -1316,6 +1316,11 @@ def read_small_text(path, limit, what):
 # SQLite store ################################################################
 ###############################################################################
 
+def _plan_hash(image_id, rules, data):
+    """What a kept plan's row must hash to: its bytes, bound to their image and rules."""
+    return hash_bytes(f"{image_id}\n{rules}\n".encode() + data)
+
+
 def _load_schema():
     here = Path(__file__).resolve().parent
     path = here / "schema.sql"
@@ -2303,12 +2308,27 @@ class _StoreImages:
             db.execute("DELETE FROM tags WHERE name=?", (name,))
 
     def delete_image(self, image_id):
-        """Forget an image and its tags (its trees and blobs stay)."""
+        """Forget an image, its tags and plans (its trees and blobs stay)."""
         with self.transaction() as db:
             db.execute("DELETE FROM tags WHERE image=?", (image_id,))
+            db.execute("DELETE FROM plans WHERE image=?", (image_id,))
             db.execute("DELETE FROM image_sources WHERE image=?", (image_id,))
             db.execute("DELETE FROM bytecode WHERE image=?", (image_id,))
             db.execute("DELETE FROM images WHERE id=?", (image_id,))
+
+    def plan(self, image_id, rules):
+        """The bytes of an image's :class:`Plan` for ``rules``, or None (none
+        kept, or its hash fails: then it is made again)."""
+        row = self._one("SELECT CAST(data AS BLOB), hash FROM plans WHERE image=? AND rules=?",
+                        (image_id, rules))
+        if row is None or _plan_hash(image_id, rules, bytes(row[0])) != row[1]:
+            return None
+        return bytes(row[0])
+
+    def set_plan(self, image_id, rules, data):
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO plans(image, rules, data, hash) VALUES (?,?,?,?)",
+                       (image_id, rules, data, _plan_hash(image_id, rules, data)))
 
     def add_bytecode(self, bytecode_id, record, trees, blobs):
         """Record pulled bytecode in one transaction: its tree ({id: bytes}),
@@ -2418,6 +2438,14 @@ class _StoreGc:
     def blob_table(self):
         """{blob: (size, csize, pack or None, offset)} of every blob."""
         rows = self._all("SELECT id, size, csize, pack, offset FROM blobs")
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    def blob_rows(self, blob_ids=(), packs=()):
+        """:meth:`blob_table`'s rows of the given blobs, and of every blob in ``packs``."""
+        rows = self._select_in("SELECT id, size, csize, pack, offset FROM blobs WHERE id IN ({q})",
+                               blob_ids)
+        rows += self._select_in("SELECT id, size, csize, pack, offset FROM blobs "
+                                "WHERE pack IN ({q})", packs)
         return {r[0]: tuple(r[1:]) for r in rows}
 
     def pyc_table(self):
@@ -5299,14 +5327,54 @@ def check_bytecode_name(rel, name):
                                 "vocker compiles bytecode itself; commit the image without it")
 
 
-def _image_plan(store, manifest, target=None):
+class Plan:
+    """What create makes of an image for one system's name rules: ``dirs``
+    (parents first), ``files`` and ``links`` [(relative path, entry)], every
+    name and link target checked, and ``sizes`` {blob: size} of the files.
+    The store keeps it (:meth:`Store.plan`), so that the next create of the
+    image walks no tree."""
+
+    def __init__(self, dirs, files, links, sizes):
+        self.dirs, self.files, self.links, self.sizes = dirs, files, links, sizes
+
+    def to_bytes(self):
+        sizes = self.sizes
+        data = [self.dirs, [[rel, e.type, e.ref, sizes.get(e.ref, -1)] for rel, e in self.files],
+                [[rel, e.type, e.ref] for rel, e in self.links]]
+        return zlib.compress(json.dumps(data, separators=(",", ":")).encode(), 1)
+
+    @classmethod
+    def from_bytes(cls, data):
+        """The plan :meth:`to_bytes` wrote: the store's own bytes, which it
+        hands out only when their hash holds (never bytes from outside)."""
+        dirs, files, links = json.loads(zlib.decompress(data))
+        entry = TreeEntry
+        return cls(dirs, [(rel, entry(rel.rpartition("/")[2], t, ref)) for rel, t, ref, _ in files],
+                   [(rel, entry(rel.rpartition("/")[2], t, ref)) for rel, t, ref in links],
+                   {ref: size for _, _, ref, size in files if size >= 0})
+
+
+def image_plan(store, image_id, manifest, target):
+    """The :class:`Plan` of an image for ``target``: the store's, else made
+    by walking the image's trees (refused before anything is written) and
+    kept. Plans are keyed by the vocker version too: a newer one checks again."""
+    rules = f"{__version__} {'win' if target.win else 'posix'}"
+    data = store.plan(image_id, rules)
+    if data is not None:
+        return Plan.from_bytes(data)
+    dirs, files, links = _walk_plan(store, manifest, target)
+    plan = Plan(dirs, files, links,
+                store.blob_sizes({e.ref for _, e in files if e.type in FILE_TYPES}))
+    store.set_plan(image_id, rules, plan.to_bytes())
+    return plan
+
+
+def _walk_plan(store, manifest, target):
     """Walk an image's trees: (dirs, files, links) with validated relative
-    paths, link targets and (given a ``target``) names that system can hold,
-    refused before anything is written."""
+    paths, link targets and names that ``target``'s system can hold."""
     dirs, files, links = [], [], []
     for child, e in walk_image(store.tree, manifest.root):
-        if target is not None:
-            target.check_name(e.name)
+        target.check_name(e.name)
         if e.type == T_DIR:
             dirs.append(child)
         elif e.type in LINK_TYPES:
@@ -5461,18 +5529,18 @@ class _Materializer:
         self.linker, self.values, self.progress = linker, values, progress
         self.templates = []  # templated files, with their blob
 
-    def files(self, stage, dirs, files, compile):
-        """Write folders and files; returns the .py files to compile, as
-        [(rel, blob, executable)]."""
-        join = os.path.join
-        for rel in dirs:
+    def files(self, stage, plan, compile):
+        """Write a plan's folders and files; returns the .py files to compile,
+        as [(rel, blob, executable)]."""
+        join, files = os.path.join, plan.files
+        for rel in plan.dirs:
             os.mkdir(join(stage, rel))
         empty = EMPTY_ID
         py_files = []
         blobs = {e.ref for _, e in files if e.type in FILE_TYPES}
         self.store.checked_ids(blobs)  # every ref of a parsed tree is a checked ID
         self.linker.pooled = self.store.pooled(blobs)
-        sizes = self.linker.sizes = self.store.blob_sizes(blobs)
+        sizes = self.linker.sizes = plan.sizes
         self.progress.total_bytes = sum(sizes.get(e.ref, 0) for _, e in files)
         pooled = []  # (blob, executable, destination) of the files from the pool
         for rel, e in files:
@@ -5567,13 +5635,13 @@ class Creator:
         self._clear_leftover()
         self.exe, self.info = _create_python(self.store, self.image_id, self.manifest,
                                              self.target, self.python_arg)
-        plan = _image_plan(self.store, self.manifest, self.target)
-        self.progress.total = len(plan[1])
+        plan = image_plan(self.store, self.image_id, self.manifest, self.target)
+        self.progress.total = len(plan.files)
         stage = self._stage_path()
         self.store.add_pending_create(self.path, stage, hostname())
         try:
             self.checkpoint("pending")
-            self._build(stage, *plan)
+            self._build(stage, plan)
         except BaseException:
             self._abandon(stage)
             raise
@@ -5609,7 +5677,7 @@ class Creator:
         return extended_path(os.path.join(
             parent, f".{name}.vocker-{os.getpid()}-{random_hex(8)}"))
 
-    def _build(self, stage, dirs, files, links):
+    def _build(self, stage, plan):
         """Make and fill the staging folder; remember it in the pending row."""
         try:
             os.mkdir(stage)
@@ -5621,12 +5689,12 @@ class Creator:
         m = _Materializer(self.store, self.manifest, self.path, self.target, self.linker,
                           values, self.progress)
         try:
-            py_files = m.files(stage, dirs, files, self.compile)
+            py_files = m.files(stage, plan, self.compile)
             if py_files and self.manifest.kind != "plain":
                 self._pycs(stage, py_files)
             self.checkpoint("materialized")
-            m.links(stage, links)
-            self.stat_rows = m.stat_rows(stage, files)
+            m.links(stage, plan.links)
+            self.stat_rows = m.stat_rows(stage, plan.files)
         except FileExistsError as exc:  # names this disk folds together (case, Unicode form)
             raise InvalidInputError(
                 f"two entries of the image name one file on this disk: "
@@ -6123,11 +6191,12 @@ def drop_pooled_frames(store, blob_ids, dry_run=False):
     holds too (``image_sources``): that copy repairs a pool file changed
     through a container's hardlink. Held under gc's lock.
     -> (frames dropped, compressed bytes)."""
-    st, table, members = store, store.blob_table(), {}
-    for b, row in table.items():
-        members.setdefault(row[2], []).append(b)
+    st, table, members = store, store.blob_rows(set(blob_ids)), {}
     want = {b for b in set(blob_ids) - {EMPTY_ID}
             if b in table and table[b][2] != POOL_ONLY and table[b][1] > 0}
+    table.update(st.blob_rows(packs={table[b][2] for b in want} - {None}))  # their packs' others
+    for b, row in table.items():
+        members.setdefault(row[2], []).append(b)
     count = freed = 0
     for pack in sorted({table[b][2] for b in want}, key=str):
         group = sorted(members[pack] if pack is not None else want & set(members[None]))

@@ -487,3 +487,66 @@ def test_pyc_without_a_recorded_size_is_checked_by_its_hash(three_containers, tm
     r = vocker.create(store, image, tmp_path / "fresh")
     assert r["repaired"] == 0 and r["pyc_cached"] == 2
     assert store.db.execute("SELECT count(*) FROM pyc_files").fetchone()[0] == 2
+
+
+def _files_of(root):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, root)
+            out[rel] = os.readlink(p) if os.path.islink(p) else \
+                None if os.path.isdir(p) else open(p, "rb").read()
+    return out
+
+
+def _plan_rows(store, image):
+    return store.db.execute("SELECT rules FROM plans WHERE image=? ORDER BY rules",
+                            (image,)).fetchall()
+
+
+def test_create_keeps_the_plan_uses_it_next_time_and_makes_a_damaged_one_again(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg" / "sub").mkdir(parents=True)
+    (src / "pkg" / "a.txt").write_bytes(BLOBS["a"])
+    (src / "pkg" / "sub" / "b.txt").write_bytes(BLOBS["b"])
+    (src / "pkg" / "empty").write_bytes(b"")
+    if SYMLINKS:
+        os.symlink("a.txt", src / "pkg" / "link")
+    with vocker.Store(tmp_path / "home") as store:
+        image = vocker.commit(store, src, kind="plain")["id"]
+        vocker.create(store, image, tmp_path / "c1")
+        [(rules,)] = _plan_rows(store, image)
+        assert store.plan(image, rules) is not None
+        # a damaged row is not used: the trees are walked again, the row made again
+        store.db.execute("UPDATE plans SET data = data || x'00' WHERE image=?", (image,))
+        assert store.plan(image, rules) is None
+        vocker.create(store, image, tmp_path / "c2")
+        assert store.plan(image, rules) is not None
+        # a kept plan is all the next create reads: it works with a tree gone
+        sub = image_entries(store, image)["pkg/sub"].ref
+        store.db.execute("DELETE FROM trees WHERE id=?", (sub,))
+        vocker.create(store, image, tmp_path / "c3")
+        store.db.execute("DELETE FROM plans WHERE image=?", (image,))
+        with pytest.raises(vocker.NotFoundError):
+            vocker.create(store, image, tmp_path / "c4")
+    want = _files_of(src)
+    assert _files_of(tmp_path / "c1") == _files_of(tmp_path / "c2") == \
+        _files_of(tmp_path / "c3") == want
+
+
+def test_a_plan_is_kept_per_system_and_goes_with_the_image(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(BLOBS["a"])
+    with vocker.Store(tmp_path / "home") as store:
+        image = vocker.commit(store, src, kind="plain", tags=["p:1"])["id"]
+        vocker.create(store, image, tmp_path / "local")
+        vocker.create(store, image, tmp_path / "win", target=vocker.Target.windows("C:\\envs\\p"))
+        rows = [r for (r,) in _plan_rows(store, image)]
+        systems = {"win"} if vocker.WINDOWS else {"posix", "win"}  # the local one, and Windows
+        assert rows == sorted(f"{vocker.__version__} {s}" for s in systems)
+        vocker.remove_container(store, tmp_path / "local")
+        vocker.remove_container(store, tmp_path / "win")
+        vocker.remove_images(store, ["p:1"])
+        assert _plan_rows(store, image) == []
