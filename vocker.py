@@ -6001,6 +6001,8 @@ def inspect(store, name):
     created, source, size, files = store.image_row(image_id)
     return {"type": "image", **image_object(store, image_id, m, created, size, files),
             "manifest": m, "source": source, "containers": store.containers_using(image_id),
+            "bytecode": [{"id": i, "cache_tag": rec.cache_tag}
+                         for i, rec in store.bytecode_of(image_id)],
             "audit": audit_scope(m["recipe"])}
 
 

@@ -106,6 +106,8 @@ def test_a_bytecode_id_pins_its_image_and_its_pycs(pushed, tmp_path):
     with vocker.Store(tmp_path / "h") as store:
         c = vocker.create(store, image, tmp_path / "env")
         assert c["pyc_compiled"] == 0 and c["pyc_shipped"] > 0
+    shown = json.loads(cli("inspect", image, home=tmp_path / "h", check=True).stdout)
+    assert [b["id"] for b in shown["bytecode"]] == [bytecode_id]
 
 
 @LINUX_LANE

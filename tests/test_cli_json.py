@@ -219,7 +219,7 @@ def test_inspect_format_prints_chosen_fields(venv_home):
 @pytest.mark.parametrize("fmt,hint", [
     ("manifest.pythn.version", "did you mean manifest.python?"),
     ("id.x", "id is \""),
-    ("zzz", "fields at the top level: audit, containers, created"),
+    ("zzz", "fields at the top level: audit, bytecode, containers, created"),
 ])
 def test_inspect_format_unknown_field_is_a_usage_error(venv_home, fmt, hint):
     p = cli("inspect", "web:1.0", "--format", fmt, home=venv_home[0])
