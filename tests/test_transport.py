@@ -938,3 +938,28 @@ def test_frame_memory_grows_with_the_frame_and_the_level():
         assert vocker.frame_memory(total, 19) > vocker.frame_memory(total, 3) > total // 2
     assert vocker.frame_memory(512 * mb, 19) == vocker.frame_memory(128 * mb, 19)
     assert vocker.frame_memory(4 * mb, 19) < vocker.frame_memory(64 * mb, 19)
+
+
+def test_a_blob_bigger_than_a_group_streams_through_push_and_pull(tmp_path):
+    """A blob over GROUP_MAX is its own frame, compressed as it is read and
+    decompressed as it arrives; it comes back byte for byte."""
+    src = tmp_path / "src"
+    src.mkdir()
+    block = os.urandom(1 << 20)
+    with open(src / "huge.bin", "wb") as f:
+        for i in range(vocker.GROUP_MAX // len(block) + 1):
+            f.write(block[i:] + block[:i])  # repeats the window sees: a small pack
+    (src / "small.txt").write_text("small\n")
+    home, repo = tmp_path / "home", tmp_path / "repo"
+    with vocker.Store(home) as store:
+        image = vocker.commit(store, src, tags=["h:1"], kind="plain")["id"]
+        vocker.push(store, ["h:1"], str(repo))
+    listing = vocker.parse_blobs_file((repo / "images" / f"{image}.blobs").read_bytes(), image)
+    huge = hash_bytes((src / "huge.bin").read_bytes())
+    assert listing[huge].size > vocker.GROUP_MAX
+    assert len(vocker.frame_members(listing)[listing[huge].pack, listing[huge].offset,
+                                             listing[huge].csize]) == 1
+    with vocker.Store(tmp_path / "h2") as store:
+        vocker.pull(store, str(repo), ["h:1"])
+        vocker.create(store, "h:1", tmp_path / "out")
+    assert hash_bytes((tmp_path / "out" / "huge.bin").read_bytes()) == huge
