@@ -1994,21 +1994,20 @@ class _StorePool:
         self._write_pool_file(blob_id, executable, path, new_inodes)
         self.drop_pool_inode(old.st_dev, old.st_ino)
 
-    def pooled(self, blob_ids):
-        """{(blob, executable)} that have a recorded pool copy."""
-        return {(b, bool(x)) for b, x in self._select_in(
-            "SELECT blob, exec FROM pool_inodes WHERE blob IN ({q})", blob_ids)}
-
     def pool_inodes_on(self, dev, inos):
         """Rows (ino, blob, size, exec) of the pool files among inodes ``inos`` of ``dev``."""
         return self._select_in("SELECT ino, blob, size, exec FROM pool_inodes "
                                "WHERE dev=? AND ino IN ({q})", inos, (dev,))
 
     def add_pool_inodes(self, rows):
-        """Record pool files by inode: rows (dev, ino, blob, size, exec)."""
+        """Record pool files by inode: rows (dev, ino, blob, size, exec). A
+        row recorded as it is already is not written again (a create notes
+        every pool file it links)."""
         with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO pool_inodes(dev, ino, blob, size, exec) "
-                           "VALUES (?,?,?,?,?)", rows)
+            db.executemany("INSERT INTO pool_inodes(dev, ino, blob, size, exec) VALUES (?,?,?,?,?) "
+                           "ON CONFLICT(dev, ino) DO UPDATE SET blob=excluded.blob, "
+                           "size=excluded.size, exec=excluded.exec WHERE blob != excluded.blob "
+                           "OR size != excluded.size OR exec != excluded.exec", rows)
 
     def drop_pool_inode(self, dev, ino):
         with self.transaction() as db:
@@ -2898,6 +2897,7 @@ class Linker:
         self.copies = []  # files that are not pool inodes (for the stat cache)
         self.decided = False
         self.pooled = set()  # (blob, executable) known to have a pool copy
+        self.seen = []  # (dev, ino, blob, size, exec) of the pool files linked as they were
         self.sizes = {}      # blob -> size, for the check of pool files
         self.checked = set()  # (blob, executable) whose pool file was checked
         self.repaired = 0
@@ -2933,9 +2933,10 @@ class Linker:
     def place_all(self, items, progress):
         """:meth:`place` each of ``items`` [(blob, executable, destination)],
         counted on ``progress``. Once a hardlink was made, a pool file that
-        passes the fast check as it stands (:meth:`Store.pool_file_ok`) and is
-        recorded is linked at once; anything else takes :meth:`place`."""
-        store, sizes, checked, pooled = self.store, self.sizes, self.checked, self.pooled
+        passes the fast check as it stands (:meth:`Store.pool_file_ok`) is
+        linked at once, and noted in :attr:`seen`; anything else takes
+        :meth:`place`."""
+        store, sizes, checked, seen = self.store, self.sizes, self.checked, self.seen
         pool_path, ok, lstat, link = store.current_pool_path, store.pool_file_ok, os.lstat, os.link
         done = nbytes = 0
         for blob, executable, dst in items:
@@ -2944,10 +2945,11 @@ class Linker:
             src = pool_path(blob, executable)
             try:
                 if self.mode != "hardlink" or not self.decided or key in checked \
-                        or key not in pooled or not ok(lstat(src), size, executable):
+                        or not ok(st := lstat(src), size, executable):
                     raise LookupError  # the general path decides, checks, repairs
                 checked.add(key)
                 link(src, dst)
+                seen.append((st.st_dev, st.st_ino, blob, size, int(executable)))
             except (LookupError, FileNotFoundError):
                 self.place(blob, executable, dst)
             except OSError as exc:
@@ -5532,39 +5534,37 @@ class _Materializer:
     def files(self, stage, plan, compile):
         """Write a plan's folders and files; returns the .py files to compile,
         as [(rel, blob, executable)]."""
-        join, files = os.path.join, plan.files
+        join, files, sizes, progress = os.path.join, plan.files, plan.sizes, self.progress
         for rel in plan.dirs:
             os.mkdir(join(stage, rel))
-        empty = EMPTY_ID
-        py_files = []
-        blobs = {e.ref for _, e in files if e.type in FILE_TYPES}
-        self.store.checked_ids(blobs)  # every ref of a parsed tree is a checked ID
-        self.linker.pooled = self.store.pooled(blobs)
-        sizes = self.linker.sizes = plan.sizes
-        self.progress.total_bytes = sum(sizes.get(e.ref, 0) for _, e in files)
-        pooled = []  # (blob, executable, destination) of the files from the pool
-        for rel, e in files:
+        self.store.checked_ids({ref for _, (_, t, ref) in files if t in FILE_TYPES})  # from trees
+        self.linker.sizes = sizes
+        progress.total_bytes = sum(sizes.get(ref, 0) for _, (_, _, ref) in files)
+        pooled, py_files, kind = [], [], self.manifest.kind  # pooled: (blob, executable, path)
+        for rel, (_, type_, ref) in files:
             dst = join(stage, rel)
-            if e.type in FILE_TYPES:
-                executable = e.type == T_EXEC
-                if e.ref != empty:
-                    pooled.append((e.ref, executable, dst))
-                    if compile and _is_compilable(rel, self.manifest.kind):
-                        py_files.append((rel, e.ref, executable))
-                    continue
+            if type_ not in FILE_TYPES:
+                self._template(rel, type_, ref, dst)
+                progress.update(nbytes=sizes.get(ref, 0))
+                continue
+            executable = type_ == T_EXEC
+            if ref != EMPTY_ID:
+                pooled.append((ref, executable, dst))
+            else:
                 os.close(create_exclusive(dst, 0o755 if executable else 0o644))
                 os.utime(dst, (FIXED_MTIME, FIXED_MTIME))
-                if compile and _is_compilable(rel, self.manifest.kind):
-                    py_files.append((rel, e.ref, executable))
-            else:
-                data = render_template(self.store.read_blob(e.ref), self.values, self.target)
-                fd = create_exclusive(dst, 0o755 if e.type == T_TEMPLATE_EXEC else 0o644)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                self.templates.append((rel, e.ref))
-            self.progress.update(nbytes=sizes.get(e.ref, 0))
-        self.linker.place_all(pooled, self.progress)
+                progress.update()
+            if compile and _is_compilable(rel, kind):
+                py_files.append((rel, ref, executable))
+        self.linker.place_all(pooled, progress)
         return py_files
+
+    def _template(self, rel, type_, ref, dst):
+        data = render_template(self.store.read_blob(ref), self.values, self.target)
+        fd = create_exclusive(dst, 0o755 if type_ == T_TEMPLATE_EXEC else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        self.templates.append((rel, ref))
 
     def links(self, stage, links):
         """Links last: no file or folder is ever made through one."""
@@ -5827,7 +5827,7 @@ class Creator:
         rows = [(p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob, tpl)
                 for p, st, blob, tpl in self.stat_rows]
         with store.transaction():
-            store.add_pool_inodes(self.new_inodes)
+            store.add_pool_inodes(self.linker.seen + self.new_inodes)
             store.add_pycs(self.pyc_rows, self.pyc_file_rows)
             store.cache_stats(rows)
             store.add_container(self.path, self.image_id, mode, self.exe)
@@ -5855,7 +5855,7 @@ def create(store, image, path, link_mode="auto", python=None, compile=True, prog
     if store.image_sources(image_id):
         with contextlib.suppress(ConflictError):  # busy: a later gc drops them
             with store.collecting(wait=0):  # shipped .pyc keep theirs: the repair source
-                drop_pooled_frames(store, {b for b, _ in c.linker.pooled} - c.shipped)
+                drop_pooled_frames(store, {b for b, _ in c.linker.checked} - c.shipped)
     result = {**run, **find_container(store, c.path)}  # the container object's shape
     result["seconds"] = round(time.monotonic() - t0, 3)
     return result
