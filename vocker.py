@@ -769,15 +769,14 @@ def build_trees(folders):
     """Trees of a folder hierarchy, deepest first: ``folders`` maps each
     folder's relative path ("" is the top) to (its entries other than
     folders, the names of its sub-folders). Returns (top tree ID, {tree ID:
-    canonical bytes})."""
+    Tree})."""
     ids, out = {}, {}
     for rel in sorted(folders, key=lambda r: r.count("/") + 1 if r else 0, reverse=True):
         entries, subs = folders[rel]
         tree = Tree([*entries, *(TreeEntry(n, T_DIR, ids[f"{rel}/{n}" if rel else n])
                                  for n in subs)])
-        data = tree.serialize()
-        ids[rel] = tid = hash_bytes(data)
-        out[tid] = data
+        ids[rel] = tid = tree.id
+        out[tid] = tree
     return ids[""], out
 
 
@@ -2375,15 +2374,17 @@ class _StoreImages:
 
     def add_image(self, image_id, manifest_bytes, trees, blobs, tags=(), source=None,
                   base_exe=None):
-        """Record an image in one transaction: its trees ({id: bytes}), new
-        blob rows (id, size, csize, pack, offset), the image and its tags.
-        Returns its (size, files), derived from its trees (:func:`image_totals`)."""
+        """Record an image in one transaction: its trees ({id: Tree}, parsed
+        and checked, or built by commit), new blob rows (id, size, csize, pack,
+        offset), the image and its tags. Returns its (size, files), derived
+        from its trees (:func:`image_totals`)."""
         def get_tree(tid):
-            return Tree.parse(trees[tid], tid) if tid in trees else self.tree(tid)
+            return trees[tid] if tid in trees else self.tree(tid)
         root = Manifest.parse(manifest_bytes, image_id).root
         with self.transaction() as db:
             self._add_blobs(blobs)
-            db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)", trees.items())
+            db.executemany("INSERT OR IGNORE INTO trees(id, data) VALUES (?,?)",
+                           ((tid, t.serialize()) for tid, t in trees.items()))
             size, files = image_totals(get_tree, root, self.blob_sizes)
             db.execute("INSERT OR IGNORE INTO images(id, manifest, created, source, base_exe, "
                        "size, files) VALUES (?,?,?,?,?,?,?)",
@@ -4742,9 +4743,9 @@ class _Contents:
         if misses:
             workers = min(len(misses), COMMIT_THREADS)
             with thread_pool(workers) as pool:
-                for job, _ in zip(misses, _bounded_map(pool, self._read_job, misses,
-                                                       4 * workers)):
-                    self.progress.update(nbytes=job.st[2])
+                for batch in _bounded_map(pool, self._read_batch, _batches(misses),
+                                          2 * workers):
+                    self.progress.update(len(batch), nbytes=sum(j.st[2] for j in batch))
         self._seal_or_drop()
         templated = {j.rel for j in files if j.template}
         for job in records:
@@ -4920,6 +4921,11 @@ class _Contents:
         job.read = True
         return job
 
+    def _read_batch(self, jobs):
+        for job in jobs:
+            self._read_job(job)
+        return jobs
+
     def _read_record(self, job, templated):
         with open(job.path, "rb") as f:
             data = f.read()
@@ -4951,8 +4957,7 @@ class Committed:
 
     def get_tree(self, store):
         """A ``get_tree`` over this commit's trees, then the store's."""
-        return lambda tid: Tree.parse(self.trees[tid], tid) if tid in self.trees \
-            else store.tree(tid)
+        return lambda tid: self.trees[tid] if tid in self.trees else store.tree(tid)
 
     def blob_rows(self):
         """(id, size, csize, pack, offset) of the blobs this commit added."""
@@ -5087,6 +5092,20 @@ def _full_disk_error(exc, stage, target, store):
         return store.full_error()
     return EnvironmentProblem(f"the disk holding {os.path.dirname(target)} is full",
                               f"free some space there and retry, or create {target} elsewhere")
+
+
+def _batches(jobs, nbytes=4 << 20, count=64):
+    """Consecutive ``jobs`` in lists of at most ``count`` files or about
+    ``nbytes``: one task each, so that many small files cost few tasks."""
+    batch, size = [], 0
+    for job in jobs:
+        batch.append(job)
+        size += job.st[2]
+        if size >= nbytes or len(batch) >= count:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _bounded_map(pool, fn, items, window):
@@ -7738,8 +7757,7 @@ def _pull_one(store, src, image_id, tag, progress):
         missing = [b for b in ids if b not in have]
         rows = _fetch_blobs(store, src, missing, index, progress)
         fetched = len(rows)
-        store.add_image(image_id, manifest_bytes, {tid: t.serialize() for tid, t in trees.items()},
-                        rows, [tag] if tag else ())
+        store.add_image(image_id, manifest_bytes, trees, rows, [tag] if tag else ())
     elif tag:
         store.set_tag(tag, image_id)
     return {"id": image_id, "tag": tag, "present": bool(present), "fetched_blobs": fetched}

@@ -132,7 +132,8 @@ def test_build_trees_matches_trees_built_by_hand():
     top_id, trees = vocker.build_trees({"": ([], ["x", "y"]), "x": ([f], []), "y": ([f], [])})
     top = vocker.Tree([vocker.TreeEntry("x", "d", sub.id), vocker.TreeEntry("y", "d", sub.id)])
     assert top_id == top.id
-    assert trees == {top.id: top.serialize(), sub.id: sub.serialize()}
+    assert {tid: t.serialize() for tid, t in trees.items()} == \
+        {top.id: top.serialize(), sub.id: sub.serialize()}
 
 
 def test_size_and_files_count_every_file_of_shared_subtrees(tmp_path, store):
