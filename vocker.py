@@ -2957,7 +2957,7 @@ class Linker:
                 if exc.errno != errno.EMLINK:
                     raise
                 self.place(blob, executable, dst)
-            done, nbytes = done + 1, nbytes + size
+            done, nbytes = done + 1, nbytes + max(size, 0)
             if done == 256:
                 progress.update(done, nbytes=nbytes)
                 done = nbytes = 0
