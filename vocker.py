@@ -1898,26 +1898,17 @@ class _StorePool:
         new_inodes.append((st.st_dev, st.st_ino, blob_id, st.st_size, int(executable)))
 
     @staticmethod
-    def pool_file_ok(st, size, executable):
-        """True when ``st`` (an lstat) is a pool file that passes
-        :meth:`pool_file_problem`'s fast check: a regular, read-only file of
-        ``size`` bytes, exact mode (Windows: read-only) and the fixed mtime.
-        False says only "ask pool_file_problem"."""
-        want = 0o100444 if WINDOWS or not executable else 0o100555
-        return st.st_mode == want and st.st_size == size and \
-            st.st_mtime_ns == FIXED_MTIME * 1_000_000_000
-
-    @staticmethod
-    def pool_file_problem(path, size, executable=False, object_id=None, full=False):
+    def pool_file_problem(path, size, executable=False, object_id=None, full=False, st=None):
         """What is wrong with a pool file, or None (also when it is missing:
         it is simply made): it must be a regular file of ``size`` bytes with
         the fixed mtime, read-only with its exact mode (Windows: read-only).
         Its bytes are hashed against ``object_id``, if given, when ``full``
-        or when it is writable."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return None
+        or when it is writable. ``st``: its lstat, when the caller has it."""
+        if st is None:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return None
         mode, want = stat.S_IMODE(st.st_mode), 0o555 if executable else 0o444
         writable = mode & 0o222
         if not stat.S_ISREG(st.st_mode):
@@ -1930,7 +1921,7 @@ class _StorePool:
             return "its bytes do not match its ID"
         if writable:
             return "is writable" + (" (its bytes are intact)" if object_id else "")
-        if mode != want and not Target.local().win:
+        if mode != want and not WINDOWS:  # read at call time, as Target.local() does
             return f"has mode {mode:o}, not {want:o}"
         return None
 
@@ -2897,7 +2888,6 @@ class Linker:
         self.new_inodes = new_inodes
         self.copies = []  # files that are not pool inodes (for the stat cache)
         self.decided = False
-        self.pooled = set()  # (blob, executable) known to have a pool copy
         self.seen = []  # (dev, ino, blob, size, exec) of the pool files linked as they were
         self.sizes = {}      # blob -> size, for the check of pool files
         self.checked = set()  # (blob, executable) whose pool file was checked
@@ -2933,12 +2923,13 @@ class Linker:
 
     def place_all(self, items, progress):
         """:meth:`place` each of ``items`` [(blob, executable, destination)],
-        counted on ``progress``. Once a hardlink was made, a pool file that
-        passes the fast check as it stands (:meth:`Store.pool_file_ok`) is
+        counted on ``progress``. Once a hardlink was made, a pool file with no
+        problem as it stands (:meth:`Store.pool_file_problem` of its lstat) is
         linked at once, and noted in :attr:`seen`; anything else takes
         :meth:`place`."""
         store, sizes, checked, seen = self.store, self.sizes, self.checked, self.seen
-        pool_path, ok, lstat, link = store.current_pool_path, store.pool_file_ok, os.lstat, os.link
+        pool_path, problem, lstat, link = (store.current_pool_path, store.pool_file_problem,
+                                           os.lstat, os.link)
         done = nbytes = 0
         for blob, executable, dst in items:
             size = sizes.get(blob, -1)
@@ -2946,7 +2937,7 @@ class Linker:
             src = pool_path(blob, executable)
             try:
                 if self.mode != "hardlink" or not self.decided or key in checked \
-                        or not ok(st := lstat(src), size, executable):
+                        or problem(src, size, executable, st=(st := lstat(src))):
                     raise LookupError  # the general path decides, checks, repairs
                 checked.add(key)
                 link(src, dst)
@@ -2975,11 +2966,7 @@ class Linker:
         if store.pool_file_problem(path, size, executable):
             store.repair_pool(blob_id, executable, path, self.new_inodes)
             self.repaired += 1
-            self.pooled.add(key)
             return path
-        if key in self.pooled:
-            return path
-        self.pooled.add(key)
         return store.materialize_pool(blob_id, executable, self.new_inodes)
 
     def _place(self, blob_id, executable, src, dst):
@@ -6212,9 +6199,9 @@ def drop_pooled_frames(store, blob_ids, dry_run=False):
     holds too (``image_sources``): that copy repairs a pool file changed
     through a container's hardlink. Held under gc's lock.
     -> (frames dropped, compressed bytes)."""
-    st, table, members = store, store.blob_rows(set(blob_ids)), {}
-    want = {b for b in set(blob_ids) - {EMPTY_ID}
-            if b in table and table[b][2] != POOL_ONLY and table[b][1] > 0}
+    ids = set(blob_ids) - {EMPTY_ID}
+    st, table, members = store, store.blob_rows(ids), {}
+    want = {b for b in ids if b in table and table[b][2] != POOL_ONLY and table[b][1] > 0}
     table.update(st.blob_rows(packs={table[b][2] for b in want} - {None}))  # their packs' others
     for b, row in table.items():
         members.setdefault(row[2], []).append(b)
@@ -7461,9 +7448,9 @@ def _send_blobs(store, repo, missing, paths, have, good, progress, level, stream
                         [streams[b][1] for b in group], total, write, level, budget))
                 else:
                     with spool:
+                        n = spool.tell()
                         spool.seek(0)
-                        offset = writer.append_stream(
-                            lambda write: [write(p) for p in iter(lambda: spool.read(CHUNK), b"")])
+                        offset = writer.append_stream(lambda write: _copy_exactly(spool, n, write))
                 csize = writer.offset - offset
                 at = 0
                 for b in group:
