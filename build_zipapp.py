@@ -142,6 +142,15 @@ _NETWORK_HINTS = ("NewConnectionError", "ConnectionError", "Network is unreachab
                   "No route to host", "Name or service not known")
 
 
+def _publish(wheel: Path, dest: Path) -> None:
+    """Move a downloaded wheel into the cache in one step (a rename)."""
+    try:
+        os.replace(wheel, dest)
+    except OSError as exc:  # Windows: another build holds the same wheel open
+        if not zipfile.is_zipfile(dest):
+            raise BuildError(f"cannot put {wheel.name} into {dest.parent}: {exc}") from None
+
+
 def fetch_wheel(wheels_dir: Path, platform: str, python: str, name: str,
                 version: str) -> Path | None:
     """Path of the wheel of ``name==version`` for (platform, python); None if none exists.
@@ -154,13 +163,19 @@ def fetch_wheel(wheels_dir: Path, platform: str, python: str, name: str,
     if hit:
         return hit
     d.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
-           "--no-input", "--only-binary=:all:", "--no-deps", "--retries", "2",
-           "--python-version", python, "--implementation", "cp", "--abi", f"cp{nodot}",
-           "-d", str(d), f"{name}=={version}"]
-    if not platform.startswith("host-"):
-        cmd[-1:-1] = ["--platform", platform]
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    # pip writes into a private folder; the cache only gains whole wheels, by rename,
+    # so builds running at once (the Linux and Windows test lanes share it) never
+    # see a half-written file
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=wheels_dir) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
+               "--no-input", "--only-binary=:all:", "--no-deps", "--retries", "2",
+               "--python-version", python, "--implementation", "cp", "--abi", f"cp{nodot}",
+               "-d", tmp, f"{name}=={version}"]
+        if not platform.startswith("host-"):
+            cmd[-1:-1] = ["--platform", platform]
+        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        for wheel in Path(tmp).glob("*.whl"):
+            _publish(wheel, d / wheel.name)
     hit = _cached_wheel(d, name, version)
     if hit:
         return hit

@@ -32,6 +32,17 @@ def _counts(summary):
                                                    summary)}
 
 
+def _failure_details(out, limit=6000):
+    """pytest's FAILURES/ERRORS section (its tail), so that a CI log shows why:
+    build/wine/unit-tests.txt goes with the CI machine."""
+    start = min((i for i in (out.find("= FAILURES ="), out.find("= ERRORS =")) if i >= 0),
+                default=-1)
+    if start < 0:
+        return ""
+    end = out.find("short test summary info", start)
+    return out[start:end if end > 0 else None][-limit:]
+
+
 _run = {}  # "thread"; then "result" (rc, out, err), "skip" (a reason) or "error"
 
 
@@ -69,7 +80,8 @@ def test_the_unit_tests_pass_under_the_windows_python(lane):  # lane: stopped at
     lines = out.strip().splitlines()
     summary = lines[-1] if lines else err.strip()[-300:]
     failures = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
-    assert rc == 0, f"under Windows: {summary}\n" + "\n".join(failures[:40] or lines[-40:])
+    assert rc == 0, (f"under Windows: {summary}\n" + "\n".join(failures[:40] or lines[-40:])
+                     + "\n" + _failure_details(out))
     counts = _counts(summary)
     assert counts.get("passed", 0) >= MIN_PASSED, summary
     winelane.log(f"unit tests under Windows: {summary}")
