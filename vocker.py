@@ -5235,12 +5235,21 @@ def compile_pycs(exe, jobs, progress):
 
 
 def _compile_part(exe, jobs, env, results, progress):
-    """One worker process: feed it ``jobs``, read its lines into ``results``."""
+    """One worker process: feed it ``jobs``, read its lines into ``results``.
+    A worker that cannot start is tried once more (a process start can fail
+    for a moment: a scanner holding the file); then its jobs stay unreported,
+    like those of a worker that died."""
     import subprocess  # here: imported on first use, for a faster start
-    proc = subprocess.Popen([exe, "-I", "-c", _COMPILE_WORKER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    for attempt in range(2):
+        try:
+            proc = subprocess.Popen([exe, "-I", "-c", _COMPILE_WORKER], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            break
+        except OSError:
+            if attempt:
+                return
     with proc:
-        with contextlib.suppress(BrokenPipeError):  # it died: its jobs stay unreported
+        with contextlib.suppress(OSError):  # it died (Windows: EINVAL): jobs stay unreported
             proc.stdin.write(json.dumps(jobs).encode("utf-8"))
             proc.stdin.close()
         wanted = {j[0] for j in jobs}
@@ -5779,7 +5788,7 @@ class Creator:
                 else:
                     _unlink_quiet(cfile)
                     known[blob] = ""
-                    errors[blob] = results.get(idx, "the compiler process stopped early")
+                    errors[blob] = results.get(idx, "the compiler process did not start or stopped early")
                 if idx in results:  # a compiler that died says nothing of the source
                     self.pyc_rows.append((tag, blob, 0, known[blob]))
         made_dirs, failed = set(), []
@@ -9917,6 +9926,14 @@ def _safe_streams():
             stream.reconfigure(errors="backslashreplace")
 
 
+def _os_error_code(exc):
+    """`` [WinError N]`` or `` [Errno N]`` for an OSError that names no file:
+    the code is then all that tells its cause apart."""
+    code = getattr(exc, "winerror", None) or exc.errno
+    kind = "WinError" if getattr(exc, "winerror", None) else "Errno"
+    return f" [{kind} {code}]" if code else ""
+
+
 def print_traceback():
     """--debug: the traceback of the exception being handled, on stderr."""
     import traceback  # here: imported on first use, for a faster start
@@ -9949,7 +9966,7 @@ def main(argv=None):
     except OSError as exc:
         if debug:
             print_traceback()
-        where = f" ({exc.filename})" if exc.filename else ""
+        where = f" ({exc.filename})" if exc.filename else _os_error_code(exc)
         return _fail(EXIT_ENVIRONMENT, type(exc).__name__, f"{exc.strerror or exc}{where}",
                      "check the path, free space and permissions", as_json, state["store"])
     except Exception as exc:  # a bug

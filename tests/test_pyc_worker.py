@@ -132,6 +132,17 @@ def test_compile_pycs_keeps_only_well_formed_reports_of_its_jobs(name, body, tmp
         assert vocker.compile_pycs(str(fake), jobs, progress) == {}
 
 
+def test_a_compiler_that_cannot_start_reports_nothing(tmp_path):
+    """No such interpreter: both tries to start it fail, and its jobs stay
+    unreported (the create warns; it does not fail)."""
+    src = tmp_path / "m.py"
+    src.write_bytes(GOOD)
+    jobs = [[0, str(src), str(tmp_path / "m.pyc"), "m.py"]]
+    progress = vocker.Progress("compiling", enabled=False)
+    assert vocker.compile_pycs(str(tmp_path / "no-such-python"), jobs, progress) == {}
+    assert not (tmp_path / "m.pyc").exists()
+
+
 def test_compile_pycs_reports_each_job(tmp_path):
     """The real worker on this interpreter: a result per job, the error on one line."""
     (tmp_path / "ok.py").write_bytes(GOOD)

@@ -272,3 +272,18 @@ def test_a_damaged_table_is_a_store_problem_for_every_command(table, args, tmp_p
     _damage_table(home / "vocker.db", table)
     code, out, err = run(capsys, home, *[names.get(a, a) for a in args])
     one_line_error(err, code, vocker.EXIT_ENVIRONMENT, "malformed")
+
+
+# ------------------------------------------------------------ no file named
+
+WINDOWS_ONLY_CODE = OSError(None, "Internal error", None, 1359)  # winerror is Windows only
+CODES = [
+    (OSError(5, "Input/output error"), " [Errno 5]"),
+    (OSError("no code at all"), ""),
+    (WINDOWS_ONLY_CODE, " [WinError 1359]" if os.name == "nt" else ""),
+]
+
+
+@pytest.mark.parametrize("exc, text", CODES, ids=["errno", "none", "winerror"])
+def test_an_os_error_naming_no_file_shows_its_code(exc, text):
+    assert vocker._os_error_code(exc) == text
