@@ -9929,9 +9929,10 @@ def _safe_streams():
 def _os_error_code(exc):
     """`` [WinError N]`` or `` [Errno N]`` for an OSError that names no file:
     the code is then all that tells its cause apart."""
-    code = getattr(exc, "winerror", None) or exc.errno
-    kind = "WinError" if getattr(exc, "winerror", None) else "Errno"
-    return f" [{kind} {code}]" if code else ""
+    winerror = getattr(exc, "winerror", None)  # Windows only
+    if winerror:
+        return f" [WinError {winerror}]"
+    return f" [Errno {exc.errno}]" if exc.errno else ""
 
 
 def print_traceback():
