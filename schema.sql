@@ -74,6 +74,15 @@ CREATE TABLE IF NOT EXISTS pool_inodes (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pool_inodes_blob ON pool_inodes(blob);
 
+-- The pool files the last create of an image linked, all in pool_inodes, as
+-- one number (vocker.inodes_digest): a create that links the same inodes
+-- writes none of their rows again. Emptied when a pool_inodes row goes;
+-- dropped with the image.
+CREATE TABLE IF NOT EXISTS image_inodes (
+    image  TEXT PRIMARY KEY,
+    digest INTEGER NOT NULL
+) WITHOUT ROWID;
+
 -- Compiled bytecode: (interpreter cache tag, source blob, optimization) -> pyc
 -- file in pool/ (named by the hash of the pyc bytes).
 CREATE TABLE IF NOT EXISTS pyc_cache (
