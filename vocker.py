@@ -2045,17 +2045,6 @@ class _StorePool:
             db.execute("DELETE FROM pool_inodes WHERE dev=? AND ino=?", (dev, ino))
             db.execute("DELETE FROM image_inodes")  # which images linked it is not known
 
-    def inodes_noted(self, image_id):
-        """The :func:`inodes_digest` of the pool files the last create of
-        ``image_id`` linked and recorded, or None."""
-        row = self._one("SELECT digest FROM image_inodes WHERE image=?", (image_id,))
-        return row and row[0]
-
-    def note_inodes(self, image_id, digest):
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO image_inodes(image, digest) VALUES (?,?)",
-                       (image_id, digest))
-
     def next_pool_generation(self, blob_id, executable, new_inodes):
         """The pool file hit its link limit: start a fresh copy."""
         gen = self._pool_gen.get((blob_id, executable), 0)
@@ -2367,6 +2356,17 @@ class _StoreImages:
         if row is None or _plan_hash(image_id, rules, bytes(row[0])) != row[1]:
             return None
         return bytes(row[0])
+
+    def inodes_noted(self, image_id):
+        """The :func:`inodes_digest` of the pool files the last create of
+        ``image_id`` linked and recorded, or None."""
+        row = self._one("SELECT digest FROM image_inodes WHERE image=?", (image_id,))
+        return row and row[0]
+
+    def note_inodes(self, image_id, digest):
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO image_inodes(image, digest) VALUES (?,?)",
+                       (image_id, digest))
 
     def set_plan(self, image_id, rules, data):
         with self.transaction() as db:
@@ -2937,18 +2937,19 @@ def copy_file(src, dst, mode=0o644):
 FORK_MIN = 2000
 
 
-def link_intact(at, parts, sizes, problem, progress):
+def link_intact(at, parts, sizes, problem, progress, fork_min=FORK_MIN):
     """Make each part's folders (relative to ``at``), then hardlink each of
     its jobs [(blob, executable, destination)] to its pool file (its srcs)
     when the lstat shows that file intact: a read-only regular file of its
     size (``sizes``) with the fixed mtime, as ``problem``
     (:meth:`Store.pool_file_problem`) checks. parts: [(folders, jobs,
     srcs)], two whole sub-trees; on Linux a process with one thread forks
-    to make the second when there are many files, so that both cores make
-    the syscalls, which are most of a create. Returns, for each part,
-    ([(index, dev, ino)] linked, [index] left: pool file missing, damaged
-    or at its link limit); any other OSError is raised once both are done."""
-    fork = sum(len(p[1]) for p in parts) >= FORK_MIN and len(parts) > 1 and _can_fork()
+    to make the second when there are ``fork_min`` files or more, so that
+    both cores make the syscalls, which are most of a create. Returns, for
+    each part, ([(index, dev, ino)] linked, [index] left: pool file missing,
+    damaged or at its link limit); any other OSError is raised once both
+    parts are done."""
+    fork = sum(len(p[1]) for p in parts) >= fork_min and len(parts) > 1 and _can_fork()
     child = _fork_linker(at, parts[-1], sizes, problem) if fork else None
     try:
         out = [_make_part(at, *p, sizes, problem, progress) for p in parts[:-1 if fork else None]]
@@ -3099,14 +3100,22 @@ class Linker:
     def place_tree(self, at, parts, progress):
         """Make each part's folders and :meth:`place` its jobs, counted on
         ``progress``. parts: [(folders relative to ``at``, [(blob, executable,
-        destination)])], whole sub-trees. The link mode is settled first (on
-        a probe file in ``at``, the empty staging folder); then, for
-        hardlinks, :func:`link_intact` links the pool files that are intact
-        and notes them in :attr:`seen`; anything else takes :meth:`place`
-        (which checks, repairs and copies)."""
-        first = next((p[1][0] for p in parts if p[1]), None)
-        if first is not None:
-            self.decide(at + ".vocker-probe", *first[:2])
+        destination)])], whole sub-trees. The first job settles the link mode
+        (its folder is made first unless it is there: :func:`_halves` puts a
+        file of a folder made before the parts first); then, for hardlinks,
+        :func:`link_intact` links the pool files that are intact and notes
+        them in :attr:`seen`; anything else takes :meth:`place` (which
+        checks, repairs and copies)."""
+        parts = [(list(folders), list(jobs)) for folders, jobs in parts]
+        if not self.decided and parts and parts[0][1]:
+            folders, jobs = parts[0]
+            blob, executable, dst = jobs.pop(0)
+            if not os.path.isdir(os.path.dirname(dst)):
+                for rel in folders:
+                    os.mkdir(at + rel)
+                folders.clear()
+            self.place(blob, executable, dst)
+            progress.update(nbytes=max(self.sizes.get(blob, -1), 0))
         if self.mode != "hardlink":
             for folders, jobs in parts:
                 for rel in folders:
@@ -3132,29 +3141,6 @@ class Linker:
             self.place(blob, executable, dst)
             progress.update(nbytes=max(sizes.get(blob, -1), 0))
 
-    def decide(self, probe, blob_id, executable):
-        """Settle the link mode before any file is placed: try it with the
-        pool file of ``blob_id`` at ``probe`` (a free name), removed after.
-        Raises :class:`LinkModeError` when a requested mode does not work."""
-        if self.decided:
-            return
-        src, last = self._checked_pool(blob_id, executable), None
-        for mode in [self.mode] if self.mode else ["reflink", "hardlink", "copy"]:
-            try:
-                self._one(mode, src, probe, executable)
-            except OSError as exc:
-                _unlink_quiet(probe)
-                if mode == "hardlink" and exc.errno == errno.EMLINK:
-                    break  # hardlinks work: this pool file is at its limit
-                last = exc
-                continue
-            os.unlink(probe)
-            break
-        else:
-            raise LinkModeError(self.requested, os.path.dirname(probe),
-                                last.strerror or str(last))
-        self.mode, self.decided = mode, True
-
     def _checked_pool(self, blob_id, executable):
         """The pool file to link, checked first (type, size, fixed mtime,
         read-only); a damaged one is replaced from the compressed blob."""
@@ -3171,48 +3157,52 @@ class Linker:
         return store.materialize_pool(blob_id, executable, self.new_inodes)
 
     def _place(self, blob_id, executable, src, dst):
-        if self.mode is None:
-            if not os.path.exists(src):
-                raise FileNotFoundError(errno.ENOENT, "missing pool file", src)
-            self._decide(src, dst, executable)
-        else:
-            try:
+        try:
+            if self.mode is None:
+                if not os.path.exists(src):
+                    raise FileNotFoundError(errno.ENOENT, "missing pool file", src)
+                self._decide(src, dst, executable)
+            else:
                 self._one(self.mode, src, dst, executable)
-            except FileNotFoundError:
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if self.mode == "hardlink" and exc.errno == errno.EMLINK:
+                src = self.store.next_pool_generation(blob_id, executable, self.new_inodes)
+                os.link(src, dst)
+            elif self.requested != "auto" and not self.decided:
+                raise LinkModeError(self.mode, os.path.dirname(dst),
+                                    exc.strerror or str(exc)) from None
+            else:
                 raise
-            except OSError as exc:
-                if self.mode == "hardlink" and exc.errno == errno.EMLINK:
-                    src = self.store.next_pool_generation(blob_id, executable, self.new_inodes)
-                    os.link(src, dst)
-                elif self.requested != "auto" and not self.decided:
-                    raise LinkModeError(self.mode, os.path.dirname(dst),
-                                        exc.strerror or str(exc)) from None
-                else:
-                    raise
         self.decided = True
 
     def place_file(self, src, dst):
         """Put an existing pool file (a compiled .pyc) at ``dst``."""
-        if self.mode is None:
-            self._decide(src, dst, False)
-        else:
-            try:
+        try:
+            if self.mode is None:
+                self._decide(src, dst, False)
+            else:
                 self._one(self.mode, src, dst, False)
-            except OSError as exc:
-                if exc.errno != errno.EMLINK:
-                    raise
-                self._one("copy", src, dst, False)
+        except OSError as exc:
+            if exc.errno != errno.EMLINK:
+                raise
+            self._one("copy", src, dst, False)
         self.decided = True
 
     def _decide(self, src, dst, executable):
-        order = [self.requested] if self.requested != "auto" else ["reflink", "hardlink", "copy"]
+        """Try reflink, hardlink, copy; the first that works is the mode. A
+        pool file at its link limit (EMLINK) settles hardlinks, and is raised."""
         last = None
-        for mode in order:
+        for mode in ("reflink", "hardlink", "copy"):
             try:
                 self._one(mode, src, dst, executable)
             except OSError as exc:
-                last = exc
                 _unlink_quiet(dst)
+                if mode == "hardlink" and exc.errno == errno.EMLINK:
+                    self.mode = mode
+                    raise
+                last = exc
                 continue
             self.mode = mode
             return
@@ -3302,7 +3292,7 @@ def _pure_parts(path, win):
     ``/`` is ``\\`` and the anchor holds the drive."""
     if win:
         drive, rest = ntpath.splitdrive(path.replace("/", "\\"))
-        root = "\\" if rest.startswith("\\") else ""
+        root = "\\" if rest.startswith("\\") or drive.startswith("\\") else ""  # UNC: rooted
         return drive + root, [p for p in rest.split("\\") if p and p != "."]
     root = "//" if path.startswith("//") and not path.startswith("///") else \
         "/" if path.startswith("/") else ""
@@ -5678,6 +5668,11 @@ def _halves(dirs, files):
     deep = [[d for d in dirs if d.count("/") >= SPLIT_DEPTH - 1 and (tree(d) in first) == f]
             for f in (True, False)]
     halves = [[e for e in files if (tree(e[0]) in first) == f] for f in (True, False)]
+    ready = next(((h, e) for h in halves for e in h
+                  if e[0].count("/") < SPLIT_DEPTH and e[1] in FILE_TYPES), None)
+    if ready:  # a file whose folder is made before the halves comes first: it settles
+        ready[0].remove(ready[1])  # the link mode (Linker.place_tree)
+        halves[0].insert(0, ready[1])
     return (shallow + deep[0] + deep[1], halves[0] + halves[1],
             [len(shallow), len(shallow) + len(deep[0]), len(halves[0])])
 
@@ -5839,7 +5834,7 @@ class _Materializer:
         for rel, t, ref in files:
             if t in TEMPLATE_TYPES:
                 self._template(rel, t, ref, at + rel, plan.templates)
-                progress.update()
+                progress.update(nbytes=sizes.get(ref, 0))
         kind = self.manifest.kind
         return [(rel, ref, t == T_EXEC) for rel, t, ref in files
                 if compile and t in FILE_TYPES and _is_compilable(rel, kind)]
@@ -6112,13 +6107,12 @@ class Creator:
         store, mode = self.store, self.linker.mode or "none"
         rows = [(p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob, tpl)
                 for p, st, blob, tpl in self.stat_rows]
-        seen = self.linker.seen
-        digest = inodes_digest(seen)
-        if store.inodes_noted(self.image_id) == digest:
-            seen = []  # recorded as they are by an earlier create: 5,000 rows not written again
+        linked = self.linker.seen + self.new_inodes
+        digest = inodes_digest(linked)
+        noted = store.inodes_noted(self.image_id) == digest  # then 5,000 rows are not written
         with store.transaction():
-            store.add_pool_inodes(seen + self.new_inodes)
-            if seen:
+            store.add_pool_inodes(self.new_inodes if noted else linked)
+            if not noted:
                 store.note_inodes(self.image_id, digest)
             store.add_pycs(self.pyc_rows, self.pyc_file_rows)
             store.cache_stats(rows)

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import zlib
 
 import pytest
 
@@ -533,6 +534,22 @@ def test_create_keeps_the_plan_uses_it_next_time_and_makes_a_damaged_one_again(t
     want = _files_of(src)
     assert _files_of(tmp_path / "c1") == _files_of(tmp_path / "c2") == \
         _files_of(tmp_path / "c3") == want
+
+
+def test_a_plan_of_another_format_is_made_again(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "a.txt").write_bytes(BLOBS["a"])
+    with vocker.Store(tmp_path / "home") as store:
+        image = vocker.commit(store, src, kind="plain")["id"]
+        vocker.create(store, image, tmp_path / "c1")
+        [(rules,)] = _plan_rows(store, image)
+        old = zlib.compress(b'[["pkg"],[["pkg/a.txt","f","x",1]],[]]')  # an earlier vocker's
+        store.set_plan(image, rules, old)
+        assert store.plan(image, rules) == old  # its hash holds: only its format is foreign
+        vocker.create(store, image, tmp_path / "c2")
+        assert store.plan(image, rules).startswith(b'["%s",' % vocker.Plan.FORMAT.encode())
+    assert _files_of(tmp_path / "c2") == _files_of(src)
 
 
 def test_a_plan_is_kept_per_system_and_goes_with_the_image(tmp_path):

@@ -20,10 +20,10 @@ DLL = "DLL load failed while importing _blake3: The specified procedure could no
 HERE = f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sysconfig.get_platform()}"
 
 
-def run_broken(tmp_path, body, *argv, pyz=False):
+def run_broken(tmp_path, body, *argv, pyz=False, module="blake3"):
     fake = tmp_path / "fake"
     fake.mkdir(exist_ok=True)
-    (fake / "blake3.py").write_text(body)
+    (fake / f"{module}.py").write_text(body)
     script = VOCKER
     if pyz:  # the same module as a zipapp's __main__: sys.argv[0] ends in .pyz
         src = tmp_path / "app"
@@ -67,3 +67,20 @@ def test_debug_shows_the_original_traceback(tmp_path):
     assert "Traceback" in r.stderr and 'blake3.py", line 1' in r.stderr
     assert f"ImportError: {DLL}" in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("vocker: error: cannot load blake3")
+
+
+def test_a_broken_zstandard_fails_only_the_commands_that_need_it(tmp_path):
+    """zstandard is imported on first use: a create from a warm store and the
+    listings never need it, so they start faster and work without it."""
+    body = f"raise ImportError({DLL.replace('_blake3', '_zstd')!r})\n"
+    r = run_broken(tmp_path, body, "images", module="zstandard")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    r = run_broken(tmp_path, body, "commit", str(src), "--kind", "plain", module="zstandard")
+    assert r.returncode == 6, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"vocker: error: cannot load zstandard for {HERE}: ")
+    assert "runtime DLL" in lines[0]

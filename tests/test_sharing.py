@@ -55,8 +55,8 @@ def test_second_container_adds_only_templates_and_directories(two_containers):
     own = {rel: st for rel, st in tree_files(c2).items() if (st.st_dev, st.st_ino) not in seen}
     templates = template_paths(store, image)
     for rel, st in own.items():
-        assert (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) or rel in templates
-                or st.st_size == 0), f"{rel} is not shared"
+        assert (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) or rel in templates), \
+            f"{rel} is not shared"  # empty files too: one pool file
     if WINDOWS:  # no du(1), no st_blocks
         return
     # and du, counting each hardlink once, agrees
@@ -135,3 +135,115 @@ def test_file_changed_through_a_hardlink_is_detected_and_the_pool_copy_dropped(t
         fresh = venv_site_packages(tmp_path / "c2") / "vockbig" / "m05.py"
         assert b"edited in place" not in fresh.read_bytes()
         assert vocker.commit(store, tmp_path / "c2")["id"] == image
+
+
+# ------------------------------------------------- the fast path of create
+
+def _pool_file(path, data, executable=False):
+    path.write_bytes(data)
+    os.chmod(path, 0o555 if executable else 0o444)
+    os.utime(path, (vocker.FIXED_MTIME, vocker.FIXED_MTIME))
+    return str(path)
+
+
+def _linking_parts(tmp_path):
+    """A pool of three files (one damaged: its mtime moved, one missing)
+    and two parts that link them into ``at``: (at, parts, sizes)."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    good = _pool_file(pool / "good", b"good\n")
+    damaged = _pool_file(pool / "damaged", b"bad\n")
+    os.utime(damaged, (1, 1))
+    at = str(tmp_path / "stage") + os.sep
+    os.mkdir(at)
+    sizes = {"good": 5, "damaged": 4, "gone": 3}
+    parts = [(["p1", "p1/q"], [("good", False, at + "p1/q/a"), ("damaged", False, at + "p1/b")],
+              [good, damaged]),
+             (["p2"], [("gone", False, at + "p2/c"), ("good", False, at + "p2/d")],
+              [str(pool / "gone"), good])]
+    return at, parts, sizes
+
+
+@pytest.mark.parametrize("fork_min", [1, 10 ** 9], ids=["two processes", "one process"])
+def test_link_intact_links_intact_pool_files_and_leaves_the_rest(tmp_path, fork_min):
+    at, parts, sizes = _linking_parts(tmp_path)
+    progress = vocker.Progress("test", enabled=False)
+    out = vocker.link_intact(at, parts, sizes, vocker.Store.pool_file_problem, progress,
+                             fork_min=fork_min)
+    good = os.lstat(parts[0][2][0])
+    assert out == [([(0, good.st_dev, good.st_ino)], [1]),
+                   ([(1, good.st_dev, good.st_ino)], [0])]
+    assert progress.done == 2 and progress.bytes == 10
+    assert sorted(os.listdir(at)) == ["p1", "p2"] and os.listdir(at + "p2") == ["d"]
+    assert os.lstat(at + "p1/q/a").st_ino == os.lstat(at + "p2/d").st_ino == good.st_ino
+
+
+@pytest.mark.parametrize("fork_min", [1, 10 ** 9], ids=["two processes", "one process"])
+def test_link_intact_raises_what_failed_in_either_part(tmp_path, fork_min):
+    at, parts, sizes = _linking_parts(tmp_path)
+    os.mkdir(at + "p2")  # the second part's folder is there already
+    with pytest.raises(FileExistsError) as caught:
+        vocker.link_intact(at, parts, sizes, vocker.Store.pool_file_problem,
+                           vocker.Progress("test", enabled=False), fork_min=fork_min)
+    assert caught.value.filename == at + "p2"
+    assert os.path.exists(at + "p1/q/a")  # the first part was done: both always end
+
+
+def _wide_tree(root, per_package=1100):
+    """Two packages at the depth a venv's have, with enough files between
+    them that create links them in two processes; some empty, some alike."""
+    for pkg in ("alpha", "beta"):
+        d = root / "lib" / "python3.11" / "site-packages" / pkg / "sub"
+        d.mkdir(parents=True)
+        for i in range(per_package):
+            (d / f"m{i}.py").write_text(f"X = {i % 700}\n" if i % 50 else "")
+    return root
+
+
+def test_create_of_many_files_matches_its_image_and_repairs_in_either_half(tmp_path):
+    assert 2 * 1100 >= vocker.FORK_MIN
+    src = _wide_tree(tmp_path / "src")
+    with vocker.Store(tmp_path / "home") as store:
+        image = vocker.commit(store, src, kind="plain")["id"]
+        c1 = tmp_path / "c1"
+        vocker.create(store, image, c1, link_mode="hardlink")
+        assert _contents(c1) == _contents(src)
+        # an empty file is one inode in the pool, shared by every container
+        empties = [st for rel, st in tree_files(c1).items() if rel.endswith(("m0.py", "m50.py"))]
+        assert len({(st.st_dev, st.st_ino) for st in empties}) == 1 and len(empties) == 4
+        # a pool file damaged in each half is replaced before the next create links it
+        for pkg, name in (("alpha", "m7.py"), ("beta", "m8.py")):  # two blobs
+            victim = c1 / "lib" / "python3.11" / "site-packages" / pkg / "sub" / name
+            os.chmod(victim, 0o644)
+            with open(victim, "a") as f:
+                f.write("Y = 1\n")
+        empty = c1 / "lib" / "python3.11" / "site-packages" / "beta" / "sub" / "m0.py"
+        os.chmod(empty, 0o644)
+        empty.write_text("owned = True\n")
+        r = vocker.create(store, image, tmp_path / "c2", link_mode="hardlink")
+        assert r["repaired"] == 3
+        assert _contents(tmp_path / "c2") == _contents(src)
+        report = vocker.verify(store, full=True)  # the empty blob's pool file too
+        checked = report["checked"]
+        assert not report["damaged"] and checked["pool_files"] == checked["blobs"] + 1, report
+
+
+def test_a_second_create_writes_no_pool_inode_rows_unless_they_changed(tmp_path):
+    src = _wide_tree(tmp_path / "src", per_package=30)
+    with vocker.Store(tmp_path / "home") as store:
+        image = vocker.commit(store, src, kind="plain")["id"]
+        vocker.create(store, image, tmp_path / "c1")
+        rows = store.db.execute("SELECT count(*) FROM pool_inodes").fetchone()[0]
+        assert rows > 0 and store.inodes_noted(image) is not None
+        # rows lost behind vocker's back are not seen again while the digest holds...
+        store.db.execute("DELETE FROM pool_inodes")
+        vocker.create(store, image, tmp_path / "c2")  # (but the one the link mode was tried on)
+        assert store.db.execute("SELECT count(*) FROM pool_inodes").fetchone()[0] <= 1
+        # ...but vocker's own deletions forget the digest, and the next create writes them
+        store.db.execute("INSERT INTO pool_inodes VALUES (1, 2, ?, 0, 0)", (vocker.EMPTY_ID,))
+        store.drop_pool_inode(1, 2)
+        assert store.inodes_noted(image) is None
+        vocker.create(store, image, tmp_path / "c3")
+        assert store.db.execute("SELECT count(*) FROM pool_inodes").fetchone()[0] == rows
+        # and a container is known by its pool inodes: its commit reads no file
+        assert vocker.commit(store, tmp_path / "c3", kind="plain")["files_read"] == 0

@@ -56,8 +56,8 @@ def test_checker_sees_long_code():
 #: modules only some commands need: imported where used, so that every
 #: start (vocker create, run from batch files) does not pay for them
 NOT_AT_START = ("base64", "concurrent.futures", "csv", "difflib", "http.client", "netrc",
-                "shutil", "socket", "subprocess", "tarfile", "tempfile", "traceback",
-                "urllib.request", "uuid")
+                "pathlib", "shutil", "socket", "subprocess", "tarfile", "tempfile", "traceback",
+                "urllib.request", "uuid", "zstandard")
 
 
 def test_start_imports_only_what_every_command_needs():

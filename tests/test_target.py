@@ -151,3 +151,18 @@ def test_size_and_files_count_every_file_of_shared_subtrees(tmp_path, store):
     again = vocker.commit(store, src, kind="plain")
     assert again["id"] == r["id"] and again["files_read"] == 0
     assert (again["files"], again["size"]) == (3, 12)
+
+
+@pytest.mark.parametrize("path", [
+    "/opt/envs/app", "/opt/envs/app/", "/", "//srv/x", "///srv/x", "relative/env", "env",
+    "", ".", "./a/./b/", "a//b", "/a/../b",
+    r"C:\envs\app", r"C:\envs\app" + "\\", "C:/envs/app", "C:", "C:\\", r"C:rel\x",
+    r"\\server\share\envs\app", r"\\server\share", "\\x\\y", r"E:\new place\app",
+])
+def test_name_and_parent_split_paths_as_pathlib_does(path):
+    import pathlib  # vocker spares itself this import at start-up
+    for win, pure in ((True, pathlib.PureWindowsPath), (False, pathlib.PurePosixPath)):
+        if (not win and "\\" in path) or (win and path.startswith("///")):
+            continue  # not a path of that system
+        t = Target(win)
+        assert (t.name(path), t.parent(path)) == (pure(path).name, str(pure(path).parent)), win
