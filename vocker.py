@@ -3689,6 +3689,10 @@ def find_python(need, explicit=None, hint=None, sources=None, facts=None):
                 f"{explicit} is {info['implementation']} {info['version']} ({info['platform']}) "
                 f"but the image needs {want}", "pass --python with a matching interpreter")
         return info["executable"], info
+    if hint and os.path.exists(hint):  # the recorded base first: most often no search at all
+        info = query_python(hint, facts)
+        if python_matches(info, need):
+            return info["executable"], info
     cands, looked = discover_pythons(need["version"], [hint], sources=sources)
     for cand in cands:
         info = query_python(cand, facts)
@@ -4050,7 +4054,8 @@ _VOLATILE_EXTRA_IDS = frozenset(
 
 _UV_TAIL_MAGICS = (b"UVUV", b"UVSC", b"UVPY")
 _UV_MAX_PATH_LEN = 32 * 1024
-_UV_RSRC_MARKER = "UV_TRAMPOLINE_KIND".encode("utf-16-le")
+#: "UV_TRAMPOLINE_KIND" in UTF-16-LE (spelt out: that codec costs an import at start)
+_UV_RSRC_MARKER = bytes(c for ch in b"UV_TRAMPOLINE_KIND" for c in (ch, 0))
 
 _EXE_END_RE = re.compile(rb"\.exe(?=$|[\"\s])", re.IGNORECASE)
 
@@ -7649,6 +7654,8 @@ def repo_lock(root, timeout=120):
 
 def hostname():
     """This machine's name, recorded with a create in progress."""
+    if hasattr(os, "uname"):  # POSIX: what gethostname(2) says, without socket's import
+        return os.uname().nodename or "localhost"
     import socket  # here: imported on first use, for a faster start
     return socket.gethostname() or "localhost"
 
@@ -9907,6 +9914,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, f"see '{self.prog} --help'")
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help as written, as wide as the terminal: measured as shutil does,
+    without importing shutil at every start (argparse makes a formatter for
+    each option it adds)."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        if width is None:
+            width = _columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _columns():
+    """``shutil.get_terminal_size().columns``: $COLUMNS, else the terminal's, else 80."""
+    with contextlib.suppress(KeyError, ValueError):
+        if (columns := int(os.environ["COLUMNS"])) > 0:
+            return columns
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        if (columns := os.get_terminal_size(sys.__stdout__.fileno()).columns) > 0:
+            return columns
+    return 80
+
+
 def _global_options(parser, default):
     """Options accepted before or after the command (``default`` SUPPRESS in
     the commands, so that one given first is not reset)."""
@@ -9940,7 +9969,7 @@ def build_parser(only=None):
     """The command line's parser; ``only``: just that command's sub-parser,
     for a faster start (a command line it cannot parse is parsed again with
     the whole parser, which names the problem)."""
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = _Formatter
     p = _Parser(prog="vocker", formatter_class=fmt,
                 description="Docker-like images and containers for Python environments.",
                 epilog="examples:\n"
@@ -9952,7 +9981,7 @@ def build_parser(only=None):
                        "the command.\n\n" + EXIT_CODES_HELP)
     p.add_argument("--version", action="version", version=f"vocker {__version__}")
     _global_options(p, None)
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=fmt)
     _global_options(common, argparse.SUPPRESS)
     common.add_argument("-q", "--quiet", action="store_true",
                         help="print only IDs (containers: paths), one a line, or nothing")
@@ -10058,9 +10087,11 @@ def build_parser(only=None):
     sp = add("repo", cmd_repo, "make or list a repository",
              "  vocker repo init ./repo2\n  vocker repo ls ./repo\n")
     rsub = sp.add_subparsers(dest="repo_command", metavar="ACTION", required=True)
-    r1 = rsub.add_parser("init", help="make an empty repository folder", parents=[common])
+    r1 = rsub.add_parser("init", help="make an empty repository folder", parents=[common],
+                         formatter_class=fmt)
     r1.add_argument("path", metavar="DIR")
-    r2 = rsub.add_parser("ls", help="list a repository's images and tags", parents=[common])
+    r2 = rsub.add_parser("ls", help="list a repository's images and tags", parents=[common],
+                         formatter_class=fmt)
     r2.add_argument("repo", metavar="REPO")
     r2.add_argument("--header", action="append", metavar="'NAME: VALUE'")
     sp = add("rm", cmd_rm, "delete containers (their folders and records)",
