@@ -320,6 +320,19 @@ def check_id(object_id, what="object"):
     return object_id
 
 
+_IDS_RE = re.compile(r"(?:[0-9a-f]{64}\n)*[0-9a-f]{64}")
+
+
+def check_ids(object_ids, what="object"):
+    """:func:`check_id` of each of ``object_ids``, in one pass (a create
+    checks thousands)."""
+    ids = list(object_ids)
+    if ids and not (all(isinstance(i, str) for i in ids) and _IDS_RE.fullmatch("\n".join(ids))):
+        for object_id in ids:
+            check_id(object_id, what)
+    return ids
+
+
 def digest_to_path(root, object_id, depth=1, suffix=""):
     """Path of an object in a sharded directory; validates the ID first."""
     check_id(object_id)
@@ -1889,8 +1902,7 @@ class _StorePool:
     def pool_paths(self, items):
         """:meth:`current_pool_path` of each of ``items`` [(blob, executable,
         ...)], at once: each ID is checked as in :meth:`pool_path`."""
-        for blob in {i[0] for i in items} - self._valid:
-            self.pool_path(blob)  # checks it (raises for a malformed one)
+        self.checked_ids(check_ids({i[0] for i in items} - self._valid))
         if self._pool_gen:
             return [self.current_pool_path(i[0], i[1]) for i in items]
         head, sep = self.pool_dir + os.sep, os.sep
@@ -2086,9 +2098,13 @@ class _StorePool:
             return False
 
     def cached_pycs(self, cache_tag, sources):
-        """{source blob: pyc ID} compiled for interpreter ``cache_tag``."""
-        return dict(self._select_in("SELECT source, pyc FROM pyc_cache WHERE cache_tag=? "
-                                    "AND opt=0 AND source IN ({q})", sorted(sources), (cache_tag,)))
+        """({source blob: pyc ID ("": it did not compile)}, {pyc ID: its
+        recorded size}) of the .pyc compiled for interpreter ``cache_tag``."""
+        rows = self._select_in("SELECT c.source, c.pyc, f.size FROM pyc_cache c LEFT JOIN "
+                               "pyc_files f ON f.id = c.pyc WHERE c.cache_tag=? AND c.opt=0 "
+                               "AND c.source IN ({q})", sorted(sources), (cache_tag,))
+        return ({s: p for s, p, _ in rows},
+                {p: size for _, p, size in rows if p and size is not None})
 
     def add_pycs(self, cache_rows, file_rows):
         """Record compiled files: cache rows (cache_tag, source, opt, pyc) and
@@ -2096,10 +2112,6 @@ class _StorePool:
         with self.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO pyc_cache VALUES (?,?,?,?)", cache_rows)
             db.executemany("INSERT OR REPLACE INTO pyc_files VALUES (?,?,?,?)", file_rows)
-
-    def pyc_sizes(self, pyc_ids):
-        """{pyc: size} of compiled pool files whose size is recorded."""
-        return dict(self._select_in("SELECT id, size FROM pyc_files WHERE id IN ({q})", pyc_ids))
 
     def check_pyc(self, pyc_id, size):
         """"ok", "missing" or "damaged" for the pool copy of a compiled .pyc.
@@ -6028,83 +6040,134 @@ class Creator:
         return None, None
 
     def _pycs(self, stage, py_files):
-        store = self.store
+        """Bytecode for ``py_files``: the store's intact compiled .pyc linked
+        at once (:meth:`_link_cached`), then the missing ones compiled (or
+        taken from the bytecode shipped with the image) and placed."""
         exe, tag = self._pyc_interpreter()
         if not exe:
             return
+        store, at = self.store, os.path.join(stage, "")
         sources = {b for _, b, _ in py_files}
-        known = store.cached_pycs(tag, sources)
-        self._check_pycs(known)
+        known, sizes = store.cached_pycs(tag, sources)
+        self._check_unsized(known, sizes)
+        placed, made = self._link_cached(at, py_files, known, sizes, tag)
         shipped = {b: p for b, p in store.shipped_pycs(self.image_id, tag).items()
                    if b in sources and not known.get(b)}
-        todo, first, errors = [], {}, {}
+        first = {}
         for rel, blob, executable in py_files:
             if blob not in known and blob not in first and blob not in shipped:
                 first[blob] = (rel, executable)
-        if first:
-            self.progress.stage("compiling", total=len(first))
-            for idx, (blob, (rel, executable)) in enumerate(first.items()):
-                src = store.current_pool_path(blob, executable)
-                if not os.path.exists(src):
-                    src = store.materialize_pool(blob, executable, self.new_inodes)
-                todo.append([idx, src, store.tmp_path("pyc"), rel])
-            results = compile_pycs(exe, todo, self.progress)
-            for (idx, src, cfile, rel), blob in zip(todo, first):
-                if idx in results and results[idx] is None:
-                    pyc, path, size = store.ingest_pool_file(cfile)
-                    st = os.lstat(path)
-                    self.pyc_file_rows.append((pyc, size, st.st_dev, st.st_ino))
-                    known[blob] = pyc
-                    self.pyc_compiled += 1
-                else:
-                    _unlink_quiet(cfile)
-                    known[blob] = ""
-                    errors[blob] = results.get(idx, "the compiler process did not start or stopped early")
-                if idx in results:  # a compiler that died says nothing of the source
-                    self.pyc_rows.append((tag, blob, 0, known[blob]))
-        made_dirs, failed = set(), []
+        errors = self._compile(exe, tag, first, known) if first else {}
+        failed = []
         for rel, blob, _ in py_files:
             pyc = known.get(blob) or shipped.get(blob)
+            if rel in placed:
+                continue
             if not pyc:
                 failed.append((rel, blob))
                 continue
-            d, _, name = rel.rpartition("/")
-            cache_dir = os.path.join(stage, d, "__pycache__")
-            if cache_dir not in made_dirs:
-                os.mkdir(cache_dir)  # never an existing name: trees hold no __pycache__
-                made_dirs.add(cache_dir)
-            dst = os.path.join(cache_dir, f"{name[:-3]}.{tag}.pyc")
+            folder, dst = _pyc_place(rel, tag)
+            if folder not in made:
+                os.mkdir(at + folder)  # never an existing name: trees hold no __pycache__
+                made.add(folder)
             if known.get(blob):
-                self.linker.place_file(store.pool_path(pyc), dst)
+                self.linker.place_file(store.pool_path(pyc), at + dst)
                 self.pyc_cached += blob not in first
             else:  # a blob of the bytecode pulled with this image
-                self.linker.place(pyc, False, dst)
+                self.linker.place(pyc, False, at + dst)
                 self.shipped.add(pyc)
                 self.pyc_shipped += 1
         if failed:
             self.pyc_failed = len(failed)
             self.warnings.append(pyc_warning(failed, errors))
 
-    def _check_pycs(self, known):
-        """Drop from ``known`` (source -> pyc) the pycs whose pool file is
-        missing or damaged (fast check): those are compiled again. A damaged
-        one is unlinked first, never written into (containers share it)."""
-        store = self.store
-        sizes = store.pyc_sizes({p for p in known.values() if p})
-        for b, pyc in list(known.items()):
-            if not pyc:
-                continue
-            state = store.check_pyc(pyc, sizes.get(pyc))
-            if state == "ok":
-                if pyc not in sizes:  # checked by its hash: remember its size
-                    st = os.lstat(store.pool_path(pyc))
-                    sizes[pyc] = st.st_size
-                    self.pyc_file_rows.append((pyc, st.st_size, st.st_dev, st.st_ino))
-                continue
-            if state == "damaged":
-                _unlink_quiet(store.pool_path(pyc))
-                self.repaired += 1
+    def _link_cached(self, at, py_files, known, sizes, tag):
+        """Link the compiled .pyc of ``py_files`` (``known``: source -> pyc)
+        whose pool file is intact, by :func:`link_intact` (two processes,
+        whole ``__pycache__`` folders each); a missing or damaged one is
+        dropped from ``known``, to be compiled again (a damaged one unlinked
+        first, never written into: containers share it). -> (rels placed,
+        folders made)."""
+        by_folder = {}
+        for rel, blob, _ in py_files:
+            pyc = known.get(blob)
+            if pyc and pyc in sizes:
+                folder, dst = _pyc_place(rel, tag)
+                by_folder.setdefault(folder, []).append((rel, (pyc, False, at + dst)))
+        cost = {f: len(jobs) + DIR_COST for f, jobs in by_folder.items()}
+        folders, n, half = list(by_folder), 0, sum(cost.values()) / 2
+        cut = next((i for i, f in enumerate(folders) if (n := n + cost[f]) >= half), len(folders))
+        parts = [(fs, [job for f in fs for job in by_folder[f]])
+                 for fs in (folders[:cut + 1], folders[cut + 1:])]
+        done = link_intact(at, [(fs, [j for _, j in jobs], self.store.pool_paths(
+            [j for _, j in jobs])) for fs, jobs in parts], sizes, self.store.pool_file_problem,
+            Progress("linking", enabled=False))
+        placed, bad = set(), set()
+        for (_, jobs), (linked, rest) in zip(parts, done):
+            placed.update(jobs[i][0] for i, _, _ in linked)
+            for i in rest:
+                rel, (pyc, _, dst) = jobs[i]
+                if pyc in bad or not self._pyc_usable(pyc, sizes[pyc], bad):
+                    continue
+                self.linker.place_file(self.store.pool_path(pyc), dst)  # at its link limit
+                placed.add(rel)
+        for b in [b for b, p in known.items() if p in bad]:
             del known[b]
+        self.pyc_cached += len(placed)
+        return placed, set(folders)
+
+    def _pyc_usable(self, pyc, size, bad):
+        """Whether a pool .pyc is intact after all; a missing or damaged one
+        goes into ``bad`` (a damaged one unlinked first)."""
+        state = self.store.check_pyc(pyc, size)
+        if state == "damaged":
+            _unlink_quiet(self.store.pool_path(pyc))
+            self.repaired += 1
+        if state != "ok":
+            bad.add(pyc)
+        return state == "ok"
+
+    def _check_unsized(self, known, sizes):
+        """The pycs of ``known`` with no recorded size (an older vocker's) are
+        checked by their hash, then their size noted; a missing or damaged
+        one is dropped from ``known`` (compiled again)."""
+        bad = set()
+        for b, pyc in list(known.items()):
+            if not pyc or pyc in sizes:
+                continue
+            if pyc in bad or not self._pyc_usable(pyc, None, bad):
+                del known[b]
+                continue
+            st = os.lstat(self.store.pool_path(pyc))
+            sizes[pyc] = st.st_size
+            self.pyc_file_rows.append((pyc, st.st_size, st.st_dev, st.st_ino))
+
+    def _compile(self, exe, tag, first, known):
+        """Compile the sources of ``first`` {blob: (rel, executable)} with
+        ``exe``; ``known`` gains each one's pyc ("" when it did not compile).
+        Returns {blob: error}."""
+        store, todo, errors = self.store, [], {}
+        self.progress.stage("compiling", total=len(first))
+        for idx, (blob, (rel, executable)) in enumerate(first.items()):
+            src = store.current_pool_path(blob, executable)
+            if not os.path.exists(src):
+                src = store.materialize_pool(blob, executable, self.new_inodes)
+            todo.append([idx, src, store.tmp_path("pyc"), rel])
+        results = compile_pycs(exe, todo, self.progress)
+        for (idx, src, cfile, rel), blob in zip(todo, first):
+            if idx in results and results[idx] is None:
+                pyc, path, size = store.ingest_pool_file(cfile)
+                st = os.lstat(path)
+                self.pyc_file_rows.append((pyc, size, st.st_dev, st.st_ino))
+                known[blob] = pyc
+                self.pyc_compiled += 1
+            else:
+                _unlink_quiet(cfile)
+                known[blob] = ""
+                errors[blob] = results.get(idx, "the compiler process did not start or stopped early")
+            if idx in results:  # a compiler that died says nothing of the source
+                self.pyc_rows.append((tag, blob, 0, known[blob]))
+        return errors
 
     def _record(self, stage):
         """Record the container, its new pool files, bytecode and stat cache
@@ -6128,6 +6191,14 @@ class Creator:
                 "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached,
                 "pyc_shipped": self.pyc_shipped, "pyc_failed": self.pyc_failed,
                 "repaired": self.repaired + self.linker.repaired, "warnings": self.warnings}
+
+def _pyc_place(rel, tag):
+    """(its ``__pycache__`` folder, the .pyc's path) of source ``rel``, both
+    relative to the environment, as create makes them."""
+    d, _, name = rel.rpartition("/")
+    folder = f"{d}/__pycache__" if d else "__pycache__"
+    return folder, f"{folder}/{name[:-3]}.{tag}.pyc"
+
 
 def inodes_digest(seen):
     """One number for the pool files a create linked, ``seen`` [(dev, ino,
@@ -7868,9 +7939,8 @@ def _bytecode_to_push(store, image_id, paths):
         return None
     tag = python["cache_tag"]
     pycs = {s: p for s, p in store.shipped_pycs(image_id, tag).items() if s in paths}
-    local = {s: p for s, p in store.cached_pycs(tag, set(paths)).items() if p}
-    sizes = store.pyc_sizes(set(local.values()))
-    local = {s: p for s, p in local.items() if store.check_pyc(p, sizes.get(p)) == "ok"}
+    local, sizes = store.cached_pycs(tag, set(paths))
+    local = {s: p for s, p in local.items() if p and store.check_pyc(p, sizes.get(p)) == "ok"}
     pycs.update(local)
     if not pycs:
         return None
