@@ -126,14 +126,15 @@ CREATE TABLE IF NOT EXISTS python_facts (
 ) WITHOUT ROWID;
 
 -- What create makes of an image (vocker.Plan: folders, files with their
--- sizes, links; every name checked) for one vocker version and system's name
--- rules ("0.1.0 win"), so that the next create walks no tree. Derived from
--- the image's trees; `hash` binds the bytes to the image and rules, and a row
--- that fails it is made again. Dropped with the image.
+-- sizes, links, small templates, its two halves; every name checked) for one
+-- vocker version and system's name rules ("0.1.0 win"), so that the next
+-- create walks no tree. Derived from the image's trees; `hash` binds the
+-- bytes to the image and rules, and a row that fails it (or of another
+-- format) is made again. Dropped with the image.
 CREATE TABLE IF NOT EXISTS plans (
     image TEXT NOT NULL,
     rules TEXT NOT NULL,
-    data  BLOB NOT NULL,      -- zlib of JSON [dirs, [[path, type, ref, size]], [[path, type, ref]]]
+    data  BLOB NOT NULL,      -- JSON ["plan-2", dirs, paths, types, refs, sizes, links, templates, cuts]
     hash  TEXT NOT NULL,
     PRIMARY KEY (image, rules)
 );

@@ -1,15 +1,17 @@
 """Containers of one image share their files and .pyc files through the pool."""
 
 import hashlib
+import json
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 
 import vocker
-from conftest import (WINDOWS, clean_env, run, template_paths, tree_files, venv_python,
-                      venv_script, venv_site_packages)
+from conftest import (REPO, WINDOWS, clean_env, cli_json, run, template_paths, tree_files,
+                      venv_python, venv_script, venv_site_packages)
 
 
 def _snapshot(root):
@@ -155,7 +157,7 @@ def _linking_parts(tmp_path):
     damaged = _pool_file(pool / "damaged", b"bad\n")
     os.utime(damaged, (1, 1))
     at = str(tmp_path / "stage") + os.sep
-    os.mkdir(at)
+    os.makedirs(at, exist_ok=True)
     sizes = {"good": 5, "damaged": 4, "gone": 3}
     parts = [(["p1", "p1/q"], [("good", False, at + "p1/q/a"), ("damaged", False, at + "p1/b")],
               [good, damaged]),
@@ -164,28 +166,62 @@ def _linking_parts(tmp_path):
     return at, parts, sizes
 
 
-@pytest.mark.parametrize("fork_min", [1, 10 ** 9], ids=["two processes", "one process"])
-def test_link_intact_links_intact_pool_files_and_leaves_the_rest(tmp_path, fork_min):
-    at, parts, sizes = _linking_parts(tmp_path)
-    progress = vocker.Progress("test", enabled=False)
+#: runs link_intact on _linking_parts in a fresh interpreter (one thread, so
+#: on Linux it may fork), counting the forks: argv = tmp_path, fork_min
+_LINK_INTACT = """
+import json, os, sys
+sys.path[:0] = [os.environ["VOCKER_ROOT"], os.environ["VOCKER_TESTS"]]
+import vocker
+from pathlib import Path
+from test_sharing import _linking_parts
+forks, fork = [], os.fork if hasattr(os, "fork") else None
+if fork:
+    os.fork = lambda: forks.append(1) or fork()
+at, parts, sizes = _linking_parts(Path(sys.argv[1]))
+progress = vocker.Progress("test", enabled=False)
+try:
     out = vocker.link_intact(at, parts, sizes, vocker.Store.pool_file_problem, progress,
-                             fork_min=fork_min)
-    good = os.lstat(parts[0][2][0])
-    assert out == [([(0, good.st_dev, good.st_ino)], [1]),
-                   ([(1, good.st_dev, good.st_ino)], [0])]
-    assert progress.done == 2 and progress.bytes == 10
+                             fork_min=int(sys.argv[2]))
+except OSError as exc:
+    out = [type(exc).__name__, exc.filename]
+print(json.dumps([out, progress.done, progress.bytes, len(forks)]))
+"""
+
+
+def _link_intact_run(tmp_path, fork_min, before=None):
+    """link_intact over :func:`_linking_parts` in a new process: (its
+    result or [error type, filename], items done, bytes done, forks)."""
+    if before:
+        before(tmp_path)
+    env = dict(os.environ, VOCKER_ROOT=str(REPO), VOCKER_TESTS=str(REPO / "tests"))
+    p = subprocess.run([sys.executable, "-c", _LINK_INTACT, str(tmp_path), str(fork_min)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+FORKS = 1 if sys.platform.startswith("linux") else 0  # elsewhere: one process
+
+
+@pytest.mark.parametrize("fork_min, forks", [(1, FORKS), (10 ** 9, 0)],
+                         ids=["two processes", "one process"])
+def test_link_intact_links_intact_pool_files_and_leaves_the_rest(tmp_path, fork_min, forks):
+    out, done, nbytes, forked = _link_intact_run(tmp_path, fork_min)
+    at = str(tmp_path / "stage") + os.sep
+    good = os.lstat(tmp_path / "pool" / "good")
+    assert out == [[[[0, good.st_dev, good.st_ino]], [1]], [[[1, good.st_dev, good.st_ino]], [0]]]
+    assert (done, nbytes, forked) == (2, 10, forks)
     assert sorted(os.listdir(at)) == ["p1", "p2"] and os.listdir(at + "p2") == ["d"]
     assert os.lstat(at + "p1/q/a").st_ino == os.lstat(at + "p2/d").st_ino == good.st_ino
 
 
-@pytest.mark.parametrize("fork_min", [1, 10 ** 9], ids=["two processes", "one process"])
-def test_link_intact_raises_what_failed_in_either_part(tmp_path, fork_min):
-    at, parts, sizes = _linking_parts(tmp_path)
-    os.mkdir(at + "p2")  # the second part's folder is there already
-    with pytest.raises(FileExistsError) as caught:
-        vocker.link_intact(at, parts, sizes, vocker.Store.pool_file_problem,
-                           vocker.Progress("test", enabled=False), fork_min=fork_min)
-    assert caught.value.filename == at + "p2"
+@pytest.mark.parametrize("fork_min, forks", [(1, FORKS), (10 ** 9, 0)],
+                         ids=["two processes", "one process"])
+def test_link_intact_raises_what_failed_in_either_part(tmp_path, fork_min, forks):
+    at = str(tmp_path / "stage") + os.sep
+    (tmp_path / "stage" / "p2").mkdir(parents=True)  # the second part's folder is there already
+    out, _, _, forked = _link_intact_run(tmp_path, fork_min)
+    assert out == ["FileExistsError", at + "p2"] and forked == forks
     assert os.path.exists(at + "p1/q/a")  # the first part was done: both always end
 
 
@@ -201,31 +237,33 @@ def _wide_tree(root, per_package=1100):
 
 
 def test_create_of_many_files_matches_its_image_and_repairs_in_either_half(tmp_path):
+    """Run as a user runs it (a new process: on Linux it forks for the second half)."""
     assert 2 * 1100 >= vocker.FORK_MIN
-    src = _wide_tree(tmp_path / "src")
-    with vocker.Store(tmp_path / "home") as store:
+    src, home = _wide_tree(tmp_path / "src"), tmp_path / "home"
+    with vocker.Store(home) as store:
         image = vocker.commit(store, src, kind="plain")["id"]
-        c1 = tmp_path / "c1"
-        vocker.create(store, image, c1, link_mode="hardlink")
-        assert _contents(c1) == _contents(src)
-        # an empty file is one inode in the pool, shared by every container
-        empties = [st for rel, st in tree_files(c1).items() if rel.endswith(("m0.py", "m50.py"))]
-        assert len({(st.st_dev, st.st_ino) for st in empties}) == 1 and len(empties) == 4
-        # a pool file damaged in each half is replaced before the next create links it
-        for pkg, name in (("alpha", "m7.py"), ("beta", "m8.py")):  # two blobs
-            victim = c1 / "lib" / "python3.11" / "site-packages" / pkg / "sub" / name
-            os.chmod(victim, 0o644)
-            with open(victim, "a") as f:
-                f.write("Y = 1\n")
-        empty = c1 / "lib" / "python3.11" / "site-packages" / "beta" / "sub" / "m0.py"
-        os.chmod(empty, 0o644)
-        empty.write_text("owned = True\n")
-        r = vocker.create(store, image, tmp_path / "c2", link_mode="hardlink")
-        assert r["repaired"] == 3
-        assert _contents(tmp_path / "c2") == _contents(src)
+    c1 = tmp_path / "c1"
+    cli_json("create", image, c1, "--link-mode", "hardlink", home=home)
+    assert _contents(c1) == _contents(src)
+    # an empty file is one inode in the pool, shared by every container
+    empties = [st for rel, st in tree_files(c1).items() if rel.endswith(("m0.py", "m50.py"))]
+    assert len({(st.st_dev, st.st_ino) for st in empties}) == 1 and len(empties) == 4
+    # a pool file damaged in each half is replaced before the next create links it
+    site = c1 / "lib" / "python3.11" / "site-packages"
+    for victim in (site / "alpha" / "sub" / "m7.py", site / "beta" / "sub" / "m8.py"):
+        os.chmod(victim, 0o644)
+        with open(victim, "a") as f:
+            f.write("Y = 1\n")
+    empty = site / "beta" / "sub" / "m0.py"
+    os.chmod(empty, 0o644)
+    empty.write_text("owned = True\n")
+    r = cli_json("create", image, tmp_path / "c2", "--link-mode", "hardlink", home=home)
+    assert r["repaired"] == 3
+    assert _contents(tmp_path / "c2") == _contents(src)
+    with vocker.Store(home) as store:
         report = vocker.verify(store, full=True)  # the empty blob's pool file too
-        checked = report["checked"]
-        assert not report["damaged"] and checked["pool_files"] == checked["blobs"] + 1, report
+    checked = report["checked"]
+    assert not report["damaged"] and checked["pool_files"] == checked["blobs"] + 1, report
 
 
 def test_a_second_create_writes_no_pool_inode_rows_unless_they_changed(tmp_path):
