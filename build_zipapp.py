@@ -421,7 +421,7 @@ def add_vocker(stage: Stage) -> str:
         *(f"Requires-Dist: {n}=={v}" for n, v in PINS.items()),
     ]
     for name, text in (("METADATA", "\n".join(meta) + "\n"),
-                       ("entry_points.txt", "[console_scripts]\nvocker = vocker:main\n"),
+                       ("entry_points.txt", "[console_scripts]\nvocker = vocker:run\n"),
                        ("INSTALLER", "build_zipapp.py\n")):
         stage.add(f"{dist}/{name}", text.encode(), False, "build_zipapp.py")
         stage.records[dist].add(f"{dist}/{name}")
@@ -429,11 +429,11 @@ def add_vocker(stage: Stage) -> str:
 
 
 # --------------------------------------------------------------------------
-# the preamble: runs inside the zipapp after extraction, before vocker.main
+# the preamble: runs inside the zipapp after extraction, before vocker.run
 # --------------------------------------------------------------------------
 
 PREAMBLE = '''\
-"""vocker.pyz preamble (run by shiv's bootstrap before vocker.main).
+"""vocker.pyz preamble (run by shiv's bootstrap before vocker.run).
 
 shiv extracts site-packages to <root>/<pyz name>_<build id>/ and never deletes
 old ones.  This marks the current folder as used and removes the folders of
@@ -539,7 +539,7 @@ def build(out: Path, targets: dict[tuple[str, str], list[Path]], root: str,
         stage.write(site)
         tmp_out = Path(tmp) / out.name
         args = [*cmd, "--site-packages", str(site), "-o", str(tmp_out),
-                "-e", "vocker:main", "-p", shebang, "--reproducible",
+                "-e", "vocker:run", "-p", shebang, "--reproducible",
                 f"--root={root}", "--build-id", build_id]  # one word: click on Windows
         # expands a "~..." argument (not "--root=~...") before shiv sees it
         if preamble:

@@ -154,7 +154,7 @@ def test_pyz_contents(pyz):
                        for n in names), (pkg, minor)
     assert {"site-packages/vocker.py", "site-packages/schema.sql", "__main__.py"} <= names
     assert not [n for n in names if "cffi" in n]
-    assert env["entry_point"] == "vocker:main"
+    assert env["entry_point"] == "vocker:run"
     assert env["root"] == "~/.vocker/shiv"
     assert env["reproducible"] is True
     assert env["preamble"] == "vocker_preamble.py"
