@@ -2956,17 +2956,18 @@ def link_intact(at, parts, sizes, problem, progress, fork_min=FORK_MIN):
     (:meth:`Store.pool_file_problem`) checks. parts: [(folders, jobs,
     srcs)], two whole sub-trees; on Linux a process with one thread forks
     to make the second when there are ``fork_min`` files or more, so that
-    both cores make the syscalls, which are most of a create. Returns, for
-    each part, ([(index, dev, ino)] linked, [index] left: pool file missing,
-    damaged or at its link limit); any other OSError is raised once both
-    parts are done."""
+    both cores make the syscalls, which are most of a create (a fork that
+    fails leaves both parts to this process). Returns, for each part,
+    ([(index, dev, ino)] linked, [index] left: pool file missing, damaged or
+    at its link limit); any other OSError is raised, the child having ended
+    (killed if this process failed first)."""
     fork = sum(len(p[1]) for p in parts) >= fork_min and len(parts) > 1 and _can_fork()
     child = _fork_linker(at, parts[-1], sizes, problem) if fork else None
     try:
-        out = [_make_part(at, *p, sizes, problem, progress) for p in parts[:-1 if fork else None]]
+        out = [_make_part(at, *p, sizes, problem, progress) for p in parts[:-1 if child else None]]
     except BaseException:
         if child:
-            _stop_child(child[0])
+            _stop_child(*child)
         raise
     if child:
         linked, rest = _join_linker(*child)
@@ -3021,9 +3022,15 @@ def _make_part(at, folders, jobs, srcs, sizes, problem, progress):
 
 def _fork_linker(at, part, sizes, problem):
     """A child process doing :func:`_make_part` of ``part``; returns (pid,
-    read end of the pipe its result comes through)."""
+    read end of the pipe its result comes through), or None when no process
+    can be started now."""
     r, w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # EAGAIN, ENOMEM: the parent makes both parts
+        os.close(r)
+        os.close(w)
+        return None
     if pid == 0:  # the child: never returns, never runs the parent's cleanup
         code = 1
         try:
@@ -3043,8 +3050,12 @@ def _fork_linker(at, part, sizes, problem):
 
 def _join_linker(pid, r):
     """The child's (linked, rest), once it has ended; its OSError raised."""
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
+    try:
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+    except BaseException:  # Ctrl+C while waiting: the child stops too
+        _stop_child(pid)
+        raise
     _, status = os.waitpid(pid, 0)
     try:
         out = marshal.loads(data) if status == 0 else None
@@ -3057,10 +3068,15 @@ def _join_linker(pid, r):
     return out[1], out[2]
 
 
-def _stop_child(pid):
+def _stop_child(pid, r=None):
+    """Kill a :func:`_fork_linker` child and reap it (and close its pipe)."""
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
         os.waitpid(pid, 0)
+    if r is not None:
+        with contextlib.suppress(OSError):
+            os.close(r)
 
 
 class Linker:

@@ -167,16 +167,24 @@ def _linking_parts(tmp_path):
 
 
 #: runs link_intact on _linking_parts in a fresh interpreter (one thread, so
-#: on Linux it may fork), counting the forks: argv = tmp_path, fork_min
+#: on Linux it may fork), counting the forks: argv = tmp_path, fork_min, and
+#: "fail" for a fork that fails as the system can (EAGAIN)
 _LINK_INTACT = """
-import json, os, sys
+import errno, json, os, sys
 sys.path[:0] = [os.environ["VOCKER_ROOT"], os.environ["VOCKER_TESTS"]]
 import vocker
 from pathlib import Path
 from test_sharing import _linking_parts
 forks, fork = [], os.fork if hasattr(os, "fork") else None
+
+def counted():
+    forks.append(1)
+    if sys.argv[3:] == ["fail"]:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    return fork()
+
 if fork:
-    os.fork = lambda: forks.append(1) or fork()
+    os.fork = counted
 at, parts, sizes = _linking_parts(Path(sys.argv[1]))
 progress = vocker.Progress("test", enabled=False)
 try:
@@ -188,13 +196,11 @@ print(json.dumps([out, progress.done, progress.bytes, len(forks)]))
 """
 
 
-def _link_intact_run(tmp_path, fork_min, before=None):
+def _link_intact_run(tmp_path, fork_min, *how):
     """link_intact over :func:`_linking_parts` in a new process: (its
     result or [error type, filename], items done, bytes done, forks)."""
-    if before:
-        before(tmp_path)
     env = dict(os.environ, VOCKER_ROOT=str(REPO), VOCKER_TESTS=str(REPO / "tests"))
-    p = subprocess.run([sys.executable, "-c", _LINK_INTACT, str(tmp_path), str(fork_min)],
+    p = subprocess.run([sys.executable, "-c", _LINK_INTACT, str(tmp_path), str(fork_min), *how],
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
@@ -203,10 +209,11 @@ def _link_intact_run(tmp_path, fork_min, before=None):
 FORKS = 1 if sys.platform.startswith("linux") else 0  # elsewhere: one process
 
 
-@pytest.mark.parametrize("fork_min, forks", [(1, FORKS), (10 ** 9, 0)],
-                         ids=["two processes", "one process"])
-def test_link_intact_links_intact_pool_files_and_leaves_the_rest(tmp_path, fork_min, forks):
-    out, done, nbytes, forked = _link_intact_run(tmp_path, fork_min)
+@pytest.mark.parametrize("fork_min, forks, how", [(1, FORKS, ()), (10 ** 9, 0, ()),
+                                                  (1, FORKS, ("fail",))],
+                         ids=["two processes", "one process", "a fork that fails"])
+def test_link_intact_links_intact_pool_files_and_leaves_the_rest(tmp_path, fork_min, forks, how):
+    out, done, nbytes, forked = _link_intact_run(tmp_path, fork_min, *how)
     at = str(tmp_path / "stage") + os.sep
     good = os.lstat(tmp_path / "pool" / "good")
     assert out == [[[[0, good.st_dev, good.st_ino]], [1]], [[[1, good.st_dev, good.st_ino]], [0]]]
