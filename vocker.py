@@ -8460,7 +8460,11 @@ def scan_container(store, path, full=False):
     the container read as commit reads it, storing and changing nothing;
     ``full`` reads every file instead of trusting stat and inode caches."""
     info = find_container(store, path)
-    c = Committer(store, info["path"], scan=True, full=full).run()
+    try:  # read as the kind it was made of (a plain folder is no environment to detect)
+        kind = store.manifest(info["image"]).kind
+    except NotFoundError:  # its image was removed: what the folder looks like
+        kind = None
+    c = Committer(store, info["path"], kind=kind, scan=True, full=full).run()
     return info, flat_image(c.get_tree(store), c.manifest.root), c.damaged
 
 
