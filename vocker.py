@@ -64,6 +64,20 @@ class _OnFirstUse:
 zstandard = _OnFirstUse("zstandard")
 
 
+class _Regex:
+    """A regular expression compiled when first used (compiling the
+    module's ~40 at import took ~3 ms of every start); each of its
+    pattern's methods, once read, is kept on this object as is."""
+
+    def __init__(self, pattern, flags=0):
+        self.pattern, self._flags = pattern, flags  # .pattern: the compiled one's, the same
+
+    def __getattr__(self, name):
+        value = getattr(re.compile(self.pattern, self._flags), name)
+        setattr(self, name, value)
+        return value
+
+
 ###############################################################################
 # Constants ###################################################################
 ###############################################################################
@@ -71,8 +85,8 @@ zstandard = _OnFirstUse("zstandard")
 FORMAT_VERSION = 1
 ID_HEX_LEN = 64
 SHORT_ID_LEN = 12
-ID_RE = re.compile(r"[0-9a-f]{64}")
-PREFIX_RE = re.compile(r"[0-9a-f]{1,64}")
+ID_RE = _Regex(r"[0-9a-f]{64}")
+PREFIX_RE = _Regex(r"[0-9a-f]{1,64}")
 #: the blob of an empty file (BLAKE3 of b"")
 EMPTY_ID = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
 
@@ -138,7 +152,7 @@ SHEBANG_MAX = 512 if sys.platform == "darwin" else 127
 #: pyvenv.cfg keys whose values are paths; not part of the manifest
 PYVENV_PATH_KEYS = ("home", "executable", "command", "base-prefix",
                     "base-exec-prefix", "base-executable")
-TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
+TAG_RE = _Regex(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
 WINDOWS = os.name == "nt"
 
 EXIT_OK = 0
@@ -319,7 +333,7 @@ def check_id(object_id, what="object"):
     return object_id
 
 
-_IDS_RE = re.compile(r"(?:[0-9a-f]{64}\n)*[0-9a-f]{64}")
+_IDS_RE = _Regex(r"(?:[0-9a-f]{64}\n)*[0-9a-f]{64}")
 
 
 def check_ids(object_ids, what="object"):
@@ -348,9 +362,9 @@ WINDOWS_RESERVED = frozenset(
 #: bounds of the one reader for numbers and JSON from outside
 MAX_UINT = (1 << 63) - 1
 MAX_JSON_DEPTH = 16
-_UINT_RE = re.compile(r"[0-9]{1,19}")
-_JSON_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_JSON_NOT_BRACKET_RE = re.compile(rb"[^\[\]{}]+")
+_UINT_RE = _Regex(r"[0-9]{1,19}")
+_JSON_STRING_RE = _Regex(rb'"(?:[^"\\]|\\.)*"')
+_JSON_NOT_BRACKET_RE = _Regex(rb"[^\[\]{}]+")
 
 
 def read_uint(text, what, limit=MAX_UINT):
@@ -412,7 +426,7 @@ MAX_PATHS = 2_000_000
 MAX_LABEL_KEY = 128
 MAX_LABEL_VALUE = 4096
 MAX_LABELS = 256
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_RE = _Regex(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def terminal_safe(text):
@@ -735,7 +749,7 @@ class TreeEntry(tuple):
         return bytes.fromhex(self[2]).decode("utf-8")
 
 
-_HEX_RE = re.compile(r"(?:[0-9a-f]{2})+")
+_HEX_RE = _Regex(r"(?:[0-9a-f]{2})+")
 
 
 class Tree:
@@ -815,10 +829,10 @@ def build_trees(folders):
 
 #: the ``python`` object of a manifest: exactly these keys, each matching its rule
 PYTHON_FACTS = {
-    "implementation": re.compile(r"[a-z][a-z0-9_]{0,31}"),
-    "version": re.compile(r"[0-9]{1,3}\.[0-9]{1,3}(\.[0-9]{1,4})?"),
-    "cache_tag": re.compile(r"[a-z0-9_]{1,32}-[0-9]{1,4}[a-z0-9_]{0,16}"),
-    "platform": re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"),
+    "implementation": _Regex(r"[a-z][a-z0-9_]{0,31}"),
+    "version": _Regex(r"[0-9]{1,3}\.[0-9]{1,3}(\.[0-9]{1,4})?"),
+    "cache_tag": _Regex(r"[a-z0-9_]{1,32}-[0-9]{1,4}[a-z0-9_]{0,16}"),
+    "platform": _Regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"),
 }
 
 
@@ -987,7 +1001,7 @@ def check_link_target(rel, target):
 
 #: the documented interpreter links: ``bin/python*`` (``Scripts\\python*``) at
 #: the top of the environment may point at the base interpreter
-_INTERPRETER_LINK_RE = re.compile(r"(?:bin|Scripts)/(?:python|pypy)[^/]*")
+_INTERPRETER_LINK_RE = _Regex(r"(?:bin|Scripts)/(?:python|pypy)[^/]*")
 
 
 def check_link_template(rel, tpl):
@@ -1014,14 +1028,14 @@ def check_link_template(rel, tpl):
 ###############################################################################
 
 #: a distribution's name and exact version (PEP 508, PEP 440 characters)
-DIST_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
-DIST_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}")
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
-WHEEL_NAME_RE = re.compile(r"[A-Za-z0-9_.+!-]{1,240}\.whl")
+DIST_NAME_RE = _Regex(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
+DIST_VERSION_RE = _Regex(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}")
+SHA256_RE = _Regex(r"[0-9a-f]{64}")
+WHEEL_NAME_RE = _Regex(r"[A-Za-z0-9_.+!-]{1,240}\.whl")
 #: a PEP 508 marker in the characters markers use: no pip option fits in it
-MARKER_RE = re.compile(r"(?!.*--)[A-Za-z0-9_.'\"<>=!~ ()*+,/-]{1,400}")
-INSTALLER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+ -]{0,63}")
-PYTHON_WANT_RE = re.compile(r"[0-9]{1,2}(\.[0-9]{1,3}){0,2}")
+MARKER_RE = _Regex(r"(?!.*--)[A-Za-z0-9_.'\"<>=!~ ()*+,/-]{1,400}")
+INSTALLER_RE = _Regex(r"[A-Za-z0-9][A-Za-z0-9._+ -]{0,63}")
+PYTHON_WANT_RE = _Regex(r"[0-9]{1,2}(\.[0-9]{1,3}){0,2}")
 MAX_RECIPE_TEXT = 64 << 10     # bytes of recipe text an image records
 MAX_RECIPE_ITEMS = 50_000      # steps, wheels, copied files and words, all told
 MAX_LOCK = 16 << 20            # largest requirements file or pylock.toml read
@@ -1240,9 +1254,9 @@ class Pin(tuple):
         return f"{self}{marker} " + " ".join(f"--hash=sha256:{h}" for h in self.hashes)
 
 
-_REQ_HEAD_RE = re.compile(rf"({DIST_NAME_RE.pattern})(?:\[[A-Za-z0-9._, -]*\])?\s*==\s*"
+_REQ_HEAD_RE = _Regex(rf"({DIST_NAME_RE.pattern})(?:\[[A-Za-z0-9._, -]*\])?\s*==\s*"
                           rf"({DIST_VERSION_RE.pattern})\s*(?:;\s*(.*?))?\s*")
-_REQ_HASH_RE = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
+_REQ_HASH_RE = _Regex(r"--hash[= ]sha256:([0-9a-f]{64})")
 
 
 def read_requirements(text, where):
@@ -1873,7 +1887,7 @@ class _StoreBlobs:
 
 
 #: a pool file of an executable blob: ``ID.x`` or ``ID.x.GEN``
-_POOL_EXEC_RE = re.compile(r"\.x(\.[0-9]+)?$")
+_POOL_EXEC_RE = _Regex(r"\.x(\.[0-9]+)?$")
 
 
 class _StorePool:
@@ -3497,7 +3511,7 @@ def bounded_output(argv, timeout=PY_LIST_TIMEOUT, limit=PY_LIST_LIMIT):
 
 #: one ``py -0p`` line: the new launcher's `` -V:3.11 *  C:\..``, the old
 #: one's `` -3.11-64  C:\.. *``; ``(venv)`` lines and path-less lines never match
-_PY_LIST_LINE = re.compile(r"^\s*(-V:\S+|-\d[\w.\-]*)\s+(?:\*\s+)?(\S.*?)(?:\s+\*)?\s*$")
+_PY_LIST_LINE = _Regex(r"^\s*(-V:\S+|-\d[\w.\-]*)\s+(?:\*\s+)?(\S.*?)(?:\s+\*)?\s*$")
 
 
 def parse_py_list(text):
@@ -3738,11 +3752,11 @@ def find_python(need, explicit=None, hint=None, sources=None, facts=None):
 #: a match must not continue a longer name on either side
 _BOUNDARY = rb"(?![A-Za-z0-9_.\-~+@\x80-\xff])"
 _BOUNDARY_BEFORE = rb"(?<![A-Za-z0-9_.\-~+@\x80-\xff])"
-_EXEC_HEADER = re.compile(
+_EXEC_HEADER = _Regex(
     rb"\A#!/bin/sh\n'''exec' (\"[^\"\n]*\"|'[^'\n]*'|[^\s'\"]+)([^\n]*?) \"\$0\" \"\$@\"\n' '''\n")
-_SIMPLE_HEADER = re.compile(rb"\A#!(@@VOCKER:ENV@@[^\s]*)([^\n]*)\n")
-_QUOTED_HEADER = re.compile(rb'\A#!("[^"\n]*")([^\n]*?)\n')
-_ACTIVATE_RE = re.compile(r"(?i)^activate(\..*)?$|^activate_this\.py$")
+_SIMPLE_HEADER = _Regex(rb"\A#!(@@VOCKER:ENV@@[^\s]*)([^\n]*)\n")
+_QUOTED_HEADER = _Regex(rb'\A#!("[^"\n]*")([^\n]*?)\n')
+_ACTIVATE_RE = _Regex(r"(?i)^activate(\..*)?$|^activate_this\.py$")
 
 
 def parse_pyvenv_cfg(text):
@@ -3809,7 +3823,7 @@ class Normalizer:
 
 #: where venv >= 3.13.1 writes shlex.quote(path/prompt) into activate, .csh, .fish;
 #: a bare path there becomes '@@VOCKER:ENV@@', the form of a path that needs quotes
-_SH_ENV_RE = re.compile(rb"(VIRTUAL_ENV[= ]|\$\((?:cyg|wsl)path )" + PH_ENV + rb"(?=\)|\r?\n)")
+_SH_ENV_RE = _Regex(rb"(VIRTUAL_ENV[= ]|\$\((?:cyg|wsl)path )" + PH_ENV + rb"(?=\)|\r?\n)")
 _SH_PROMPT_AT = (rb"(VIRTUAL_ENV_PROMPT[= ])({q})(?=\r?\n)", rb'(\(")({q})("\))',
                  rb"(4B8BBE\) )({q})( \()")
 
@@ -3900,7 +3914,7 @@ def path_spellings(path):
 # otherwise commit refuses: a container must never run another environment.
 
 #: VIRTUAL_ENV set to a literal path in activate (sh), activate.csh, activate.fish
-_VIRTUAL_ENV_RE = re.compile(
+_VIRTUAL_ENV_RE = _Regex(
     r"""^[ \t]*(?:(?:export[ \t]+)?VIRTUAL_ENV=|(?:setenv|set[ \t]+-gx)[ \t]+VIRTUAL_ENV[ \t]+)"""
     r"""(?:"([^"$`\\\n]*)"|'([^'\n]*)'|([\w@%+=:,./-]+))[ \t]*$""", re.M)  # bare: 3.13.1+
 COPIED_VENV_HINT = ("commit the original environment, or recreate this one where it is "
@@ -4084,7 +4098,7 @@ _UV_MAX_PATH_LEN = 32 * 1024
 #: "UV_TRAMPOLINE_KIND" in UTF-16-LE (spelt out: that codec costs an import at start)
 _UV_RSRC_MARKER = bytes(c for ch in b"UV_TRAMPOLINE_KIND" for c in (ch, 0))
 
-_EXE_END_RE = re.compile(rb"\.exe(?=$|[\"\s])", re.IGNORECASE)
+_EXE_END_RE = _Regex(rb"\.exe(?=$|[\"\s])", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------
@@ -5384,8 +5398,8 @@ def normalize_record(data, record_rel, templated):
 
 
 #: files whose content records a local fact (the install time of a local wheel)
-_LOCAL_FACTS_RE = re.compile(r"\.dist-info/uv_cache\.json$")
-_UV_TIMESTAMP_RE = re.compile(rb'"timestamp":\{[^{}]*\}')
+_LOCAL_FACTS_RE = _Regex(r"\.dist-info/uv_cache\.json$")
+_UV_TIMESTAMP_RE = _Regex(rb'"timestamp":\{[^{}]*\}')
 
 
 def normalize_uv_cache(data):
@@ -6409,7 +6423,7 @@ def audit_scope(recipe):
 ###############################################################################
 
 #: a pool file's name: ``ID``, ``ID.x`` (executable), each maybe ``.GEN``
-_POOL_NAME_RE = re.compile(r"^([0-9a-f]{64})(\.x)?(\.[0-9]+)?$")
+_POOL_NAME_RE = _Regex(r"^([0-9a-f]{64})(\.x)?(\.[0-9]+)?$")
 
 
 def live_objects(store, roots=None):
@@ -6729,7 +6743,7 @@ HTTP_TIMEOUT = 30
 HTTP_MIN_RATE = 1024
 #: files vocker writes in a repository's tmp/; cleanup deletes nothing else
 REPO_TMP_PREFIX = "vocker-tmp-"
-_REPO_TMP_RE = re.compile(r"vocker-tmp-[0-9a-f]{32}")
+_REPO_TMP_RE = _Regex(r"vocker-tmp-[0-9a-f]{32}")
 _FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -8403,7 +8417,7 @@ def load(store, path, progress=None):
 ###############################################################################
 
 #: a distribution's metadata: ``NAME-VERSION.dist-info/METADATA`` at any depth
-_DIST_RE = re.compile(r"(?:^|/)([^/]+)-([^/-]+)\.dist-info/METADATA$")
+_DIST_RE = _Regex(r"(?:^|/)([^/]+)-([^/-]+)\.dist-info/METADATA$")
 
 
 def flat_image(get_tree, root):
@@ -8945,7 +8959,7 @@ sys.path.insert(0, whl)
 sys.argv = ["pip"] + sys.argv[4:]
 runpy.run_module("pip", run_name="__main__", alter_sys=True)
 """
-_PIP_WHEEL_RE = re.compile(r"pip-([0-9][0-9A-Za-z.+!_]*)-py3-none-any\.whl")
+_PIP_WHEEL_RE = _Regex(r"pip-([0-9][0-9A-Za-z.+!_]*)-py3-none-any\.whl")
 #: settings a build step never sees: pip's, uv's, Python's and a venv's
 _HERMETIC_DROP = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA", "__PYVENV")
 #: text files up to this size get a unified diff in an audit report
@@ -9035,9 +9049,9 @@ def _last_error(out):
     return ((errors or lines or ["no output"])[-1])[:300]
 
 
-_PIP_HASH_RE = re.compile(r"^\s*(\S+)==(\S+) from .*?:\s*\n\s*Expected sha256 (\w+)\n"
+_PIP_HASH_RE = _Regex(r"^\s*(\S+)==(\S+) from .*?:\s*\n\s*Expected sha256 (\w+)\n"
                           r"(?:\s*or \w+\n)*\s*Got\s+(\w+)", re.M)
-_PIP_MISSING_RE = re.compile(r"No matching distribution found for (\S+)")
+_PIP_MISSING_RE = _Regex(r"No matching distribution found for (\S+)")
 
 
 def pip_failure(out, label, wheels):
@@ -10237,7 +10251,7 @@ def build_parser(only=None):
 READ_ONLY_COMMANDS = (cmd_images, cmd_inspect, cmd_ps, cmd_save, cmd_df, cmd_status, cmd_diff,
                       cmd_history, cmd_verify)
 #: the hidden names vocker stages under: ``.NAME.vocker-PID-RANDOM`` beside NAME
-_STAGE_RE = re.compile(r"(?<![^/\\])\.([^/\\]+?)\.vocker-(?:[0-9]+-)?[0-9a-f]{8}(?![0-9A-Za-z])")
+_STAGE_RE = _Regex(r"(?<![^/\\])\.([^/\\]+?)\.vocker-(?:[0-9]+-)?[0-9a-f]{8}(?![0-9A-Za-z])")
 
 
 def _given(argv, flag):
