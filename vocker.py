@@ -5630,7 +5630,7 @@ class Plan:
         paths, types, refs = zip(*self.files) if self.files else ((), (), ())
         data = [self.FORMAT, self.dirs, paths, "".join(types), refs,
                 [self.sizes.get(r, -1) for r in refs], self.links,
-                {b: data.hex() for b, data in self.templates.items()}, self.cuts]
+                {b: raw.hex() for b, raw in self.templates.items()}, self.cuts]
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
@@ -6116,7 +6116,15 @@ class Creator:
         whole ``__pycache__`` folders each); a missing or damaged one is
         dropped from ``known``, to be compiled again (a damaged one unlinked
         first, never written into: containers share it). -> (rels placed,
-        folders made)."""
+        folders made). Copies and reflinks are only checked here: the caller
+        places them by the link mode."""
+        if self.linker.mode != "hardlink":
+            bad = set()
+            for pyc in {p for p in known.values() if p}:
+                self._pyc_usable(pyc, sizes[pyc], bad)
+            for b in [b for b, p in known.items() if p in bad]:
+                del known[b]
+            return set(), set()
         by_folder = {}
         for rel, blob, _ in py_files:
             pyc = known.get(blob)

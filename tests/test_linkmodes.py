@@ -127,3 +127,20 @@ def test_link_limit_starts_a_new_pool_copy(plain_image, tmp_path, monkeypatch):
     for rel, st in tree_files(tmp_path / "lim").items():
         if rel.endswith(".txt") and st.st_size:
             assert st.st_nlink >= 2
+
+
+def test_copy_mode_copies_the_cached_pyc_too_and_checks_them(pip_venvs, tmp_path):
+    with vocker.Store(tmp_path / "home") as store:
+        image = vocker.commit(store, pip_venvs[0])["id"]
+        vocker.create(store, image, tmp_path / "linked")  # compiles: the pyc cache is warm
+        pyc = next((tmp_path / "linked").rglob("__pycache__/*.pyc"))
+        os.chmod(pyc, 0o644)
+        with open(pyc, "ab") as f:  # one cached .pyc damaged through a hardlink
+            f.write(b"\0")
+        r = vocker.create(store, image, tmp_path / "cp", link_mode="copy")
+        assert r["link_mode"] == "copy" and r["pyc_cached"] > 20 and r["repaired"] == 1
+        files = [p for p in (tmp_path / "cp").rglob("*") if p.is_file() and not p.is_symlink()]
+        assert any(p.suffix == ".pyc" for p in files)
+        assert [p for p in files if p.stat().st_nlink != 1] == []  # nothing shared
+        copy = tmp_path / "cp" / pyc.relative_to(tmp_path / "linked")
+        assert copy.read_bytes() == pyc.read_bytes()[:-1]  # compiled again, not the damaged one
