@@ -6078,7 +6078,7 @@ class Creator:
         store, at = self.store, os.path.join(stage, "")
         sources = {b for _, b, _ in py_files}
         known, sizes = store.cached_pycs(tag, sources)
-        self._check_unsized(known, sizes)
+        self._drop_unusable(known, {p for p in known.values() if p and p not in sizes}, sizes)
         placed, made = self._link_cached(at, py_files, known, sizes, tag)
         shipped = {b: p for b, p in store.shipped_pycs(self.image_id, tag).items()
                    if b in sources and not known.get(b)}
@@ -6114,21 +6114,15 @@ class Creator:
         """Link the compiled .pyc of ``py_files`` (``known``: source -> pyc)
         whose pool file is intact, by :func:`link_intact` (two processes,
         whole ``__pycache__`` folders each); a missing or damaged one is
-        dropped from ``known``, to be compiled again (a damaged one unlinked
-        first, never written into: containers share it). -> (rels placed,
+        dropped from ``known``, to be compiled again. -> (rels placed,
         folders made). Copies and reflinks are only checked here: the caller
         places them by the link mode."""
         if self.linker.mode != "hardlink":
-            bad = set()
-            for pyc in {p for p in known.values() if p}:
-                self._pyc_usable(pyc, sizes[pyc], bad)
-            for b in [b for b, p in known.items() if p in bad]:
-                del known[b]
+            self._drop_unusable(known, {p for p in known.values() if p}, sizes)
             return set(), set()
         by_folder = {}
         for rel, blob, _ in py_files:
-            pyc = known.get(blob)
-            if pyc and pyc in sizes:
+            if (pyc := known.get(blob)) and pyc in sizes:
                 folder, dst = _pyc_place(rel, tag)
                 by_folder.setdefault(folder, []).append((rel, (pyc, False, at + dst)))
         cost = {f: len(jobs) + DIR_COST for f, jobs in by_folder.items()}
@@ -6139,45 +6133,38 @@ class Creator:
         done = link_intact(at, [(fs, [j for _, j in jobs], self.store.pool_paths(
             [j for _, j in jobs])) for fs, jobs in parts], sizes, self.store.pool_file_problem,
             Progress("linking", enabled=False))
-        placed, bad = set(), set()
-        for (_, jobs), (linked, rest) in zip(parts, done):
+        placed, rest = set(), []
+        for (_, jobs), (linked, left) in zip(parts, done):
             placed.update(jobs[i][0] for i, _, _ in linked)
-            for i in rest:
-                rel, (pyc, _, dst) = jobs[i]
-                if pyc in bad or not self._pyc_usable(pyc, sizes[pyc], bad):
-                    continue
-                self.linker.place_file(self.store.pool_path(pyc), dst)  # at its link limit
+            rest += [jobs[i] for i in left]
+        bad = self._drop_unusable(known, {pyc for _, (pyc, _, _) in rest}, sizes)
+        for rel, (pyc, _, dst) in rest:
+            if pyc not in bad:  # intact, at its link limit
+                self.linker.place_file(self.store.pool_path(pyc), dst)
                 placed.add(rel)
-        for b in [b for b, p in known.items() if p in bad]:
-            del known[b]
         self.pyc_cached += len(placed)
         return placed, set(folders)
 
-    def _pyc_usable(self, pyc, size, bad):
-        """Whether a pool .pyc is intact after all; a missing or damaged one
-        goes into ``bad`` (a damaged one unlinked first)."""
-        state = self.store.check_pyc(pyc, size)
-        if state == "damaged":
-            _unlink_quiet(self.store.pool_path(pyc))
-            self.repaired += 1
-        if state != "ok":
-            bad.add(pyc)
-        return state == "ok"
-
-    def _check_unsized(self, known, sizes):
-        """The pycs of ``known`` with no recorded size (an older vocker's) are
-        checked by their hash, then their size noted; a missing or damaged
-        one is dropped from ``known`` (compiled again)."""
+    def _drop_unusable(self, known, pycs, sizes):
+        """Check ``pycs`` (by their hash where ``sizes`` has none, then noting
+        it); the missing or damaged ones (a damaged one unlinked first, never
+        written into: containers share it) leave ``known``, to be compiled
+        again. Returns them."""
         bad = set()
-        for b, pyc in list(known.items()):
-            if not pyc or pyc in sizes:
-                continue
-            if pyc in bad or not self._pyc_usable(pyc, None, bad):
-                del known[b]
-                continue
-            st = os.lstat(self.store.pool_path(pyc))
-            sizes[pyc] = st.st_size
-            self.pyc_file_rows.append((pyc, st.st_size, st.st_dev, st.st_ino))
+        for pyc in pycs:
+            state = self.store.check_pyc(pyc, sizes.get(pyc))
+            if state == "damaged":
+                _unlink_quiet(self.store.pool_path(pyc))
+                self.repaired += 1
+            if state != "ok":
+                bad.add(pyc)
+            elif pyc not in sizes:
+                st = os.lstat(self.store.pool_path(pyc))
+                sizes[pyc] = st.st_size
+                self.pyc_file_rows.append((pyc, st.st_size, st.st_dev, st.st_ino))
+        for b in [b for b, p in known.items() if p in bad]:
+            del known[b]
+        return bad
 
     def _compile(self, exe, tag, first, known):
         """Compile the sources of ``first`` {blob: (rel, executable)} with
