@@ -6130,9 +6130,10 @@ class Creator:
         cut = next((i for i, f in enumerate(folders) if (n := n + cost[f]) >= half), len(folders))
         parts = [(fs, [job for f in fs for job in by_folder[f]])
                  for fs in (folders[:cut + 1], folders[cut + 1:])]
-        done = link_intact(at, [(fs, [j for _, j in jobs], self.store.pool_paths(
-            [j for _, j in jobs])) for fs, jobs in parts], sizes, self.store.pool_file_problem,
-            Progress("linking", enabled=False))
+        links = [[j for _, j in jobs] for _, jobs in parts]
+        done = link_intact(at, [(fs, js, self.store.pool_paths(js)) for (fs, _), js
+                                in zip(parts, links)], sizes, self.store.pool_file_problem,
+                           Progress("linking", enabled=False))
         placed, rest = set(), []
         for (_, jobs), (linked, left) in zip(parts, done):
             placed.update(jobs[i][0] for i, _, _ in linked)
