@@ -640,14 +640,18 @@ def bench_vocker(R: Results, vocker: list[str], venv: Path, work: Path, repeat: 
     if steps["v_commit"].ok:
         steps["v_commit"].extra["mb_per_s"] = corpus_mb / steps["v_commit"].best
     rmtree(work / "vocker")
-    bench_paired(R, vcmd, venv, work, repeat, uv, timeout)
+    bench_paired(R, vcmd, vocker + ["--version"], venv, work, repeat, uv, timeout)
 
 
-def bench_paired(R: Results, vcmd, venv: Path, work: Path, repeat: int, uv, timeout):
+def bench_paired(R: Results, vcmd, version_cmd, venv: Path, work: Path, repeat: int, uv,
+                 timeout):
     """``create --no-compile`` from a warm store and uv venv + uv pip install
     (no compile) from a warm cache, run alternately in one stretch of time:
     this VM's file system changes speed from minute to minute (``cp -al``
-    0.05-0.17 s on one day), so their ratio is read from runs side by side."""
+    0.05-0.17 s on one day), so their ratio is read from runs side by side.
+    Beside them, what any Python create pays: the CPython floor (without and
+    with vocker's check of each pool file) and vocker's own start-up
+    (``version_cmd``: the interpreter and vocker's imports, no work)."""
     sv = R.step("paired_v_nc", "vocker create IMAGE --no-compile, alternating with uv",
                 "vocker", "warm store: the pool made by an untimed create before")
     su = R.step("paired_uv", "uv venv + uv pip install (warm cache, no compile), "
@@ -655,30 +659,40 @@ def bench_paired(R: Results, vcmd, venv: Path, work: Path, repeat: int, uv, time
     sf = R.step("paired_floor", "CPython floor: python linking the same files from a list",
                 "baseline", "os.mkdir + os.link of a prepared list, nothing checked or "
                 "recorded: the least any Python create costs")
+    sc = R.step("paired_floor_check", "CPython floor with the pool check: the same, "
+                "with an lstat of each file before its link", "baseline",
+                "the floor plus the one syscall a create adds to check a pool file "
+                "(vocker compares its mode, size and mtime)")
+    ss = R.step("paired_start", "vocker --version: the interpreter and vocker's imports, "
+                "no work", "vocker", "the start-up every command pays")
+    paired = (sv, su, sf, sc, ss)
     if uv is None:
-        for s in (sv, su, sf):
+        for s in paired:
             s.fail("uv did not run")
         return
-    home, seed, out, floor = (work / n for n in ("paired-store", "paired-seed", "paired-c",
-                                                 "paired-floor"))
+    home, seed, out, floor, floor_c = (work / n for n in (
+        "paired-store", "paired-seed", "paired-c", "paired-floor", "paired-floor-check"))
     env = dict(os.environ, VOCKER_HOME=str(home))
     try:
         _, p = run(vcmd(home, "commit", venv, "-q"), env=env, timeout=timeout, sync=False)
         image = p.stdout.strip()
         run(vcmd(home, "create", image, seed, "--no-compile"), env=env, timeout=timeout)
     except StepFailed as e:
-        for s in (sv, su, sf):
+        for s in paired:
             s.fail(f"commit or first create before it: {e}")
         return
     listing = work / "paired-list.json"
     listing.write_text(json.dumps(_link_list(seed)))
     floor_cmd = [sys.executable, "-c", _FLOOR_SCRIPT, listing, floor]
+    check_cmd = [sys.executable, "-c", _FLOOR_SCRIPT, listing, floor_c, "check"]
     sf.cmd = "python -c FLOOR_SCRIPT LIST WORK/paired-floor"
+    sc.cmd = sf.cmd + " check"
+    ss.cmd = shlex.join(map(str, version_cmd))
     sv.cmd = shlex.join(map(str, vcmd(home, "create", image, out, "--no-compile"))) \
         .replace(str(work), "WORK").replace(image, "IMAGE")
     su.cmd = "as the uv rows above"
     for i in range(max(repeat, 3)):
-        for d in (out, floor, uv["dir"]):
+        for d in (out, floor, floor_c, uv["dir"]):
             rmtree(d)
         try:
             dtv, _ = run(uv["venv"], env=uv["env"], timeout=timeout)
@@ -687,28 +701,36 @@ def bench_paired(R: Results, vcmd, venv: Path, work: Path, repeat: int, uv, time
             dt, _ = run(vcmd(home, "create", image, out, "--no-compile"), env=env,
                         timeout=timeout, warm=[home])
             dtf, _ = run(floor_cmd, timeout=timeout, warm=[listing])
+            dtc, _ = run(check_cmd, timeout=timeout, warm=[listing])
+            dts, _ = run(version_cmd, env=env, timeout=timeout)
         except StepFailed as e:
-            for s in (sv, su, sf):
+            for s in paired:
                 s.fail(str(e))
             break
         su.times.append(dtv + dti)
         sv.times.append(dt)
         sf.times.append(dtf)
+        sc.times.append(dtc)
+        ss.times.append(dts)
         log(f"paired {i + 1}: uv {dtv + dti:.3f} s, vocker create --no-compile {dt:.3f} s, "
-            f"python floor {dtf:.3f} s")
-    for d in (home, seed, out, floor, uv["dir"], listing):
+            f"python floor {dtf:.3f} s, with the check {dtc:.3f} s, vocker start-up {dts:.3f} s")
+    for d in (home, seed, out, floor, floor_c, uv["dir"], listing):
         rmtree(d) if d.is_dir() else d.unlink(missing_ok=True)
 
 
 #: the CPython floor of a create: make the folders, hardlink the files of a
 #: prepared list (argv: the list, the new folder); no check, no store, no record
+#: (a third argument "check": lstat each file to link first, as a create's
+#: check of its pool file does)
 _FLOOR_SCRIPT = """import json, os, sys
 dirs, files = json.load(open(sys.argv[1]))
-top = sys.argv[2]
+top, check = sys.argv[2], sys.argv[3:] == ["check"]
 os.mkdir(top)
 for d in dirs:
     os.mkdir(os.path.join(top, d))
 for rel, src in files:
+    if check:
+        os.lstat(src)
     os.link(src, os.path.join(top, rel))
 """
 
@@ -788,6 +810,17 @@ def build_ratios(R: Results, corpus_mb: float) -> list[dict]:
         ratio("v_create_nc", "uv_install_total"), "x", note="the rows above, minutes apart")
     add("CPython floor (mkdir + link of a list) / uv venv+install: alternating runs",
         ratio("paired_floor", "paired_uv"), "x", note="what any Python create could reach")
+    add("CPython floor with the pool check / uv venv+install: alternating runs",
+        ratio("paired_floor_check", "paired_uv"), "x",
+        note="what a Python create that checks each pool file could reach")
+    add("vocker start-up (--version) / uv venv+install: alternating runs",
+        ratio("paired_start", "paired_uv"), "x",
+        note="the share of uv's whole create that Python and vocker's imports take")
+    parts = [b(k) for k in ("paired_floor_check", "paired_start", "py_startup", "paired_uv")]
+    add("(floor with the check + vocker's start-up beyond python -c pass) / uv venv+install",
+        None if None in parts or not parts[3] else (parts[0] + parts[1] - parts[2]) / parts[3],
+        "x", note="the least a create with vocker's imports and check could take, "
+        "alternating runs (an estimate: the floor's own start is counted once)")
     add("create(after pull, shipped .pyc) / uv venv+install --compile-bytecode",
         ratio("v_create_pulled", "uv_install_c_total"), "x", "<=", 1.0)
     add("create(warm) / uv venv+install, warm cache, no compile",
