@@ -4929,6 +4929,7 @@ class _Walker:
             try:
                 self.target.check_name(validate_name(e.name))
             except InvalidInputError as exc:
+                _check_locale_name(e.path)
                 raise InvalidInputError(f"cannot commit {e.path}: {exc.message}",
                                         "rename the file") from None
         try:
@@ -10338,6 +10339,19 @@ def _check_locale(words):
                 "locale's encoding "
                 f"({sys.getfilesystemencoding()})",
                 "run vocker in a UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1") from None
+
+
+def _check_locale_name(path):
+    """A file name whose bytes are UTF-8 but which this locale could not
+    decode (LC_ALL=C with PYTHONUTF8=0) is the locale's problem, not the
+    file's: :func:`_check_locale` says so. Bytes that are not UTF-8 pass."""
+    if os.name == "nt" or sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        return
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    _check_locale([path])
 
 
 def _run(argv, state):

@@ -97,3 +97,28 @@ def test_a_path_this_locale_cannot_decode_is_a_clear_error(tmp_path):
         assert r.returncode == 6, r.stderr
         assert r.stderr.count(b"\n") == 1 and b"UTF-8 locale" in r.stderr, r.stderr
     assert not (tmp_path / "h").exists()   # refused before the store is opened
+
+
+@posix_only("file names are bytes, and the C locale without UTF-8 mode")
+@pytest.mark.parametrize("name, locale, code, says", [
+    # a UTF-8 name this locale cannot read: the locale's problem, as for argv
+    ("caf\u00e9.txt".encode(), {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"},
+     6, b"UTF-8 locale"),
+    # bytes that are not UTF-8 (Latin-1): the file's problem, in any locale
+    (b"caf\xe9.txt", {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"},
+     5, b"rename the file"),
+    (b"caf\xe9.txt", {"LC_ALL": "C.UTF-8", "PYTHONUTF8": "1"}, 5, b"rename the file"),
+])
+def test_a_file_name_commit_cannot_read_says_whose_problem_it_is(tmp_path, name, locale,
+                                                                 code, says):
+    """A name found inside the environment: one line that says what to fix."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(os.path.join(os.fsencode(src), name), "wb") as f:
+        f.write(b"a\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHON"))}
+    env.update(locale)
+    r = subprocess.run([sys.executable, str(VOCKER), "--home", str(tmp_path / "h"), "commit",
+                        "--kind", "plain", str(src)], env=env, capture_output=True, timeout=120)
+    assert r.returncode == code, r.stderr
+    assert r.stderr.count(b"\n") == 1 and says in r.stderr, r.stderr
