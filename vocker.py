@@ -5816,17 +5816,22 @@ def _remove_leftover(store, row):
 
 def _remove_stale_stages(parent, name):
     """Remove staging folders that killed vocker processes left beside ``name``."""
-    prefix = f".{name}.vocker-"
+    _remove_stale(parent, f".{name}.vocker-")
+
+
+def _remove_stale(parent, prefix):
+    """Remove the folders ``PREFIX<pid>-<anything>`` in ``parent`` whose
+    process is gone (killed, or the machine stopped): vocker names each
+    folder it works in so. Another user's (not ours to remove) stays."""
     try:
         entries = os.listdir(parent)
     except OSError:
         return
     for entry in entries:
-        if entry.startswith(prefix):
-            pid = entry[len(prefix):].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                with contextlib.suppress(OSError):
-                    rmtree(os.path.join(parent, entry))
+        pid, dash, _ = entry[len(prefix):].partition("-")
+        if entry.startswith(prefix) and dash and pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                rmtree(os.path.join(parent, entry))
 
 
 def _is_compilable(rel, kind):
@@ -9354,9 +9359,11 @@ def build(store, text, context, wheels=None, tags=(), labels=None, python=None,
 @contextlib.contextmanager
 def _work_dir(store):
     """A fresh folder for one build, in the system's temp folder: not the
-    store's tmp/, which a gc running meanwhile empties."""
+    store's tmp/, which a gc running meanwhile empties. Named by this
+    process, so that the next build removes it if this one is killed."""
     import tempfile  # here: imported on first use, for a faster start
-    work = tempfile.mkdtemp(prefix="vocker-build-")
+    _remove_stale(tempfile.gettempdir(), "vocker-build-")
+    work = tempfile.mkdtemp(prefix=f"vocker-build-{os.getpid()}-")
     try:
         yield work
     finally:

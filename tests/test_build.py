@@ -14,6 +14,8 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -437,3 +439,22 @@ def test_an_image_without_a_recipe_cannot_be_audited(tmp_path):
     assert "records no recipe" in line
     one_line_error(cli("build", home=home), 2)  # neither -f nor --python
     one_line_error(cli("build", "-f", tmp_path / "missing", home=home), 3)
+
+
+def test_a_build_removes_the_folders_of_killed_builds(tmp_path):
+    """A killed build leaves its work folder (a venv, wheels) in the temp
+    folder; the next build removes those whose process is gone, and only those."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid names no process now
+    dead, alive = temp / f"vocker-build-{child.pid}-x1", temp / f"vocker-build-{os.getpid()}-x2"
+    others = [alive, temp / "vocker-build-12345678", temp / "unrelated"]
+    for d in (dead, *others):
+        (d / "env").mkdir(parents=True)
+    (tmp_path / "Vockerfile").write_text("PYTHON 3\n", encoding="utf-8")
+    env = dict(clean_env(), TMPDIR=str(temp), TEMP=str(temp), TMP=str(temp))
+    p = run([*vocker_cmd(), "--home", tmp_path / "home", "build", "-f", tmp_path / "Vockerfile",
+             "--python", tmp_path / "no-python", tmp_path], env=env, check=False)
+    one_line_error(p, 7)
+    assert sorted(temp.iterdir()) == sorted(others)
