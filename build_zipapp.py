@@ -81,6 +81,8 @@ TOOLS_DIR = REPO / "build" / "tools"
 #: SHIV_ROOT overrides it).  shiv cannot expand %LOCALAPPDATA% inside a longer path.
 DEFAULT_ROOT = "~/.vocker/shiv"
 DEFAULT_SHEBANG = "/usr/bin/env python3"
+#: what the zipapp runs, and the preamble's file name (in site-packages/bin)
+ENTRY_POINT, PREAMBLE_NAME = "vocker:run", "vocker_preamble.py"
 #: extraction folders of other builds unused for this long are removed by the preamble
 CLEANUP_DAYS = 7
 
@@ -485,6 +487,97 @@ except Exception:  # never stop vocker from starting
 
 
 # --------------------------------------------------------------------------
+# the launcher: the zipapp's __main__.py, in place of shiv's
+# --------------------------------------------------------------------------
+
+LAUNCHER = '''\
+# -*- coding: utf-8 -*-
+"""vocker.pyz launcher (written by build_zipapp.py in place of shiv's).
+
+Every run after the first imports vocker straight from the folder shiv
+extracted this build to, as shiv's bootstrap would, without importing that
+bootstrap (pathlib, zipfile, hashlib, compileall, ...: most of a warm start).
+The first run, a folder that is not there, and any SHIV_* setting but
+SHIV_ROOT go through shiv's bootstrap.
+"""
+import os
+import sys
+
+ROOT, BUILD_ID, PREAMBLE, ENTRY = {root!r}, {build_id!r}, {preamble!r}, {entry!r}
+
+
+def _site_packages():
+    """The site-packages shiv extracted this build to (it renames a complete
+    extraction into place), or None."""
+    if any(k.startswith("SHIV_") and k != "SHIV_ROOT" for k in os.environ):
+        return None
+    root = os.environ.get("SHIV_ROOT", ROOT)
+    if root.startswith("$"):
+        root = os.environ.get(root[1:], root[1:])
+    name = os.path.basename(os.path.realpath(sys.argv[0]))
+    site = os.path.join(os.path.expanduser(root), name + "_" + BUILD_ID, "site-packages")
+    return site if os.path.isdir(site) else None
+
+
+def _add_site(site):
+    """shiv's order: the folder goes before the first site-packages on sys.path."""
+    import site as stdlib_site
+    length = len(sys.path)
+    index = next((i for i, p in enumerate(sys.path) if os.path.splitext(
+        os.path.basename(os.path.normpath(p)))[0] in ("site-packages", "dist-packages")),
+        None) or length
+    stdlib_site.addsitedir(site)
+    sys.path[:] = sys.path[:index] + sys.path[length:] + sys.path[index:length]
+
+
+def _run_preamble(site):
+    path = os.path.join(site, "bin", PREAMBLE)
+    try:
+        with open(path, "rb") as f:
+            code = compile(f.read(), path, "exec")
+    except OSError:  # never stop vocker from starting
+        return
+    exec(code, {{"__name__": "__main__", "__file__": path, "archive": sys.argv[0],
+                "site_packages": site}})
+
+
+def main():
+    site = _site_packages()
+    if site is None:
+        import _bootstrap
+        _bootstrap.bootstrap()
+        return
+    _add_site(site)
+    if PREAMBLE:
+        _run_preamble(site)
+    module, _, function = ENTRY.partition(":")
+    sys.exit(getattr(__import__(module), function)())
+
+
+main()
+'''
+
+
+def replace_main(pyz: Path, text: str) -> None:
+    """Rewrite the zipapp with ``text`` as its ``__main__.py``: every other
+    entry (name, date, mode, compression, bytes) and the shebang line as
+    shiv wrote them, in the same order; deterministic."""
+    data = pyz.read_bytes()
+    prefix = data[:data.index(b"\n") + 1] if data.startswith(b"#!") else b""
+    tmp = pyz.with_name(pyz.name + ".main")
+    with zipfile.ZipFile(pyz) as src, open(tmp, "wb") as f:
+        f.write(prefix)
+        with zipfile.ZipFile(f, "w") as out:
+            for info in src.infolist():
+                new = zipfile.ZipInfo(info.filename, info.date_time)
+                new.compress_type, new.external_attr = info.compress_type, info.external_attr
+                new.create_system = info.create_system
+                body = text.encode() if info.filename == "__main__.py" else src.read(info)
+                out.writestr(new, body)
+    os.replace(tmp, pyz)
+
+
+# --------------------------------------------------------------------------
 # shiv
 # --------------------------------------------------------------------------
 
@@ -539,11 +632,11 @@ def build(out: Path, targets: dict[tuple[str, str], list[Path]], root: str,
         stage.write(site)
         tmp_out = Path(tmp) / out.name
         args = [*cmd, "--site-packages", str(site), "-o", str(tmp_out),
-                "-e", "vocker:run", "-p", shebang, "--reproducible",
+                "-e", ENTRY_POINT, "-p", shebang, "--reproducible",
                 f"--root={root}", "--build-id", build_id]  # one word: click on Windows
         # expands a "~..." argument (not "--root=~...") before shiv sees it
         if preamble:
-            pre = Path(tmp) / "vocker_preamble.py"
+            pre = Path(tmp) / PREAMBLE_NAME
             pre.write_bytes(preamble_text)
             os.chmod(pre, 0o644)
             args += ["--preamble", str(pre)]
@@ -552,6 +645,8 @@ def build(out: Path, targets: dict[tuple[str, str], list[Path]], root: str,
         if proc.returncode != 0 or not tmp_out.is_file():
             raise BuildError(f"shiv failed (rc={proc.returncode}):\n"
                              f"{(proc.stdout + proc.stderr).strip()[-3000:]}")
+        replace_main(tmp_out, LAUNCHER.format(root=root, build_id=build_id, entry=ENTRY_POINT,
+                                              preamble=PREAMBLE_NAME if preamble else ""))
         tmp_final = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.copyfile(tmp_out, tmp_final)
         os.chmod(tmp_final, 0o755)

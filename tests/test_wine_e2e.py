@@ -258,6 +258,17 @@ def test_rm_leaves_the_pool_read_only(win):
     assert not _writable_shared(second)
 
 
+def test_pyz_starts_without_shiv_bootstrap_once_extracted(win):
+    """vocker.pyz's launcher runs vocker from the folder shiv extracted it to
+    (shiv's bootstrap, and its imports, only when that folder is missing)."""
+    shiv_root = {"SHIV_ROOT": winpath(win.root / "shiv root")}
+    for bootstrapped in (True, False):
+        rc, out, err = win.lane.py("-X", "importtime", winpath(win.lane.pyz), "--version",
+                                   cwd=win.root, extra_env=shiv_root)
+        assert rc == 0 and out.startswith("vocker "), (rc, out, err[-2000:])
+        assert ("| _bootstrap\n" in err.replace("\r\n", "\n")) is bootstrapped, err[-3000:]
+
+
 def test_pyz_names_a_dll_load_failure(win):
     # without the forwarder DLL, blake3's extension module cannot load under Wine 8.0
     rc, out, err = win.vocker("images", extra_env={

@@ -166,9 +166,13 @@ def test_pyz_is_reproducible(pyz, tmp_path):
     assert _sha256(again) == _sha256(pyz)
 
 
-def test_pyz_removes_stale_extractions(pyz, tmp_path):
-    """The preamble deletes extraction folders of other builds unused for 7 days."""
+@pytest.mark.parametrize("extracted", [False, True], ids=["first run", "later run"])
+def test_pyz_removes_stale_extractions(pyz, tmp_path, extracted):
+    """The preamble deletes extraction folders of other builds unused for 7
+    days: on the first run (shiv's bootstrap) and on later ones (the launcher)."""
     user = User(main_python(), pyz, tmp_path / "u")
+    if extracted:
+        user.vocker("--version")
     root = user.shiv_root
     old, recent, foreign = (root / "vocker.pyz_0123456789abcdef", root / "vocker.pyz_fedcba9876543210",
                             root / "other.pyz_0123456789abcdef")
@@ -183,6 +187,30 @@ def test_pyz_removes_stale_extractions(pyz, tmp_path):
     assert old.name not in left and ".vocker.pyz_0123456789abcdef_lock" not in left
     assert recent.name in left and foreign.name in left
     assert len([n for n in left if n.startswith("vocker.pyz_")]) == 2  # recent + current
+
+
+def _bootstrapped(user, *args, env=None):
+    """Whether a run imported shiv's bootstrap (-X importtime names it)."""
+    proc = run([user.python, "-X", "importtime", user.pyz, *args], env={**user.env, **(env or {})},
+               cwd=user.cwd, timeout=180)
+    assert proc.stdout.strip() == f"vocker {_vocker_version()}", proc.stderr[-2000:]
+    return bool(re.search(r"\| +_bootstrap$", proc.stderr, re.M))
+
+
+def test_pyz_starts_without_shiv_bootstrap_once_extracted(pyz, tmp_path):
+    """The launcher runs vocker from the extracted folder; shiv's bootstrap
+    runs only when there is none yet, or when a SHIV_* setting asks for it."""
+    user = User(main_python(), pyz, tmp_path / "u")
+    assert _bootstrapped(user, "--version")          # first run: extracts
+    assert not _bootstrapped(user, "--version")      # then straight from the folder
+    assert _bootstrapped(user, "--version", env={"SHIV_COMPILE_PYC": "0"})
+    renamed = tmp_path / "vocker-copy.pyz"           # its own folder, by its name, as shiv names it
+    renamed.write_bytes(pyz.read_bytes())
+    user.pyz = renamed
+    assert _bootstrapped(user, "--version")
+    assert not _bootstrapped(user, "--version")
+    assert sorted(p.name.split("_")[0] for p in user.shiv_root.iterdir()
+                  if not p.name.startswith(".")) == ["vocker-copy.pyz", "vocker.pyz"]
 
 
 def test_strip_debug_elf(build_module, tmp_path):
