@@ -444,7 +444,6 @@ Windows cannot be renamed and is left alone).
 """
 import os
 import re
-import shutil
 import time
 
 
@@ -472,6 +471,7 @@ def _cleanup(site_packages, max_age={days} * 86400):
                 moved = os.path.join(root, "." + entry + ".trash-" + str(os.getpid()))
                 os.rename(path, moved)  # atomic: nobody sees a half-deleted folder
                 path = moved
+            import shutil  # here: only when there is a folder to remove (a faster start)
             shutil.rmtree(path, ignore_errors=True)
             if build.fullmatch(entry) and not entry.endswith(".tmp"):
                 os.unlink(os.path.join(root, "." + entry + "_lock"))
