@@ -511,7 +511,7 @@ def _site_packages():
     extraction into place), or None."""
     if any(k.startswith("SHIV_") and k != "SHIV_ROOT" for k in os.environ):
         return None
-    root = os.environ.get("SHIV_ROOT", ROOT)
+    root = os.environ.get("SHIV_ROOT", ROOT) or "~/.shiv"  # shiv's default for none
     if root.startswith("$"):
         root = os.environ.get(root[1:], root[1:])
     name = os.path.basename(os.path.realpath(sys.argv[0]))
