@@ -649,6 +649,13 @@ def extended_path(path, target=None):
     return "\\\\?\\" + path
 
 
+def os_rel(rel):
+    """A "/"-separated relative path (an image's names) as this system's
+    file functions take it after a base path: Windows converts "/" except
+    after ``\\\\?\\`` (:func:`extended_path`), so there it gets backslashes."""
+    return rel if os.sep == "/" else rel.replace("/", os.sep)
+
+
 class Progress:
     """Progress of a long step on stderr: on a terminal a bar (items, bytes,
     rate, time left), redrawn 10 times a second; ``mode="json"`` (for an
@@ -5874,18 +5881,21 @@ class _Materializer:
         as [(rel, blob, executable)]."""
         at, files, sizes, progress = os.path.join(stage, ""), plan.files, plan.sizes, self.progress
         shallow, mid, cut = plan.cuts
-        for rel in plan.dirs[:shallow]:
+        dirs, paths = plan.dirs, files  # as the file functions take them (:func:`os_rel`)
+        if os.sep != "/":
+            dirs, paths = [os_rel(d) for d in dirs], [(os_rel(r), t, ref) for r, t, ref in files]
+        for rel in dirs[:shallow]:
             os.mkdir(at + rel)
         self.store.checked_ids({ref for _, t, ref in files if t in FILE_TYPES})  # from trees
         self.linker.sizes = sizes
         progress.total_bytes = sum(sizes.get(ref, 0) for _, _, ref in files)
         halves = [[(ref, t == T_EXEC, at + rel) for rel, t, ref in part if t in FILE_TYPES]
-                  for part in (files[:cut], files[cut:])]  # empty files too: one inode
-        self.linker.place_tree(at, [(plan.dirs[shallow:mid], halves[0]),
-                                    (plan.dirs[mid:], halves[1])], progress)
-        for rel, t, ref in files:
+                  for part in (paths[:cut], paths[cut:])]  # empty files too: one inode
+        self.linker.place_tree(at, [(dirs[shallow:mid], halves[0]), (dirs[mid:], halves[1])],
+                               progress)
+        for (rel, t, ref), (path, _, _) in zip(files, paths):
             if t in TEMPLATE_TYPES:
-                self._template(rel, t, ref, at + rel, plan.templates)
+                self._template(rel, t, ref, at + path, plan.templates)
                 progress.update(nbytes=sizes.get(ref, 0))
         kind = self.manifest.kind
         return [(rel, ref, t == T_EXEC) for rel, t, ref in files
@@ -5902,7 +5912,7 @@ class _Materializer:
     def links(self, stage, links):
         """Links last: no file or folder is ever made through one."""
         for rel, type_, ref in links:
-            os.symlink(self._link_target(rel, type_, ref), os.path.join(stage, rel))
+            os.symlink(self._link_target(rel, type_, ref), os.path.join(stage, os_rel(rel)))
 
     def _link_target(self, rel, type_, ref):
         if type_ == T_SYMLINK:
@@ -5918,10 +5928,11 @@ class _Materializer:
         pool inodes: templates, and copies."""
         join, rows = os.path.join, []
         for rel, blob in self.templates:  # spelt as commit's scandir will: os.sep
-            rel = rel.replace("/", os.sep)
+            rel = os_rel(rel)
             rows.append((join(self.path, rel), os.lstat(join(stage, rel)), blob, 1))
         if self.linker.mode != "hardlink":
-            blob_of = {join(stage, rel): ref for rel, t, ref in files if t in FILE_TYPES}
+            blob_of = {join(stage, os_rel(rel)): ref for rel, t, ref in files
+                       if t in FILE_TYPES}
             for path in self.linker.copies:
                 if path in blob_of:
                     rel = os.path.relpath(path, stage)
@@ -6103,13 +6114,13 @@ class Creator:
                 continue
             folder, dst = _pyc_place(rel, tag)
             if folder not in made:
-                os.mkdir(at + folder)  # never an existing name: trees hold no __pycache__
+                os.mkdir(at + os_rel(folder))  # never an existing name: trees hold no __pycache__
                 made.add(folder)
             if known.get(blob):
-                self.linker.place_file(store.pool_path(pyc), at + dst)
+                self.linker.place_file(store.pool_path(pyc), at + os_rel(dst))
                 self.pyc_cached += blob not in first
             else:  # a blob of the bytecode pulled with this image
-                self.linker.place(pyc, False, at + dst)
+                self.linker.place(pyc, False, at + os_rel(dst))
                 self.shipped.add(pyc)
                 self.pyc_shipped += 1
         if failed:
@@ -6130,16 +6141,16 @@ class Creator:
         for rel, blob, _ in py_files:
             if (pyc := known.get(blob)) and pyc in sizes:
                 folder, dst = _pyc_place(rel, tag)
-                by_folder.setdefault(folder, []).append((rel, (pyc, False, at + dst)))
+                by_folder.setdefault(folder, []).append((rel, (pyc, False, at + os_rel(dst))))
         cost = {f: len(jobs) + DIR_COST for f, jobs in by_folder.items()}
         folders, n, half = list(by_folder), 0, sum(cost.values()) / 2
         cut = next((i for i, f in enumerate(folders) if (n := n + cost[f]) >= half), len(folders))
         parts = [(fs, [job for f in fs for job in by_folder[f]])
                  for fs in (folders[:cut + 1], folders[cut + 1:])]
         links = [[j for _, j in jobs] for _, jobs in parts]
-        done = link_intact(at, [(fs, js, self.store.pool_paths(js)) for (fs, _), js
-                                in zip(parts, links)], sizes, self.store.pool_file_problem,
-                           Progress("linking", enabled=False))
+        done = link_intact(at, [([os_rel(f) for f in fs], js, self.store.pool_paths(js))
+                                for (fs, _), js in zip(parts, links)], sizes,
+                           self.store.pool_file_problem, Progress("linking", enabled=False))
         placed, rest = set(), []
         for (_, jobs), (linked, left) in zip(parts, done):
             placed.update(jobs[i][0] for i, _, _ in linked)

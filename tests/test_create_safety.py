@@ -567,3 +567,49 @@ def test_a_plan_is_kept_per_system_and_goes_with_the_image(tmp_path):
         vocker.remove_container(store, tmp_path / "win")
         vocker.remove_images(store, ["p:1"])
         assert _plan_rows(store, image) == []
+
+
+#: run by a new interpreter: every path that a commit, two creates and an rm
+#: hand to a file-system call (audit events) in the \\?\ form with a "/" in it
+_EXTENDED_SLASHES = r"""
+import json, os, sys
+bad = []
+def hook(event, args):
+    for a in args:  # vocker's paths are str
+        if isinstance(a, str) and a.startswith("\\\\?\\") and "/" in a:
+            bad.append([event, a])
+sys.addaudithook(hook)
+import vocker
+venv, home, *targets = sys.argv[1:]
+store = vocker.Store(home)
+image = vocker.commit(store, venv)["id"]
+for target in targets:
+    vocker.create(store, image, target)
+vocker.remove_container(store, targets[0])
+print(json.dumps(bad[:5]))
+"""
+
+
+@pytest.mark.skipif(os.name != "nt", reason="the \\\\?\\ form of long paths exists on Windows only")
+def test_a_create_at_a_long_path_hands_windows_no_slash_in_the_extended_form(tmp_path):
+    """Windows converts "/" to "\\" except after \\\\?\\: the image's "/"-separated
+    names must reach the file system with backslashes once the container's
+    path is long (240+ characters: the extended form). Two creates: the
+    first compiles the .pyc, the second links them from the store."""
+    venv = tmp_path / "src"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   env=clean_env(), timeout=300)
+    pkg = venv / "Lib" / "site-packages" / "pkg" / "sub"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("VALUE = 1\n")
+    (pkg.parent / "__init__.py").write_text("")
+    deep = tmp_path / ("long-" + "l" * 90) / ("deeper-" + "d" * 90)
+    targets = [deep / f"env{i}" for i in (1, 2)]
+    assert all(len(str(t)) >= 240 for t in targets)
+    p = subprocess.run([sys.executable, "-c", _EXTENDED_SLASHES, str(venv), str(tmp_path / "h"),
+                        *map(str, targets)], capture_output=True, text=True, env=clean_env(),
+                       cwd=REPO, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip() == "[]", p.stdout
+    assert not targets[0].exists()
+    assert (targets[1] / "Lib" / "site-packages" / "pkg" / "sub" / "__pycache__").is_dir()
