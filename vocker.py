@@ -2999,6 +2999,12 @@ def link_intact(at, parts, sizes, problem, progress, fork_min=FORK_MIN):
     return out
 
 
+def make_folders(at, folders):
+    """Make ``folders`` (parents first), each relative to ``at``."""
+    for rel in folders:
+        os.mkdir(at + rel)
+
+
 def _can_fork():
     """Whether forking is safe and cheap here: Linux (macOS frameworks are
     not fork-safe, Windows has no fork), and no other thread running."""
@@ -3007,9 +3013,7 @@ def _can_fork():
 
 def _make_part(at, folders, jobs, srcs, sizes, problem, progress):
     """One part of :func:`link_intact`, in this process."""
-    mkdir = os.mkdir
-    for rel in folders:
-        mkdir(at + rel)
+    make_folders(at, folders)
     lstat, link, get = os.lstat, os.link, sizes.get
     fixed, modes = FIXED_MTIME * 1_000_000_000, (stat.S_IFREG | 0o444, stat.S_IFREG | 0o555)
     linked, rest, done, nbytes = [], [], 0, 0
@@ -3159,15 +3163,13 @@ class Linker:
             folders, jobs = parts[0]
             blob, executable, dst = jobs.pop(0)
             if not os.path.isdir(os.path.dirname(dst)):
-                for rel in folders:
-                    os.mkdir(at + rel)
+                make_folders(at, folders)
                 folders.clear()
             self.place(blob, executable, dst)
             progress.update(nbytes=max(self.sizes.get(blob, -1), 0))
         if self.mode != "hardlink":
             for folders, jobs in parts:
-                for rel in folders:
-                    os.mkdir(at + rel)
+                make_folders(at, folders)
                 for blob, executable, dst in jobs:
                     self.place(blob, executable, dst)
                     progress.update(nbytes=max(self.sizes.get(blob, -1), 0))
@@ -5884,8 +5886,7 @@ class _Materializer:
         dirs, paths = plan.dirs, files  # as the file functions take them (:func:`os_rel`)
         if os.sep != "/":
             dirs, paths = [os_rel(d) for d in dirs], [(os_rel(r), t, ref) for r, t, ref in files]
-        for rel in dirs[:shallow]:
-            os.mkdir(at + rel)
+        make_folders(at, dirs[:shallow])
         self.store.checked_ids({ref for _, t, ref in files if t in FILE_TYPES})  # from trees
         self.linker.sizes = sizes
         progress.total_bytes = sum(sizes.get(ref, 0) for _, _, ref in files)
@@ -6233,6 +6234,7 @@ class Creator:
                 "pyc_compiled": self.pyc_compiled, "pyc_cached": self.pyc_cached,
                 "pyc_shipped": self.pyc_shipped, "pyc_failed": self.pyc_failed,
                 "repaired": self.repaired + self.linker.repaired, "warnings": self.warnings}
+
 
 def _pyc_place(rel, tag):
     """(its ``__pycache__`` folder, the .pyc's path) of source ``rel``, both
